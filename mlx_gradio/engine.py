@@ -94,18 +94,20 @@ class Engine:
 
     def _run(self) -> None:
         """The thread's loop: one job at a time, forever."""
-        from .generation import Worker  # MLX is imported here, after the UI is up
+        job = self._jobs.get()
+        if job is _SHUTDOWN:
+            return
+        # MLX is imported only once there is work, so it does not slow the page's start.
+        from .generation import Worker
 
         self._worker = Worker(self, cache_limit=self._cache_limit)
-        while True:
-            job = self._jobs.get()
-            if job is _SHUTDOWN:
-                self._worker.close()
-                return
+        while job is not _SHUTDOWN:
             if isinstance(job, Generation):
                 self._run_generation(job)
             else:
                 self._run_call(*job)
+            job = self._jobs.get()
+        self._worker.close()
 
     def _run_call(self, fn: Callable[..., Any], args: tuple, future: Future) -> None:
         """Run one call job and settle its future."""

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings for one reply; `seed < 0` means random, `top_k == 0` means off."""
+    """Sampling settings for one reply; `seed < 0` means random, `top_k == 0` means off.
 
-    temperature: float = 0.2
+    Greedy by default: small local models (the demo model above all) answer best that way.
+    """
+
+    temperature: float = 0.0
     top_p: float = 0.9
     top_k: int = 0
     min_p: float = 0.0

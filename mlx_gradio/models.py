@@ -55,7 +55,7 @@ def folder_size(path: Path) -> int:
 
 def describe_folder(path: str | Path, source: str, name: str | None = None) -> LocalModel:
     """A `LocalModel` for a folder; raises `ModelNotFound` if it is not a model folder."""
-    folder = Path(path).expanduser().resolve()
+    folder = Path(path).expanduser().absolute()
     if not folder.is_dir():
         raise ModelNotFound(f"There is no folder at {folder}.")
     config = read_config(folder)

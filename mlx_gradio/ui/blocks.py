@@ -16,7 +16,8 @@ MAX_UPLOAD = "20mb"
 
 def build_app(controller: Controller) -> gr.Blocks:
     """The whole mlx-gradio interface."""
-    with gr.Blocks(title="mlx-gradio", fill_height=True) as blocks:
+    # No analytics: a local app does not report its use to anyone.
+    with gr.Blocks(title="mlx-gradio", fill_height=True, analytics_enabled=False) as blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 build_chat_tab(controller, blocks)

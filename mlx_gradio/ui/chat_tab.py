@@ -49,7 +49,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
                 min_p = gr.Slider(0, 1, step=0.01, label="Min p")
                 repetition_penalty = gr.Slider(0.8, 2, step=0.01, label="Repetition penalty")
                 seed = gr.Number(label="Seed (-1 = random)", precision=0)
-                max_tokens = gr.Slider(16, 8192, step=16, label="Max new tokens")
+                max_tokens = gr.Slider(1, 8192, step=1, label="Max new tokens")
             with gr.Accordion("Add a model", open=False):
                 folder = gr.Textbox(label="Model folder on this machine", placeholder="/path/to/mlx-model")
                 add_folder = gr.Button("Add folder", size="sm")

@@ -1,0 +1,91 @@
+"""The app in a real headless chromium (Debian's), driven with Playwright like a person would."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+
+
+@pytest.fixture
+def browser_page(chromium: str):
+    """A fresh chromium page (no downloads of Playwright's own browsers: Debian's chromium)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 950})
+        yield page
+        browser.close()
+
+
+def bot_text(page) -> str:
+    """Text of the last bot message on screen."""
+    bots = page.locator("#chatbot .bot")
+    return bots.last.inner_text() if bots.count() else ""
+
+
+def wait_for_reply(page, needle: str, timeout_s: float = 180) -> list[str]:
+    """Poll the last bot message until it shows `needle` and the stats line; return what was seen."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = bot_text(page)
+        if text and (not seen or seen[-1] != text):
+            seen.append(text)
+        if needle in text and "tok/s" in text:
+            return seen
+        page.wait_for_timeout(100)
+    raise AssertionError(f"no reply with {needle!r} after {timeout_s} s; last seen: {seen[-1:]}")
+
+
+def test_chat_streams_paris_in_the_browser(start_app, browser_page):
+    app = start_app()
+    page = browser_page
+    page.goto(app.url)
+    page.wait_for_selector("#chatbot")
+    page.wait_for_function("document.querySelector('#model-status').innerText.includes('loaded')", timeout=120_000)
+    assert "SmolLM2-135M-Instruct" in page.locator("#model-picker input").input_value()
+
+    box = page.locator("#chat-input textarea")
+    box.fill("What is the capital")
+    box.press("Shift+Enter")
+    box.type(" of France?")
+    assert box.input_value() == "What is the capital\n of France?"  # Shift+Enter adds a line, sends nothing
+    box.fill("What is the capital of France?")
+    box.press("Enter")
+    seen = wait_for_reply(page, "Paris")
+    assert len(seen) >= 3, f"the reply did not stream: {seen}"
+    assert box.input_value() == ""
+    assert page.locator("#conversations label").first.inner_text().startswith("What is the capital")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+
+
+def test_image_upload_reaches_the_vision_model(start_app, browser_page, tiny_vlm: Path, images):
+    app = start_app()
+    app.controller.store.update_settings(model_folders=[str(tiny_vlm)])
+    page = browser_page
+    page.goto(app.url)
+    page.wait_for_selector("#chatbot")
+    page.locator("#model-picker input").click()
+    page.get_by_role("option", name="tiny-qwen2-vl").click()
+    page.wait_for_function("document.querySelector('#model-status').innerText.includes('vision')", timeout=120_000)
+    page.locator("#chat-input input[type=file]").set_input_files(str(images["red"]))
+    page.wait_for_selector("#chat-input img", timeout=30_000)
+    page.locator("#chat-input textarea").fill("Describe it.")
+    page.locator("#chat-input textarea").press("Enter")
+    wait_for_reply(page, "")
+    assert page.locator("#chatbot .user img").count() == 1
+    [saved] = app.controller.store.conversations()
+    [message] = app.controller.store.conversation(saved["id"])["messages"][:1]
+    assert len(message["images"]) == 1 and Path(message["images"][0]).exists()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "vision.png"), full_page=True)

@@ -1,0 +1,75 @@
+"""`python app.py` as a newcomer runs it: flags, logs, login, background model load, clean exit."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app import parse_args
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_and_data_dir_from_the_environment(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("MLX_GRADIO_HOME", str(tmp_path / "home"))
+    args = parse_args([])
+    assert (args.host, args.port, args.share, args.auth, args.model) == ("127.0.0.1", 7860, False, [], None)
+    assert args.data_dir == tmp_path / "home"
+    args = parse_args(["--data-dir", str(tmp_path / "d"), "--auth", "ann:secret", "--auth", "bob:pw"])
+    assert args.data_dir == tmp_path / "d" and args.auth == ["ann:secret", "bob:pw"]
+
+
+def test_bad_auth_flag_is_refused_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--auth", "no-colon"])
+    assert "--auth expects USER:PASS" in capsys.readouterr().err
+
+
+def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    """Poll until the server answers (or the process dies)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"app.py exited early:\n{proc.stderr.read()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("the page never answered")
+
+
+def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_vlm: Path):
+    from gradio_client import Client
+
+    port = free_port()
+    data_dir = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir), "--auth", "ann:secret",
+         "--model", str(tiny_vlm), "--log-level", "DEBUG"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_for_page(url, proc)
+        with pytest.raises(Exception):
+            Client(url, verbose=False)  # no login, no app
+        client = Client(url, auth=("ann", "secret"), verbose=False)
+        model = client.predict(api_name="/page_load")[0]
+        assert model["value"] == str(tiny_vlm)
+        deadline = time.monotonic() + 60
+        while "loaded" not in client.predict(api_name="/page_load")[1] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = (data_dir / "logs" / "mlx-gradio.log").read_text()
+        assert "Loaded" in log and str(tiny_vlm) in log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    assert "terminate called" not in stderr and "Traceback" not in stderr
