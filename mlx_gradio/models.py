@@ -29,12 +29,15 @@ class LocalModel:
         """The picker's text: name, kind and size."""
         kind = "vision" if self.vision else "text"
         where = {"demo": "built-in demo", "hf-cache": "HF cache", "folder": "folder"}[self.source]
-        return f"{self.name} · {kind} · {self.size_bytes / 1e9:.2f} GB · {where}"
+        size = f"{self.size_bytes / 1e9:.1f} GB" if self.size_bytes >= 1e9 else f"{self.size_bytes / 1e6:.0f} MB"
+        return f"{self.name} · {kind} · {size} · {where}"
 
 
 def read_config(path: str | Path) -> dict:
     """The folder's `config.json`; raises `ModelNotFound` if there is none or it is unreadable."""
     config_path = Path(path) / "config.json"
+    if not Path(path).is_dir():
+        raise ModelNotFound(f"There is no model folder at {path}.")
     try:
         return json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -56,8 +59,6 @@ def folder_size(path: Path) -> int:
 def describe_folder(path: str | Path, source: str, name: str | None = None) -> LocalModel:
     """A `LocalModel` for a folder; raises `ModelNotFound` if it is not a model folder."""
     folder = Path(path).expanduser().absolute()
-    if not folder.is_dir():
-        raise ModelNotFound(f"There is no folder at {folder}.")
     config = read_config(folder)
     size = folder_size(folder)
     if size == 0:

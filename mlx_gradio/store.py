@@ -161,11 +161,19 @@ class Store:
                 raise ConversationNotFound(conversation_id)
             return copy.deepcopy(dict(doc))
 
-    def save_conversation(self, conversation: dict) -> dict:
-        """Insert or replace a conversation, stamping its update time."""
+    def save_conversation(self, conversation: dict, create: bool = True) -> dict | None:
+        """Insert or replace a conversation, stamping its update time.
+
+        With `create=False` a conversation deleted in the meantime stays deleted: nothing is
+        written and None is returned.
+        """
         conversation = {**copy.deepcopy(conversation), "updated": time.time()}
         with self._lock:
-            self._db.table("conversations").upsert(conversation, Query().id == conversation["id"])
+            table = self._db.table("conversations")
+            if create:
+                table.upsert(conversation, Query().id == conversation["id"])
+            elif not table.update(conversation, Query().id == conversation["id"]):
+                return None
         return conversation
 
     def rename_conversation(self, conversation_id: str, title: str) -> None:

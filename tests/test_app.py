@@ -185,3 +185,25 @@ def test_two_tabs_chat_at_the_same_time(start_app):
         thread.join(timeout=300)
     assert "Paris" in answers["fr"] and "Berlin" in answers["de"]
     assert len(app.controller.store.conversations()) == 2
+
+
+def test_import_gguf_and_add_folder_from_the_page(start_app, tmp_path: Path):
+    from tests.test_gguf import write_tiny_gguf
+
+    app = start_app()
+    client = app.client()
+    page(client)
+    write_tiny_gguf(tmp_path / "tiny-llama.gguf")
+    picker, note = client.predict(str(tmp_path / "tiny-llama.gguf"), api_name="/import_gguf")
+    imported = app.data_dir / "models" / "tiny-llama"
+    assert picker["value"] == str(imported) and (imported / "model.safetensors").exists()
+    assert any(path == str(imported) for _, path in picker["choices"])
+    deadline = time.monotonic() + 60
+    while "tiny-llama" not in client.predict(api_name="/page_load")[1] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert "loaded (text)" in client.predict(api_name="/page_load")[1]
+    with pytest.raises(Exception, match="There is no file at"):
+        client.predict(str(tmp_path / "missing.gguf"), api_name="/import_gguf")
+    with pytest.raises(Exception, match="has no config.json"):
+        client.predict(str(tmp_path), api_name="/add_model_folder")
+    assert page(client)["model"] == str(imported)  # still selected after the refused ones

@@ -34,7 +34,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
             )
             chat_input = gr.MultimodalTextbox(
                 placeholder=PLACEHOLDER, show_label=False, file_types=["image"], file_count="multiple",
-                sources=["upload"], stop_btn=True, elem_id="chat-input", autofocus=True,
+                sources=["upload"], elem_id="chat-input", autofocus=True,
             )
             with gr.Row():
                 regenerate = gr.Button("↻ Regenerate", size="sm")
@@ -64,21 +64,25 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
     blocks.load(controller.page_load, None, [model, status, conversations, *settings], api_name="page_load")
     gr.Timer(1.0).tick(controller.model_status, None, status, show_progress="hidden", api_visibility="private")
 
-    chat_input.submit(controller.send, [conversation_id, chat_input, model, *settings], stream_outputs,
-                      api_name="send", concurrency_limit=None, show_progress="hidden")
+    sending = chat_input.submit(controller.send, [conversation_id, chat_input, model, *settings], stream_outputs,
+                                api_name="send", concurrency_limit=None, show_progress="hidden")
+    regenerating = gr.on([regenerate.click, chatbot.retry], controller.regenerate, [conversation_id, model, *settings],
+                         stream_outputs, api_name="regenerate", concurrency_limit=None, show_progress="hidden")
+    editing = chatbot.edit(controller.edit, [conversation_id, model, *settings], stream_outputs,
+                           api_name="edit", concurrency_limit=None, show_progress="hidden")
+    replies = [sending, regenerating, editing]
+    for reply in replies:
+        reply.then(controller.input_ready, None, chat_input, queue=False, api_visibility="private")
     gr.on([chat_input.stop, stop.click], controller.stop, [conversation_id], None, queue=False, api_name="stop")
-    gr.on([regenerate.click, chatbot.retry], controller.regenerate, [conversation_id, model, *settings],
-          stream_outputs, api_name="regenerate", concurrency_limit=None, show_progress="hidden")
-    chatbot.edit(controller.edit, [conversation_id, model, *settings], stream_outputs,
-                 api_name="edit", concurrency_limit=None, show_progress="hidden")
 
+    # Opening another chat ends the reply streaming into this one (what was written is saved).
     gr.on([new_chat.click, chatbot.clear], controller.new_chat, None, [chatbot, conversation_id, title, conversations],
-          api_name="new_chat")
+          api_name="new_chat", cancels=replies)
     conversations.input(controller.open_conversation, conversations, [chatbot, conversation_id, title],
-                        api_name="open_conversation")
+                        api_name="open_conversation", cancels=replies)
     rename.click(controller.rename_conversation, [conversation_id, title], conversations, api_name="rename")
     delete.click(controller.delete_conversation, conversation_id, [chatbot, conversation_id, title, conversations],
-                 api_name="delete")
+                 api_name="delete", cancels=replies)
     export.click(controller.export_conversation, conversation_id, export_file, api_name="export")
 
     model.input(controller.select_model, model, status, api_name="select_model")
