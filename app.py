@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if ":" not in pair or not pair.split(":", 1)[0]:
             parser.error(f"--auth expects USER:PASS, got {pair!r}")
     args.data_dir = args.data_dir.expanduser().resolve()
+    try:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"cannot use {args.data_dir} as the data dir ({exc}); pick another with --data-dir")
     return args
 
 
@@ -49,8 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     log.info("Data in %s, log in %s", args.data_dir, log_file)
     auth = [tuple(pair.split(":", 1)) for pair in args.auth] or None
     blocks.queue(default_concurrency_limit=8)
-    blocks.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                  prevent_thread_lock=True, **launch_options(controller))
+    try:
+        blocks.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                      prevent_thread_lock=True, **launch_options(controller))
+    except OSError as exc:
+        log.error("Cannot listen on %s:%s (%s). Is another copy running? Pick a free port with --port.",
+                  args.host, args.port, exc)
+        controller.engine.shutdown()
+        raise SystemExit(2) from exc
     try:
         controller.startup(args.model)
     except AppError as exc:

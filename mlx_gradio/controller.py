@@ -194,17 +194,17 @@ class Controller:
         yield gr.update(choices=self.model_choices(), value=str(target)), ""
 
     def model_status(self) -> str:
-        """Markdown for the status line under the model picker."""
+        """Markdown for the status line beside the model picker."""
         status = self.engine.status()
         if status.state == "ready":
             kind = "vision" if status.vision else "text"
             busy = " · generating" if status.generating else ""
-            return f"🟢 **{status.model_name}** loaded ({kind}){busy}"
+            return f'{_dot("ready")} **{status.model_name}** loaded ({kind}){busy}'
         if status.state == "loading":
-            return f"⏳ {status.message or 'Loading…'}"
+            return f"{_dot('loading')} {status.message or 'Loading…'}"
         if status.state == "error":
-            return f"🔴 {status.message}"
-        return "⚪ No model loaded yet"
+            return f"{_dot('error')} {status.message}"
+        return f"{_dot('empty')} No model loaded yet"
 
     # --- settings and page load ---------------------------------------------------------------
 
@@ -380,6 +380,11 @@ class Controller:
     def input_ready(self) -> dict:
         """Handler: put the send button back on the textbox once a reply is over (or failed)."""
         return gr.update(submit_btn=True, stop_btn=False)
+
+
+def _dot(state: str) -> str:
+    """A coloured status dot (styled in assets/style.css)."""
+    return f'<span class="status-dot {state}">●</span>'
 
 
 def _import_gguf(source: Path, target: Path) -> Path:

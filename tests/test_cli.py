@@ -73,3 +73,25 @@ def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_v
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     assert "terminate called" not in stderr and "Traceback" not in stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([sys.executable, "app.py", "--port", str(port), "--data-dir", str(tmp_path)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unusable_data_dir_is_a_clear_error(tmp_path: Path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit):
+        parse_args(["--data-dir", str(blocker / "data")])
+    assert "cannot use" in capsys.readouterr().err

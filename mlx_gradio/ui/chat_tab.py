@@ -6,7 +6,7 @@ import gradio as gr
 
 from ..controller import Controller
 
-PLACEHOLDER = "Ask anything, or attach images (drop, paste or 📎). Enter sends, Shift+Enter adds a line."
+PLACEHOLDER = "Ask anything, or attach images (drop, paste or the clip). Enter sends, Shift+Enter adds a line."
 
 
 def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
