@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 log = logging.getLogger("mlx_gradio.app")
@@ -39,6 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    """Turn a termination signal into the KeyboardInterrupt that Gradio's main loop handles."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Start the app, then load the model in the background while the page is already up."""
     args = parse_args(argv)
@@ -61,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
                   args.host, args.port, exc)
         controller.engine.shutdown()
         raise SystemExit(2) from exc
+    # `kill` (SIGTERM) shuts down as cleanly as Ctrl+C: the server closes and the model unloads.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         controller.startup(args.model)
     except AppError as exc:

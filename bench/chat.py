@@ -120,8 +120,8 @@ def time_to_page(cmd: list[str], port: int, env: dict | None = None) -> float:
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    """Ctrl+C, then kill if it has not exited after a while (open client connections can delay it)."""
-    proc.send_signal(signal.SIGINT)
+    """SIGTERM, then kill if it has not exited after a while (open client connections can delay it)."""
+    proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:

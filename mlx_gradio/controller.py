@@ -210,7 +210,7 @@ class Controller:
 
     def save_settings(self, *values: Any) -> None:
         """Handler: save the system prompt and sampling settings (in `SETTING_FIELDS` order)."""
-        self.store.update_settings(**dict(zip(SETTING_FIELDS, values)))
+        self.store.update_settings(**dict(zip(SETTING_FIELDS, values, strict=True)))
 
     def page_load(self) -> tuple:
         """Handler: everything a fresh browser tab shows, read from the store."""
@@ -324,7 +324,7 @@ class Controller:
         Yields (chatbot, textbox, conversation list, conversation id); the textbox shows its stop
         button until `input_ready` (chained after the event) puts the send button back.
         """
-        values = dict(zip(SETTING_FIELDS, settings))
+        values = dict(zip(SETTING_FIELDS, settings, strict=True))
         model_path = model_path or self.selected_model()
         self.store.update_settings(model=model_path, **values)
         request = chat.build_request(conversation, model_path, values.get("system_prompt") or "",

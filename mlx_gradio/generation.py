@@ -9,18 +9,21 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 
 from .errors import ImageNeedsVisionModel, ModelLoadFailed, ModelNotFound
-from .jobs import ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
+from .jobs import ChatMessage, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .models import read_config
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,16 @@ class LoadedModel:
     model: Any
     processor: Any
     config: dict
+
+
+@dataclass
+class Relayed:
+    """What `_relay` saw of a reply: the last response, why it ended, and the tokens."""
+
+    last: Any = None
+    finish: str = "stop"
+    first_token_at: float | None = None
+    tokens: list[int] = field(default_factory=list)
 
 
 def load_model(path: str) -> LoadedModel:
@@ -66,6 +79,65 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
         repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None
     )
     return {"sampler": sampler, "logits_processors": processors}
+
+
+def _relay(responses: Iterator[Any], generation: Generation) -> Relayed:
+    """Hand each piece of text to the reader, stopping between tokens if asked.
+
+    Works for mlx-lm's and mlx-vlm's stream responses alike (`.text`, `.token`, `.finish_reason`).
+    """
+    relayed = Relayed()
+    for response in responses:
+        relayed.last = response
+        relayed.tokens.append(response.token)
+        if relayed.first_token_at is None:
+            relayed.first_token_at = time.perf_counter()
+        if response.text:
+            generation.put(GenerationEvent(text=response.text))
+        if response.finish_reason:
+            relayed.finish = response.finish_reason
+        elif generation.stop_requested:
+            relayed.finish = "stopped"
+            break
+    responses.close()
+    return relayed
+
+
+def _final_event(generation: Generation, relayed: Relayed, prompt_tokens: int, cached_tokens: int,
+                 generation_tokens: int) -> GenerationEvent:
+    """The last event of a reply, with its stats."""
+    last = relayed.last
+    return GenerationEvent(stats=GenerationStats(
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
+        prompt_tps=last.prompt_tps if last else 0.0,
+        generation_tokens=generation_tokens,
+        generation_tps=last.generation_tps if last else 0.0,
+        time_to_first_token=(relayed.first_token_at or time.perf_counter()) - generation.submitted_at,
+        peak_memory_gb=mx.get_peak_memory() / 1e9,
+        finish_reason=relayed.finish,
+    ))
+
+
+def _vision_message(message: ChatMessage) -> dict:
+    """A chat message for mlx-vlm's template, with an image marker per attached image."""
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts = [{"type": "image"} for _ in message.images]
+    return {"role": message.role, "content": [*parts, {"type": "text", "text": message.content}]}
+
+
+def _open_rgb(path: str) -> Image.Image:
+    """An attached image as an RGB PIL image."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _empty_stats(finish_reason: str) -> GenerationStats:
+    """Stats of a reply that never started."""
+    return GenerationStats(0, 0, 0.0, 0, 0.0, 0.0, 0.0, finish_reason)
 
 
 class Worker:
@@ -151,37 +223,13 @@ class Worker:
         if len(tokens) - reused > 1:
             generation.put(GenerationEvent(status=f"Reading the prompt ({len(tokens) - reused} new tokens)…"))
 
-        generated: list[int] = []
-        first_token_at = None
-        response = None
-        finish = "stop"
-        for response in stream_generate(
+        relayed = _relay(stream_generate(
             loaded.model, tokenizer, tokens[reused:], max_tokens=request.params.max_tokens,
             prompt_cache=cache, **sampling_kwargs(request.params),
-        ):
-            generated.append(response.token)
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            if response.text:
-                generation.put(GenerationEvent(text=response.text))
-            if response.finish_reason:
-                finish = response.finish_reason
-            elif generation.stop_requested:
-                finish = "stopped"
-                break
+        ), generation)
         # The cache now holds the prompt and every token the generator handed out.
-        self.caches.put(request.conversation_id, CachedPrompt(tokens + generated, cache))
-        generation.put(GenerationEvent(stats=GenerationStats(
-            prompt_tokens=len(tokens),
-            cached_tokens=reused,
-            prompt_tps=response.prompt_tps if response else 0.0,
-            generation_tokens=len(generated),
-            generation_tps=response.generation_tps if response else 0.0,
-            time_to_first_token=(first_token_at or time.perf_counter()) - generation.submitted_at,
-            peak_memory_gb=mx.get_peak_memory() / 1e9,
-            finish_reason=finish,
-        )))
-
+        self.caches.put(request.conversation_id, CachedPrompt(tokens + relayed.tokens, cache))
+        generation.put(_final_event(generation, relayed, len(tokens), reused, len(relayed.tokens)))
 
     def _vision_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
@@ -203,51 +251,10 @@ class Worker:
             repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
             prompt_cache_state=state,
         )
-        first_token_at = None
-        chunk = None
-        finish = "stop"
-        for chunk in chunks:
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            if chunk.text:
-                generation.put(GenerationEvent(text=chunk.text))
-            if chunk.finish_reason:
-                finish = chunk.finish_reason
-            elif generation.stop_requested:
-                # mlx-vlm records the tokens only at the end; it trims by the cache's real length,
-                # so a stopped turn leaves the state safe to reuse.
-                finish = "stopped"
-                break
-        chunks.close()
+        # mlx-vlm records the turn's tokens only at the end; it trims by the cache's real length,
+        # so a turn stopped early leaves the state safe to reuse.
+        relayed = _relay(chunks, generation)
         self.caches.put(request.conversation_id, CachedPrompt(list(state.token_ids or []), state))
-        generation.put(GenerationEvent(stats=GenerationStats(
-            prompt_tokens=chunk.prompt_tokens if chunk else 0,
-            cached_tokens=chunk.cached_tokens if chunk else 0,
-            prompt_tps=chunk.prompt_tps if chunk else 0.0,
-            generation_tokens=chunk.generation_tokens if chunk else 0,
-            generation_tps=chunk.generation_tps if chunk else 0.0,
-            time_to_first_token=(first_token_at or time.perf_counter()) - generation.submitted_at,
-            peak_memory_gb=mx.get_peak_memory() / 1e9,
-            finish_reason=finish,
-        )))
-
-
-def _vision_message(message) -> dict:
-    """A chat message for mlx-vlm's template, with an image marker per attached image."""
-    if not message.images:
-        return {"role": message.role, "content": message.content}
-    parts = [{"type": "image"} for _ in message.images]
-    return {"role": message.role, "content": [*parts, {"type": "text", "text": message.content}]}
-
-
-def _open_rgb(path: str):
-    """An attached image as an RGB PIL image."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def _empty_stats(finish_reason: str) -> GenerationStats:
-    """Stats of a reply that never started."""
-    return GenerationStats(0, 0, 0.0, 0, 0.0, 0.0, 0.0, finish_reason)
+        last = relayed.last
+        generation.put(_final_event(generation, relayed, last.prompt_tokens if last else 0,
+                                    last.cached_tokens if last else 0, last.generation_tokens if last else 0))

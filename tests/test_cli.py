@@ -48,6 +48,7 @@ def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> No
 
 def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_vlm: Path):
     from gradio_client import Client
+    from gradio_client.exceptions import AuthenticationError
 
     port = free_port()
     data_dir = tmp_path / "data"
@@ -59,7 +60,7 @@ def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_v
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_for_page(url, proc)
-        with pytest.raises(Exception):
+        with pytest.raises(AuthenticationError, match="Please login"):
             Client(url, verbose=False)  # no login, no app
         client = Client(url, auth=("ann", "secret"), verbose=False)
         model = client.predict(api_name="/page_load")[0]
@@ -70,9 +71,10 @@ def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_v
         log = (data_dir / "logs" / "mlx-gradio.log").read_text()
         assert "Loaded" in log and str(tiny_vlm) in log
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # like `kill`: the app closes the server and unloads the model
         _, stderr = proc.communicate(timeout=60)
-    assert "terminate called" not in stderr and "Traceback" not in stderr
+    assert proc.returncode == 0
+    assert "Unloading" in stderr and "terminate called" not in stderr and "Traceback" not in stderr
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path):

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import mlx.core as mx
@@ -63,7 +63,7 @@ WEIGHT_DTYPE = "float32"
 # greedy tokens (gain 1 let the text prompt dominate for some seeds).
 WEIGHT_GAIN = 2.0
 
-SPECIAL_TOKENS: List[str] = [
+SPECIAL_TOKENS: list[str] = [
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -127,7 +127,7 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_tokenizer_object() -> "Tokenizer":
+def build_tokenizer_object() -> Tokenizer:
     """Train a small deterministic byte-level BPE and add the Qwen special tokens.
 
     Returns a ``tokenizers.Tokenizer``.  Special tokens get the ids right after
@@ -160,7 +160,7 @@ def build_tokenizer_object() -> "Tokenizer":
     return tokenizer
 
 
-def write_tokenizer(path: Path) -> Dict[str, int]:
+def write_tokenizer(path: Path) -> dict[str, int]:
     """Write ``tokenizer.json``, ``tokenizer_config.json``,
     ``special_tokens_map.json`` and ``chat_template.json`` / ``.jinja``.
 
@@ -215,7 +215,7 @@ def write_tokenizer(path: Path) -> Dict[str, int]:
 def write_processor_files(path: Path) -> None:
     """Write ``preprocessor_config.json``, ``video_preprocessor_config.json`` and
     ``processor_config.json`` with small pixel bounds."""
-    image_cfg: Dict[str, Any] = {
+    image_cfg: dict[str, Any] = {
         "do_convert_rgb": True,
         "do_normalize": True,
         "do_rescale": True,
@@ -243,7 +243,7 @@ def write_processor_files(path: Path) -> None:
     _write_json(path / "processor_config.json", {"processor_class": "Qwen2VLProcessor"})
 
 
-def make_config(token_ids: Dict[str, int]) -> Dict[str, Any]:
+def make_config(token_ids: dict[str, int]) -> dict[str, Any]:
     """Return the ``config.json`` dict (text settings at the top level)."""
     vocab_size = token_ids["__vocab_size__"]
     eos_id = token_ids["<|im_end|>"]
@@ -295,7 +295,7 @@ def make_config(token_ids: Dict[str, int]) -> Dict[str, Any]:
     }
 
 
-def make_random_weights(config: Dict[str, Any], seed: int) -> Dict[str, "mx.array"]:
+def make_random_weights(config: dict[str, Any], seed: int) -> dict[str, mx.array]:
     """Instantiate mlx-vlm's Qwen2-VL model from ``config`` and return seeded
     random weights as ``{name: mx.array}`` in mlx-vlm's own naming."""
     import copy
@@ -317,7 +317,7 @@ def make_random_weights(config: Dict[str, Any], seed: int) -> Dict[str, "mx.arra
     dtype = getattr(mx, WEIGHT_DTYPE)
     params = dict(tree_flatten(model.parameters()))
     key = mx.random.key(seed)
-    weights: Dict[str, mx.array] = {}
+    weights: dict[str, mx.array] = {}
     for name in sorted(params):
         value = params[name]
         key, sub = mx.random.split(key)
