@@ -18,7 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from mlx_gradio.demo import prepare_demo_model  # noqa: E402
 from mlx_gradio.engine import Engine  # noqa: E402
 from mlx_gradio.jobs import ChatMessage, ChatRequest, SamplingParams  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, wait_for_page  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 TOKENS = 128
@@ -91,20 +90,6 @@ def start_app(data_dir: Path, port: int, model: Path | None = None) -> subproces
     if model:
         cmd += ["--model", str(model)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
-    """Poll `url` until it answers; fail if `proc` exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
 
 
 def time_to_page(cmd: list[str], port: int, env: dict | None = None) -> float:

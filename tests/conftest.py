@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,20 @@ import pytest
 from mlx_gradio import demo
 
 CACHE = Path(os.environ.get("MLX_GRADIO_TEST_CACHE", Path.home() / ".cache" / "mlx-gradio-tests"))
+
+
+def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Poll `url` until it answers; fail early if `proc` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before its page answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
 
 
 def free_port() -> int:

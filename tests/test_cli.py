@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from app import parse_args
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for_page
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,20 +29,6 @@ def test_bad_auth_flag_is_refused_with_a_message(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--auth", "no-colon"])
     assert "--auth expects USER:PASS" in capsys.readouterr().err
-
-
-def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
-    """Poll until the server answers (or the process dies)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"app.py exited early:\n{proc.stderr.read()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("the page never answered")
 
 
 def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_vlm: Path):
