@@ -46,6 +46,8 @@ class Engine:
         self._status_lock = threading.Lock()
         self._cache_limit = cache_limit
         self._worker: Any = None  # the generation.Worker, created on the thread itself
+        self._replies: set[Generation] = set()  # queued or running, so shutdown can stop them
+        self._replies_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self._thread.start()
 
@@ -63,7 +65,7 @@ class Engine:
         return future
 
     def load(self, model_path: str) -> Future:
-        """Load a model (unloading the current one); the future gives its `EngineStatus`."""
+        """Load a model (unloading the current one); the future gives the loaded model."""
         return self.call(lambda: self._worker.ensure_model(model_path))
 
     def unload(self) -> Future:
@@ -77,11 +79,16 @@ class Engine:
     def generate(self, request: ChatRequest) -> Generation:
         """Queue a reply; read it with `Generation.events()`, end it early with `.stop()`."""
         generation = Generation(request)
+        with self._replies_lock:
+            self._replies.add(generation)
         self._jobs.put(generation)
         return generation
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Finish queued jobs, unload, and end the thread."""
+        """Stop the replies in flight, unload, and end the thread."""
+        with self._replies_lock:
+            for generation in self._replies:
+                generation.stop()
         self._jobs.put(_SHUTDOWN)
         self._thread.join(timeout)
 
@@ -134,5 +141,7 @@ class Engine:
             log.exception("Reply for conversation %s with %s failed", request.conversation_id, request.model_path)
             generation.put(GenerationFailed(f"The model failed while generating: {exc}"))
         finally:
+            with self._replies_lock:
+                self._replies.discard(generation)
             self.set_status(generating=False)
 

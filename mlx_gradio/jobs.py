@@ -77,7 +77,7 @@ class GenerationEvent:
         return self.stats is not None
 
 
-@dataclass
+@dataclass(eq=False)  # a handle: equal only to itself, and hashable
 class Generation:
     """A handle on one queued or running reply: read its events, or stop it between tokens."""
 

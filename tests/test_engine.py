@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,17 @@ def test_unload_gives_the_memory_back(engine, demo_model: Path):
     unloaded = engine.call(mx.get_active_memory).result()
     assert engine.status().state == "empty"
     assert loaded - unloaded > 80_000_000  # the 115 MB of weights are gone
+
+
+def test_shutdown_stops_a_running_reply_and_frees_the_thread(demo_model: Path):
+    from mlx_gradio.engine import Engine
+
+    own = Engine()
+    story = ChatMessage("user", "Write a long story about a dragon.")
+    events = own.generate(ChatRequest("bye", str(demo_model), (story,), SamplingParams(0.0, max_tokens=500))).events()
+    next(event for event in events if event.text)
+    started = time.monotonic()
+    own.shutdown()
+    assert time.monotonic() - started < 10
+    assert not own._thread.is_alive()
+    assert [event for event in events][-1].stats.finish_reason == "stopped"
