@@ -147,6 +147,7 @@ class Worker:
         self.engine = engine
         self.loaded: LoadedModel | None = None
         self.caches = ConversationCaches(cache_limit)
+        self.vision_features: Any = None  # mlx-vlm's VisionFeatureCache for the loaded vision model
 
     def ensure_model(self, path: str) -> LoadedModel:
         """Load `path` unless it is already loaded; the previous model is unloaded first."""
@@ -174,6 +175,7 @@ class Worker:
         log.info("Unloading %s", self.loaded.path)
         self.loaded = None
         self.caches.clear()
+        self.vision_features = None
         gc.collect()
         mx.clear_cache()
         self.engine.set_status(state="empty", model_path=None, model_name=None, vision=False, message="")
@@ -233,7 +235,7 @@ class Worker:
 
     def _vision_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
-        from mlx_vlm import PromptCacheState, stream_generate
+        from mlx_vlm import PromptCacheState, VisionFeatureCache, stream_generate
         from mlx_vlm.prompt_utils import apply_chat_template
 
         request = generation.request
@@ -243,13 +245,15 @@ class Worker:
         prompt = apply_chat_template(loaded.processor, loaded.config, messages, num_images=len(images))
         entry = self.caches.take(request.conversation_id)
         state = entry.cache if entry is not None else PromptCacheState()
+        if self.vision_features is None:
+            self.vision_features = VisionFeatureCache()
         generation.put(GenerationEvent(status="Reading the prompt…"))
 
         chunks = stream_generate(
             loaded.model, loaded.processor, prompt, image=images or None, max_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
             repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
-            prompt_cache_state=state,
+            prompt_cache_state=state, vision_cache=self.vision_features,
         )
         # mlx-vlm records the turn's tokens only at the end; it trims by the cache's real length,
         # so a turn stopped early leaves the state safe to reuse.
