@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         controller.startup(args.model)
     except AppError as exc:
-        log.error("Cannot load --model %s: %s", args.model, exc)
+        log.error("Cannot load --model %s: %s; loading the last used model instead", args.model, exc)
+        controller.startup()
     try:
         blocks.block_thread()
     finally:

@@ -163,6 +163,9 @@ class Controller:
         """Handler: the user picked a model; remember it, start loading it, show the status."""
         if not path:
             return self.model_status()
+        if path != self.demo_path:
+            with user_errors("load that model"):
+                describe_folder(path, "folder")  # a folder deleted since the list was shown
         self.store.update_settings(model=path)
         self.start_loading(path)
         return self.model_status()

@@ -35,9 +35,9 @@ class LocalModel:
 
 def read_config(path: str | Path) -> dict:
     """The folder's `config.json`; raises `ModelNotFound` if there is none or it is unreadable."""
-    config_path = Path(path) / "config.json"
     if not Path(path).is_dir():
         raise ModelNotFound(f"There is no model folder at {path}.")
+    config_path = Path(path) / "config.json"
     try:
         return json.loads(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:

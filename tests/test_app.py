@@ -199,11 +199,13 @@ def test_import_gguf_and_add_folder_from_the_page(start_app, tmp_path: Path):
     assert picker["value"] == str(imported) and (imported / "model.safetensors").exists()
     assert any(path == str(imported) for _, path in picker["choices"])
     deadline = time.monotonic() + 60
-    while "tiny-llama" not in client.predict(api_name="/page_load")[1] and time.monotonic() < deadline:
+    while "tiny-llama** loaded" not in client.predict(api_name="/page_load")[1] and time.monotonic() < deadline:
         time.sleep(0.3)
     assert "loaded (text)" in client.predict(api_name="/page_load")[1]
     with pytest.raises(Exception, match="There is no file at"):
         client.predict(str(tmp_path / "missing.gguf"), api_name="/import_gguf")
     with pytest.raises(Exception, match="has no config.json"):
         client.predict(str(tmp_path), api_name="/add_model_folder")
+    with pytest.raises(Exception, match="There is no model folder at"):
+        client.predict(str(tmp_path / "deleted-model"), api_name="/select_model")
     assert page(client)["model"] == str(imported)  # still selected after the refused ones

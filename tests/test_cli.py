@@ -82,3 +82,28 @@ def test_unusable_data_dir_is_a_clear_error(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--data-dir", str(blocker / "data")])
     assert "cannot use" in capsys.readouterr().err
+
+
+def test_unknown_model_flag_falls_back_to_the_saved_model(tmp_path: Path, tiny_vlm: Path):
+    from gradio_client import Client
+
+    from mlx_gradio.store import Store
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    Store(data_dir / "mlx-gradio.json").update_settings(model=str(tiny_vlm), model_folders=[str(tiny_vlm)])
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir),
+                             "--model", "no/such-model"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for_page(f"http://127.0.0.1:{port}/", proc)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        deadline = time.monotonic() + 60
+        while "loaded" not in client.predict(api_name="/page_load")[1] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert "loaded (vision)" in client.predict(api_name="/page_load")[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert "Cannot load --model no/such-model" in stderr
