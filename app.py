@@ -6,12 +6,46 @@ Run `python app.py --help` for the options.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
+import stat
 from pathlib import Path
 
 log = logging.getLogger("mlx_gradio.app")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_logins(pairs: list[str], files: list[Path], flag: str, parser: argparse.ArgumentParser) -> dict[str, str]:
+    """USER:PASS logins from flags and from files (one a line, readable by the owner only)."""
+    lines = [(pair, flag) for pair in pairs]
+    for path in files:
+        try:
+            mode = path.stat().st_mode
+            if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+                parser.error(f"{path} can be read by other users (mode {stat.S_IMODE(mode):o}); "
+                             f"run `chmod 600 {path}` first")
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            parser.error(f"cannot read {path}: {exc.strerror or exc}")
+        lines += [(line.strip(), f"{path}") for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    logins: dict[str, str] = {}
+    for line, source in lines:
+        user, colon, password = line.partition(":")
+        if not colon or not user or not password:
+            parser.error(f"{source} expects USER:PASS: a user name, a colon and a password")
+        logins[user] = password
+    return logins
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,9 +53,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Chat with MLX models in your browser.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
-    parser.add_argument("--share", action="store_true", help="open a public Gradio share link")
+    parser.add_argument("--share", action="store_true", help="open a public Gradio share link (needs --auth)")
     parser.add_argument("--auth", action="append", default=[], metavar="USER:PASS",
-                        help="require this login (repeat for more users)")
+                        help="an owner's login (repeat for more owners)")
+    parser.add_argument("--auth-file", action="append", default=[], type=Path, metavar="PATH",
+                        help="owners' logins, one USER:PASS a line (the file must be chmod 600)")
+    parser.add_argument("--guest", action="append", default=[], metavar="USER:PASS",
+                        help="a guest's login: chat only, with the owners' models (repeat for more)")
+    parser.add_argument("--guest-file", action="append", default=[], type=Path, metavar="PATH",
+                        help="guests' logins, one USER:PASS a line (the file must be chmod 600)")
     parser.add_argument("--data-dir", type=Path,
                         default=Path(os.environ.get("MLX_GRADIO_HOME", "~/.mlx-gradio")),
                         help="settings, conversations, logs and converted models "
@@ -29,9 +69,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--model", help="model folder or Hugging Face repo id (in the local cache) to load at start")
     args = parser.parse_args(argv)
-    for pair in args.auth:
-        if ":" not in pair or not pair.split(":", 1)[0]:
-            parser.error(f"--auth expects USER:PASS, got {pair!r}")
+    args.owners = read_logins(args.auth, args.auth_file, "--auth", parser)
+    args.guests = read_logins(args.guest, args.guest_file, "--guest", parser)
+    if set(args.owners) & set(args.guests):
+        parser.error(f"{', '.join(sorted(set(args.owners) & set(args.guests)))} cannot be both owner and guest")
+    if args.guests and not args.owners:
+        parser.error("guests need an owner: add --auth USER:PASS or --auth-file PATH")
+    if (args.share or not is_loopback(args.host)) and not args.owners:
+        where = "a share link" if args.share else f"--host {args.host}"
+        parser.error(f"{where} makes the app reachable from other machines, so it needs a login: "
+                     "add --auth USER:PASS or --auth-file PATH")
     args.data_dir = args.data_dir.expanduser().resolve()
     try:
         args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -52,20 +99,21 @@ def main(argv: list[str] | None = None) -> None:
 
     log_file = setup_logging(args.data_dir, args.log_level)
     from mlx_gradio.app_factory import create_app
+    from mlx_gradio.controller.access import Access
     from mlx_gradio.errors import AppError
     from mlx_gradio.ui.blocks import launch_options
 
-    blocks, controller = create_app(args.data_dir)
-    log.info("Data in %s, log in %s", args.data_dir, log_file)
-    auth = [tuple(pair.split(":", 1)) for pair in args.auth] or None
+    blocks, controller = create_app(args.data_dir, Access(args.owners, args.guests))
+    log.info("Data in %s, log in %s; %d owner and %d guest logins", args.data_dir, log_file,
+             len(args.owners), len(args.guests))
     blocks.queue(default_concurrency_limit=8)
     try:
-        blocks.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        blocks.launch(server_name=args.host, server_port=args.port, share=args.share,
                       prevent_thread_lock=True, **launch_options(controller))
     except OSError as exc:
         log.error("Cannot listen on %s:%s (%s). Is another copy running? Pick a free port with --port.",
                   args.host, args.port, exc)
-        controller.engine.shutdown()
+        controller.shutdown()
         raise SystemExit(2) from exc
     # `kill` (SIGTERM) shuts down as cleanly as Ctrl+C: the server closes and the model unloads.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -77,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         blocks.block_thread()
     finally:
-        controller.engine.shutdown()
+        controller.shutdown()
 
 
 if __name__ == "__main__":

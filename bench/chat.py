@@ -74,14 +74,15 @@ def app_rate(url: str, model_path: Path) -> float:
     client = Client(url, verbose=False)
     client.predict(api_name="/page_load")
     job = client.submit({"text": PROMPT, "files": []}, str(model_path), *GREEDY_SETTINGS, api_name="/send")
-    stamps, last_text = [], ""
+    stamps, last_text, stats_line = [], "", ""
     for output in job:
         text = output[0][-1]["content"][0]["text"]
         if not text.startswith("*") and text != last_text:
             stamps.append(time.perf_counter())
             last_text = text
-    tokens = int(last_text.split(" tokens · ")[0].rsplit("· ", 1)[-1])
-    return decode_rate(stamps[:-1], tokens)  # the final output only adds the stats line
+        stats_line = output[3] or stats_line
+    tokens = int(stats_line.split(" tokens · ")[0].rsplit("· ", 1)[-1])
+    return decode_rate(stamps, tokens)
 
 
 def start_app(data_dir: Path, port: int, model: Path | None = None) -> subprocess.Popen:

@@ -7,21 +7,23 @@ from pathlib import Path
 import gradio as gr
 
 from .controller import Controller
+from .controller.access import Access
+from .controller.settings import cache_budget_bytes
 from .engine import Engine
 from .store import Store
 from .ui.blocks import build_app
 
-DB_NAME = "mlx-gradio.json"
 
-
-def create_controller(data_dir: Path) -> Controller:
+def create_controller(data_dir: Path, access: Access | None = None) -> Controller:
     """A controller on a fresh engine thread and the store in `data_dir`."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    return Controller(Engine(), Store(data_dir / DB_NAME), data_dir)
+    store = Store(data_dir)
+    engine = Engine(cache_budget=cache_budget_bytes(store.settings.app()["cache_budget_gb"]))
+    return Controller(engine, store, data_dir, access)
 
 
-def create_app(data_dir: Path) -> tuple[gr.Blocks, Controller]:
+def create_app(data_dir: Path, access: Access | None = None) -> tuple[gr.Blocks, Controller]:
     """The Blocks app and its controller for `data_dir`."""
-    controller = create_controller(data_dir)
+    controller = create_controller(data_dir, access)
     return build_app(controller), controller

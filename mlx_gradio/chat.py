@@ -1,20 +1,53 @@
-"""Conversation records: adding turns, cutting them back for regenerate and edit, and rendering.
+"""Conversation records: turns, reply versions, regenerate and edit, and what the model sees.
 
-A conversation is a plain dict as the store keeps it: `id`, `title`, `model`, `created`,
-`updated` and `messages`, each message `{"role", "content", "images", "stats"}`.
+A conversation is a plain dict as the store keeps it: `id`, `owner`, `title`, `model`,
+`created`, `updated` and `messages`. A user message is `{"role": "user", "content", "images"}`
+(plus `"error"` when no reply came); an assistant message keeps every version of the reply,
+`{"role": "assistant", "versions": [{"content", "stats", "model", "created"}], "current": i}`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import asdict
+import time
+import uuid
 from pathlib import Path
 
 from .errors import ChatEditError
-from .jobs import ChatMessage, ChatRequest, GenerationStats, SamplingParams
+from .jobs import ChatMessage
 
+SCHEMA_VERSION = 2
 TITLE_LENGTH = 48
-FINISH_NOTES = {"length": "max tokens reached", "stopped": "stopped"}
+
+
+def new_conversation(owner: str, model: str | None = None, title: str = "New chat") -> dict:
+    """A fresh conversation record."""
+    now = time.time()
+    return {"id": uuid.uuid4().hex, "owner": owner, "title": title, "model": model, "created": now,
+            "updated": now, "schema": SCHEMA_VERSION, "messages": []}
+
+
+def upgrade(conversation: dict, owner: str) -> dict:
+    """A conversation in this version's shape (older ones kept one `content` per reply, no owner)."""
+    if conversation.get("schema") == SCHEMA_VERSION:
+        return conversation
+    messages = []
+    for message in conversation.get("messages") or ():
+        if message.get("role") == "assistant" and "versions" not in message:
+            version = {"content": message.get("content") or "", "stats": message.get("stats"),
+                       "model": conversation.get("model"), "created": conversation.get("updated") or 0.0}
+            messages.append({"role": "assistant", "versions": [version], "current": 0})
+        else:
+            messages.append({"role": message.get("role", "user"), "content": message.get("content") or "",
+                             "images": list(message.get("images") or [])})
+    return {**conversation, "owner": conversation.get("owner") or owner, "schema": SCHEMA_VERSION,
+            "messages": messages}
+
+
+def clean_text(text: str) -> str:
+    """Text as a model and a JSON file can hold it: split surrogate pairs joined, lone surrogates replaced."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def title_from(text: str, images: list[str]) -> str:
@@ -32,72 +65,112 @@ def add_user_message(conversation: dict, text: str, images: list[str]) -> None:
     conversation["messages"].append({"role": "user", "content": text, "images": list(images)})
 
 
-def add_reply(conversation: dict, text: str, stats: GenerationStats | None) -> None:
-    """Append an assistant turn with its stats."""
-    conversation["messages"].append(
-        {"role": "assistant", "content": text, "images": [], "stats": asdict(stats) if stats else None}
-    )
+def current_version(message: dict) -> dict:
+    """The version of an assistant message the chat shows."""
+    versions = message.get("versions") or [{"content": "", "stats": None, "model": None}]
+    return versions[min(max(message.get("current", 0), 0), len(versions) - 1)]
 
 
-def cut_for_regenerate(conversation: dict) -> None:
-    """Drop the last reply so the last user message can be answered again."""
+def reply_slot(conversation: dict) -> int:
+    """Where the next version of the last reply goes: the last assistant message, or after an unanswered turn."""
     messages = conversation["messages"]
-    while messages and messages[-1]["role"] == "assistant":
-        messages.pop()
     if not messages:
         raise ChatEditError("There is no message to answer yet: send one first.")
+    return len(messages) - 1 if messages[-1]["role"] == "assistant" else len(messages)
 
 
-def cut_for_edit(conversation: dict, index: int, text: str) -> None:
-    """Replace the text of user message `index` and drop everything after it."""
+def add_reply_version(conversation: dict, slot: int, content: str, stats: dict | None, model: str | None) -> None:
+    """Put a reply at `slot`: a new version of the reply there, or a new assistant message."""
     messages = conversation["messages"]
-    if not 0 <= index < len(messages) or messages[index]["role"] != "user":
+    version = {"content": content, "stats": stats, "model": model, "created": time.time()}
+    if slot < len(messages) and messages[slot]["role"] == "assistant":
+        messages[slot]["versions"].append(version)
+        messages[slot]["current"] = len(messages[slot]["versions"]) - 1
+    else:
+        messages.insert(slot, {"role": "assistant", "versions": [version], "current": 0})
+    if slot > 0 and messages[slot - 1]["role"] == "user":
+        messages[slot - 1].pop("error", None)
+
+
+def update_reply_version(conversation: dict, slot: int, content: str, stats: dict | None) -> None:
+    """Replace the text and stats of the version just added at `slot` (as the reply streams on)."""
+    version = conversation["messages"][slot]["versions"][-1]
+    version["content"] = content
+    version["stats"] = stats
+
+
+def mark_unanswered(conversation: dict, slot: int, error: str) -> None:
+    """Note on the user turn before `slot` why no reply came (the chat shows it with a retry)."""
+    messages = conversation["messages"]
+    if 0 < slot <= len(messages) and messages[slot - 1]["role"] == "user":
+        messages[slot - 1]["error"] = error
+
+
+def has_notice(messages: list[dict], index: int) -> bool:
+    """Whether the chat shows a "no reply" notice after message `index` (a user turn that got no reply)."""
+    message = messages[index]
+    return (message["role"] == "user" and bool(message.get("error"))
+            and (index + 1 == len(messages) or messages[index + 1]["role"] == "user"))
+
+
+def message_at(conversation: dict, shown_index: int) -> int:
+    """The stored index of the message the chat shows at `shown_index` (notices take a place too)."""
+    messages = conversation["messages"]
+    shown = 0
+    for index in range(len(messages)):
+        if shown == shown_index:
+            return index
+        shown += 2 if has_notice(messages, index) else 1
+    raise ChatEditError("Only your own messages can be edited.")
+
+
+def select_version(conversation: dict, delta: int) -> None:
+    """Show the previous (-1) or next (+1) version of the last reply."""
+    messages = conversation["messages"]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ChatEditError("There is no reply to switch versions of.")
+    last = messages[-1]
+    last["current"] = min(max(last.get("current", 0) + delta, 0), len(last["versions"]) - 1)
+
+
+def edited(conversation: dict, index: int, text: str) -> dict:
+    """A copy of the conversation with user message `index` rewritten and everything after it dropped."""
+    messages = conversation["messages"]
+    if not isinstance(index, int) or not 0 <= index < len(messages) or messages[index]["role"] != "user":
         raise ChatEditError("Only your own messages can be edited.")
-    messages[index] = {**messages[index], "content": text}
-    del messages[index + 1:]
+    result = copy.deepcopy(conversation)
+    result["messages"] = result["messages"][: index + 1]
+    result["messages"][index]["content"] = text
+    result["messages"][index].pop("error", None)
+    if index == 0:
+        result["title"] = title_from(text, result["messages"][0].get("images") or [])
+    return result
 
 
-def build_request(conversation: dict, model_path: str, system_prompt: str, params: SamplingParams) -> ChatRequest:
-    """The engine request for the next reply of `conversation`."""
+def model_messages(conversation: dict, slot: int, system_prompt: str) -> tuple[ChatMessage, ...]:
+    """What the model sees to write the reply at `slot`.
+
+    A user turn that never got a reply is left out when another user turn follows it, so
+    templates that demand alternating roles always get them.
+    """
+    history = conversation["messages"][:slot]
     messages = [ChatMessage("system", system_prompt)] if system_prompt.strip() else []
-    messages += [
-        ChatMessage(m["role"], m["content"], tuple(m.get("images") or ()))
-        for m in conversation["messages"]
-    ]
-    return ChatRequest(conversation["id"], model_path, tuple(messages), params)
-
-
-def format_stats(stats: dict) -> str:
-    """The small line under a reply: time to first token, speed, tokens, memory."""
-    parts = [
-        f"{stats['time_to_first_token']:.2f} s to first token",
-        f"{stats['generation_tps']:.1f} tok/s",
-        f"{stats['generation_tokens']} tokens",
-        f"{stats['peak_memory_gb'] * 1000:.0f} MB peak",
-    ]
-    if stats.get("cached_tokens"):
-        parts.append(f"{stats['cached_tokens']}/{stats['prompt_tokens']} prompt tokens cached")
-    note = FINISH_NOTES.get(stats.get("finish_reason", ""))
-    if note:
-        parts.append(note)
-    return " · ".join(parts)
-
-
-def to_chatbot(conversation: dict | None, pending: str = "") -> list[dict]:
-    """The `gr.Chatbot` messages for a conversation; `pending` shows in an empty last reply."""
-    history = []
-    for message in (conversation or {}).get("messages", []):
+    for i, message in enumerate(history):
         if message["role"] == "user":
-            parts: list = [{"path": path} for path in message.get("images") or []]
-            if message["content"]:
-                parts.append(message["content"])
-            history.append({"role": "user", "content": parts if len(parts) != 1 else parts[0]})
+            if i + 1 < len(history) and history[i + 1]["role"] == "user":
+                continue
+            messages.append(ChatMessage("user", message["content"], tuple(message.get("images") or ())))
         else:
-            text = message["content"] or (f"*{pending}*" if pending else "")
-            if message.get("stats"):
-                text += f'\n\n<span class="reply-stats">{format_stats(message["stats"])}</span>'
-            history.append({"role": "assistant", "content": text})
-    return history
+            messages.append(ChatMessage("assistant", current_version(message)["content"]))
+    return tuple(messages)
+
+
+def last_stats(conversation: dict) -> dict | None:
+    """The stats of the reply the chat shows last, if any."""
+    for message in reversed(conversation["messages"]):
+        if message["role"] == "assistant":
+            return current_version(message).get("stats")
+    return None
 
 
 def export_json(conversation: dict, folder: Path) -> Path:
@@ -105,5 +178,6 @@ def export_json(conversation: dict, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in conversation["title"])[:40].strip("-")
     target = folder / f"{safe or 'conversation'}-{conversation['id'][:8]}.json"
-    target.write_text(json.dumps(conversation, indent=2, ensure_ascii=False), encoding="utf-8")
+    text = json.dumps(conversation, indent=2, ensure_ascii=False)
+    target.write_bytes(text.encode("utf-8", "backslashreplace"))
     return target

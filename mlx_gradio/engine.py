@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import AppError, GenerationFailed
 from .jobs import ChatRequest, Generation
+from .prompt_cache import DEFAULT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,12 @@ class EngineStatus:
 class Engine:
     """Owns the MLX worker thread, the loaded model and the per-conversation prompt caches."""
 
-    def __init__(self, cache_limit: int = 4) -> None:
+    def __init__(self, cache_limit: int = DEFAULT_LIMIT, cache_budget: int | None = None) -> None:
         self._jobs: queue.Queue = queue.Queue()
         self._status = EngineStatus()
         self._status_lock = threading.Lock()
         self._cache_limit = cache_limit
+        self._cache_budget = cache_budget
         self._worker: Any = None  # the generation.Worker, created on the thread itself
         self._replies: set[Generation] = set()  # queued or running, so shutdown can stop them
         self._replies_lock = threading.Lock()
@@ -71,6 +73,11 @@ class Engine:
     def unload(self) -> Future:
         """Drop the loaded model and its caches so the memory goes back."""
         return self.call(lambda: self._worker.unload())
+
+    def set_cache_budget(self, budget_bytes: int | None) -> Future:
+        """Bound the bytes the prompt caches may hold (the least recently used go first)."""
+        self._cache_budget = budget_bytes
+        return self.call(lambda: self._worker.caches.set_budget(budget_bytes))
 
     def forget_conversation(self, conversation_id: str) -> Future:
         """Drop a conversation's prompt cache (it was deleted)."""
@@ -107,7 +114,7 @@ class Engine:
         # MLX is imported only once there is work, so it does not slow the page's start.
         from .generation import Worker
 
-        self._worker = Worker(self, cache_limit=self._cache_limit)
+        self._worker = Worker(self.set_status, self._cache_limit, self._cache_budget)
         while job is not _SHUTDOWN:
             if isinstance(job, Generation):
                 self._run_generation(job)

@@ -38,4 +38,20 @@ class GenerationFailed(AppError):
 
 
 class ChatEditError(AppError):
-    """A regenerate or edit the conversation cannot take (nothing to regenerate, not a user message)."""
+    """A regenerate, edit or version switch the conversation cannot take."""
+
+
+class StoreWriteFailed(AppError):
+    """Saving to disk failed (disk full, permissions, ...); nothing in memory changed."""
+
+
+class AccessDenied(AppError):
+    """The signed-in user may not do this (a guest asking for an owner's action)."""
+
+
+class ReplyInProgress(AppError):
+    """A reply is already being written into this conversation."""
+
+
+class ContextTooLong(AppError):
+    """The message (with what must come with it) does not fit the model's context."""

@@ -9,24 +9,24 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlx.core as mx
 
-from .errors import ImageNeedsVisionModel, ModelLoadFailed, ModelNotFound
+from .context import FittedPrompt, context_length, fit_prompt
+from .errors import ImageNeedsVisionModel, ModelLoadFailed
 from .jobs import ChatMessage, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .models import read_config
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from .engine import Engine
-
 log = logging.getLogger(__name__)
+
+PREFILL_CHUNK_S = 1.0  # a prompt is read in chunks of about this long, so Stop and shutdown act between them
+FIRST_PREFILL_STEP = 32  # tokens per chunk before this model's reading speed is known
+PREFILL_STEPS = (16, 2048)  # the fewest and most tokens per chunk
 
 
 @dataclass
@@ -65,8 +65,9 @@ def load_model(path: str) -> LoadedModel:
             from mlx_lm import load as lm_load
 
             model, processor = lm_load(str(folder))
-    except (ValueError, OSError, KeyError, TypeError, RuntimeError) as exc:
-        raise ModelLoadFailed(f"{folder.name} could not be loaded: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any failure (ImportError, MemoryError, ...) is a failed load
+        log.exception("Loading %s failed", folder)
+        raise ModelLoadFailed(f"{folder.name} could not be loaded: {type(exc).__name__}: {exc}") from exc
     return LoadedModel(str(folder), folder.name, vision, model, processor, config)
 
 
@@ -104,7 +105,7 @@ def _relay(responses: Iterator[Any], generation: Generation) -> Relayed:
 
 
 def _final_event(generation: Generation, relayed: Relayed, prompt_tokens: int, cached_tokens: int,
-                 generation_tokens: int) -> GenerationEvent:
+                 generation_tokens: int, context: int, dropped: int) -> GenerationEvent:
     """The last event of a reply, with its stats."""
     last = relayed.last
     return GenerationEvent(stats=GenerationStats(
@@ -116,7 +117,35 @@ def _final_event(generation: Generation, relayed: Relayed, prompt_tokens: int, c
         time_to_first_token=(relayed.first_token_at or time.perf_counter()) - generation.submitted_at,
         peak_memory_gb=mx.get_peak_memory() / 1e9,
         finish_reason=relayed.finish,
+        context_length=context,
+        dropped_messages=dropped,
     ))
+
+
+class _PrefillStopped(Exception):
+    """Stop was asked for while the prompt was read; `processed` tokens are in the cache."""
+
+    def __init__(self, processed: int) -> None:
+        super().__init__(f"stopped after {processed} prompt tokens")
+        self.processed = processed
+
+
+@dataclass
+class _PrefillProgress:
+    """mlx-lm's prompt progress callback: reports progress and ends the read when Stop is asked for."""
+
+    generation: Generation
+    reused: int
+    total: int
+
+    def __call__(self, processed: int, total: int) -> None:
+        if processed >= total:
+            return
+        if self.generation.stop_requested:
+            raise _PrefillStopped(processed)
+        if processed:
+            self.generation.put(GenerationEvent(status=f"Reading the prompt: {self.reused + processed:,} / "
+                                                       f"{self.total:,} tokens"))
 
 
 def _vision_message(message: ChatMessage) -> dict:
@@ -127,27 +156,21 @@ def _vision_message(message: ChatMessage) -> dict:
     return {"role": message.role, "content": [*parts, {"type": "text", "text": message.content}]}
 
 
-def _open_rgb(path: str) -> Image.Image:
-    """An attached image as an RGB PIL image."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def _empty_stats(finish_reason: str) -> GenerationStats:
-    """Stats of a reply that never started."""
-    return GenerationStats(0, 0, 0.0, 0, 0.0, 0.0, 0.0, finish_reason)
+def _kept(messages: Sequence[ChatMessage], fitted: FittedPrompt) -> list[ChatMessage]:
+    """The messages a fitted prompt holds: the system prompt, then the turns after those left out."""
+    system = list(messages[:1]) if messages and messages[0].role == "system" else []
+    return [*system, *messages[len(system) + fitted.dropped:]]
 
 
 class Worker:
     """The engine thread's state: the loaded model and the conversations' prompt caches."""
 
-    def __init__(self, engine: Engine, cache_limit: int) -> None:
-        self.engine = engine
+    def __init__(self, set_status: Callable[..., None], cache_limit: int, cache_budget: int | None) -> None:
+        self.set_status = set_status
         self.loaded: LoadedModel | None = None
-        self.caches = ConversationCaches(cache_limit)
+        self.caches = ConversationCaches(cache_limit, cache_budget)
         self.vision_features: Any = None  # mlx-vlm's VisionFeatureCache for the loaded vision model
+        self.prefill_tps: float | None = None  # the loaded model's prompt reading speed, once measured
 
     def ensure_model(self, path: str) -> LoadedModel:
         """Load `path` unless it is already loaded; the previous model is unloaded first."""
@@ -156,16 +179,17 @@ class Worker:
         read_config(path)  # a missing or broken folder fails here, before the current model is dropped
         self.unload()
         name = Path(path).name
-        self.engine.set_status(state="loading", model_path=str(path), model_name=name, message=f"Loading {name}…")
+        self.set_status(state="loading", model_path=str(path), model_name=name, message=f"Loading {name}…")
         started = time.perf_counter()
         try:
             self.loaded = load_model(path)
-        except (ModelLoadFailed, ModelNotFound) as exc:
-            self.engine.set_status(state="error", message=str(exc))
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the status must not stay on "loading"
+            self.set_status(state="error", message=str(exc) or type(exc).__name__)
             raise
+        self.prefill_tps = None
         log.info("Loaded %s (%s) in %.1f s", path, "vision" if self.loaded.vision else "text",
                  time.perf_counter() - started)
-        self.engine.set_status(state="ready", vision=self.loaded.vision, message="")
+        self.set_status(state="ready", vision=self.loaded.vision, message="")
         return self.loaded
 
     def unload(self) -> None:
@@ -178,12 +202,19 @@ class Worker:
         self.vision_features = None
         gc.collect()
         mx.clear_cache()
-        self.engine.set_status(state="empty", model_path=None, model_name=None, vision=False, message="")
+        self.set_status(state="empty", model_path=None, model_name=None, vision=False, message="")
 
     def close(self) -> None:
         """Unload, then release this thread's MLX streams (MLX aborts at exit if a thread still owns one)."""
         self.unload()
         mx.clear_streams()
+
+    def prefill_step(self) -> int:
+        """Tokens per prompt chunk: about `PREFILL_CHUNK_S` of reading at this model's measured speed."""
+        if self.prefill_tps is None:
+            return FIRST_PREFILL_STEP
+        low, high = PREFILL_STEPS
+        return int(min(max(self.prefill_tps * PREFILL_CHUNK_S, low), high))
 
     def reply(self, generation: Generation) -> None:
         """Generate one reply, putting its events on the generation's queue."""
@@ -210,10 +241,16 @@ class Worker:
 
         request = generation.request
         tokenizer = loaded.processor
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        tokens = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+        def encode(messages: Sequence[ChatMessage]) -> list[int]:
+            chat = [{"role": m.role, "content": m.content} for m in messages]
+            return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
 
         entry = self.caches.take(request.conversation_id)
+        context = context_length(loaded.config, request.context_limit)
+        fitted = fit_prompt(encode, request.messages, context, request.params.max_tokens,
+                            hint=entry.dropped if entry else 0)
+        tokens = fitted.tokens
         reused = 0
         if entry is not None and can_trim_prompt_cache(entry.cache):
             # Keep at least one token to prefill: the model needs logits for the next token.
@@ -222,35 +259,60 @@ class Worker:
             cache = entry.cache
         else:
             cache = make_prompt_cache(loaded.model)
-        if len(tokens) - reused > 1:
-            generation.put(GenerationEvent(status=f"Reading the prompt ({len(tokens) - reused} new tokens)…"))
-
-        relayed = _relay(stream_generate(
-            loaded.model, tokenizer, tokens[reused:], max_tokens=request.params.max_tokens,
-            prompt_cache=cache, **sampling_kwargs(request.params),
-        ), generation)
+        new_tokens = len(tokens) - reused
+        if new_tokens > 1:
+            generation.put(GenerationEvent(status=f"Reading the prompt ({new_tokens:,} new tokens)…"))
+        try:
+            relayed = _relay(stream_generate(
+                loaded.model, tokenizer, tokens[reused:], max_tokens=fitted.max_tokens, prompt_cache=cache,
+                prefill_step_size=self.prefill_step(),
+                prompt_progress_callback=_PrefillProgress(generation, reused, len(tokens)),
+                **sampling_kwargs(request.params),
+            ), generation)
+        except _PrefillStopped as stopped:
+            # The cache holds every chunk read so far: the next turn goes on from there.
+            self.caches.put(request.conversation_id,
+                            CachedPrompt(tokens[: reused + stopped.processed], cache, fitted.dropped))
+            generation.put(GenerationEvent(stats=replace(
+                _empty_stats("stopped"), prompt_tokens=len(tokens), cached_tokens=reused,
+                context_length=context, dropped_messages=fitted.dropped)))
+            return
         # The cache now holds the prompt and every token the generator handed out.
-        self.caches.put(request.conversation_id, CachedPrompt(tokens + relayed.tokens, cache))
-        generation.put(_final_event(generation, relayed, len(tokens), reused, len(relayed.tokens)))
+        self.caches.put(request.conversation_id, CachedPrompt(tokens + relayed.tokens, cache, fitted.dropped))
+        if new_tokens >= FIRST_PREFILL_STEP and relayed.last is not None:
+            self.prefill_tps = relayed.last.prompt_tps
+        generation.put(_final_event(generation, relayed, len(tokens), reused, len(relayed.tokens), context,
+                                    fitted.dropped))
 
     def _vision_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
         from mlx_vlm import PromptCacheState, VisionFeatureCache, stream_generate
         from mlx_vlm.prompt_utils import apply_chat_template
 
+        from .images import load_for_model
+
         request = generation.request
         params = request.params
-        images = [_open_rgb(path) for m in request.messages for path in m.images]
-        messages = [_vision_message(m) for m in request.messages]
-        prompt = apply_chat_template(loaded.processor, loaded.config, messages, num_images=len(images))
+        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+
+        def template(messages: Sequence[ChatMessage]) -> str:
+            return apply_chat_template(loaded.processor, loaded.config, [_vision_message(m) for m in messages],
+                                       num_images=sum(len(m.images) for m in messages))
+
         entry = self.caches.take(request.conversation_id)
+        context = context_length(loaded.config, request.context_limit)
+        # Counts text tokens and one per image marker: mlx-vlm expands images only while it reads them.
+        fitted = fit_prompt(lambda messages: list(tokenizer.encode(template(messages))), request.messages,
+                            context, params.max_tokens, hint=entry.dropped if entry else 0)
+        kept = _kept(request.messages, fitted)
+        images = [load_for_model(path) for m in kept for path in m.images]
         state = entry.cache if entry is not None else PromptCacheState()
         if self.vision_features is None:
             self.vision_features = VisionFeatureCache()
         generation.put(GenerationEvent(status="Reading the prompt…"))
 
         chunks = stream_generate(
-            loaded.model, loaded.processor, prompt, image=images or None, max_tokens=params.max_tokens,
+            loaded.model, loaded.processor, template(kept), image=images or None, max_tokens=fitted.max_tokens,
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
             repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
             prompt_cache_state=state, vision_cache=self.vision_features,
@@ -258,7 +320,13 @@ class Worker:
         # mlx-vlm records the turn's tokens only at the end; it trims by the cache's real length,
         # so a turn stopped early leaves the state safe to reuse.
         relayed = _relay(chunks, generation)
-        self.caches.put(request.conversation_id, CachedPrompt(list(state.token_ids or []), state))
+        self.caches.put(request.conversation_id, CachedPrompt(list(state.token_ids or []), state, fitted.dropped))
         last = relayed.last
         generation.put(_final_event(generation, relayed, last.prompt_tokens if last else 0,
-                                    last.cached_tokens if last else 0, last.generation_tokens if last else 0))
+                                    last.cached_tokens if last else 0, last.generation_tokens if last else 0,
+                                    context, fitted.dropped))
+
+
+def _empty_stats(finish_reason: str) -> GenerationStats:
+    """Stats of a reply that never started."""
+    return GenerationStats(0, 0, 0.0, 0, 0.0, 0.0, 0.0, finish_reason)

@@ -42,6 +42,7 @@ class ChatRequest:
     model_path: str
     messages: tuple[ChatMessage, ...]
     params: SamplingParams = SamplingParams()
+    context_limit: int = 0  # tokens; 0 means the model's own context length
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class GenerationStats:
     time_to_first_token: float
     peak_memory_gb: float
     finish_reason: str
+    context_length: int = 0
+    dropped_messages: int = 0  # oldest messages left out so the prompt fits the context
 
     @property
     def prefilled_tokens(self) -> int:

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_LIMIT = 4
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 8
 
 
 @dataclass
 class CachedPrompt:
-    """A model cache and the exact tokens it holds, in order."""
+    """A model cache, the exact tokens it holds in order, and how many leading messages the prompt left out."""
 
     tokens: list[int]
     cache: Any
+    dropped: int = 0
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -28,23 +32,51 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-class ConversationCaches:
-    """The caches of the most recently used conversations; the least recent is dropped first."""
+def cache_nbytes(cache: Any) -> int:
+    """Bytes a cache holds: mlx-lm's list of layer caches, or mlx-vlm's state that wraps one."""
+    layers = getattr(cache, "cache", cache)
+    if not isinstance(layers, (list, tuple)):
+        return 0
+    return sum(int(getattr(layer, "nbytes", 0) or 0) for layer in layers)
 
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+
+class ConversationCaches:
+    """The caches of the most recently used conversations, bounded by count and by bytes.
+
+    The least recently used is dropped first; a cache larger than the whole budget is not kept.
+    """
+
+    def __init__(self, limit: int = DEFAULT_LIMIT, budget_bytes: int | None = None) -> None:
         self.limit = limit
-        self._entries: OrderedDict[str, CachedPrompt] = OrderedDict()
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[str, tuple[CachedPrompt, int]] = OrderedDict()
 
     def take(self, conversation_id: str) -> CachedPrompt | None:
         """Remove and return a conversation's cache (it is put back once the reply is done)."""
-        return self._entries.pop(conversation_id, None)
+        entry = self._entries.pop(conversation_id, None)
+        return entry[0] if entry else None
 
     def put(self, conversation_id: str, entry: CachedPrompt) -> None:
-        """Keep a conversation's cache, evicting the least recently used beyond the limit."""
-        self._entries[conversation_id] = entry
+        """Keep a conversation's cache, evicting the least recently used beyond the limits."""
+        self._entries[conversation_id] = (entry, cache_nbytes(entry.cache))
         self._entries.move_to_end(conversation_id)
-        while len(self._entries) > self.limit:
-            self._entries.popitem(last=False)
+        self._evict()
+
+    def set_budget(self, budget_bytes: int | None) -> None:
+        """Change the byte budget, evicting at once if the caches now hold more."""
+        self.budget_bytes = budget_bytes
+        self._evict()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes all kept caches hold."""
+        return sum(size for _, size in self._entries.values())
+
+    def _evict(self) -> None:
+        while self._entries and (len(self._entries) > self.limit
+                                 or (self.budget_bytes is not None and self.nbytes > self.budget_bytes)):
+            evicted, (_, size) = self._entries.popitem(last=False)
+            log.debug("Dropped the prompt cache of conversation %s (%d bytes)", evicted, size)
 
     def clear(self) -> None:
         """Drop every cache (when the model changes)."""
@@ -52,3 +84,6 @@ class ConversationCaches:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, conversation_id: str) -> bool:
+        return conversation_id in self._entries

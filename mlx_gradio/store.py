@@ -1,18 +1,16 @@
-"""TinyDB persistence for settings and conversations: one file, one lock, atomic writes.
+"""Everything the app keeps on disk: settings in TinyDB, conversations one file each.
 
-TinyDB is not thread-safe and Gradio calls handlers from many threads, so every access goes
-through one lock. Each write goes to a temporary file that is fsynced and renamed over the
-database, so killing the app mid-write leaves either the old or the new file, never half of one.
-A file that cannot be read at start is moved aside and the app starts with defaults.
+`mlx-gradio.json` (TinyDB) holds the app's settings (owner's choices) and each user's own chat
+settings; `conversations/` holds one file per conversation (conversation_store.py). Every
+write is atomic, and a write that fails changes nothing in memory either. A database written
+by an earlier version, with the conversations inside it, is migrated on the first start.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
-import tempfile
+import shutil
 import threading
 import time
 import uuid
@@ -23,172 +21,174 @@ from typing import Any
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
-from .errors import ConversationNotFound
+from . import chat
+from .conversation_store import ConversationStore, valid_id
+from .errors import StoreWriteFailed
+from .files import encode_json, move_aside, read_json, write_atomic
 from .jobs import SamplingParams
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "model": None,
+DB_NAME = "mlx-gradio.json"
+CONVERSATIONS_DIR = "conversations"
+LOCAL_USER = "local"  # the one owner when the app runs without a login
+
+USER_SETTING_FIELDS = ("system_prompt", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                       "seed", "max_tokens")
+DEFAULT_USER_SETTINGS: dict[str, Any] = {"model": None, "system_prompt": "", **asdict(SamplingParams())}
+DEFAULT_APP_SETTINGS: dict[str, Any] = {
+    "model": None,  # the model an owner picked last: where a new user starts
     "model_folders": [],
-    "system_prompt": "",
-    **asdict(SamplingParams()),
+    "context_limit": 0,  # tokens; 0 means each model's own context length
+    "cache_budget_gb": 0.0,  # prompt caches in memory; 0 means a quarter of this machine's RAM
 }
 
 
 class AtomicJSONStorage(Storage):
-    """A TinyDB storage that keeps the data in memory and replaces the file atomically on write."""
+    """A TinyDB storage that keeps the data in memory and replaces the file atomically on write.
+
+    TinyDB changes what `read` returns in place before it calls `write`, so `read` hands out a
+    copy: a write that fails leaves the data in memory as it was on disk.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._data: dict | None = None
 
-    def read(self) -> dict | None:
-        """The whole database; parsed from disk once, then served from memory."""
-        if self._data is None:
-            if not self.path.exists() or self.path.stat().st_size == 0:
-                return None
-            with open(self.path, encoding="utf-8") as f:
-                data = json.load(f)
-            if not isinstance(data, dict):
-                raise ValueError(f"top level is a {type(data).__name__}, not an object")
-            self._data = data
-        return self._data
-
-    def write(self, data: dict) -> None:
-        """Write to a temporary file, fsync it, then rename it over the database."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.path.parent)
+    def load(self) -> None:
+        """Parse the file; raises ValueError or OSError if it cannot be read."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self._data = None
+            return
+        data = read_json(self.path)
+        if not isinstance(data, dict):
+            raise ValueError(f"top level is a {type(data).__name__}, not an object")
         self._data = data
 
+    def read(self) -> dict | None:
+        """A copy of the whole database."""
+        return copy.deepcopy(self._data)
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable where the platform allows syncing a directory."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as exc:
-        log.debug("Cannot open %s to fsync it: %s", folder, exc)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.debug("Cannot fsync directory %s: %s", folder, exc)
-    finally:
-        os.close(fd)
+    def write(self, data: dict) -> None:
+        """Write atomically; only then does the data in memory change."""
+        write_atomic(self.path, encode_json(data))
+        self._data = copy.deepcopy(data)
 
 
-def new_conversation(title: str = "New chat", model: str | None = None) -> dict:
-    """A fresh conversation record."""
-    now = time.time()
-    return {"id": uuid.uuid4().hex, "title": title, "model": model, "created": now, "updated": now, "messages": []}
+class SettingsStore:
+    """App settings and per-user settings in one small TinyDB file, safe to call from any thread."""
 
-
-class Store:
-    """Settings and conversations in one TinyDB file, safe to call from any thread."""
-
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()
         self.recovered_from: Path | None = None
-        self._db = self._open()
-
-    def _open(self) -> TinyDB:
-        """Open the database; move an unreadable file aside and start empty."""
         storage = AtomicJSONStorage(self.path)
         try:
-            storage.read()
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(self.path, aside)
-            log.error("Database %s could not be read (%s); moved it to %s and started with defaults",
-                      self.path, exc, aside)
-            self.recovered_from = aside
-        return TinyDB(self.path, storage=lambda _path: storage)
+            storage.load()
+        except (ValueError, OSError) as exc:
+            self.recovered_from = move_aside(self.path, str(exc))
+            log.error("Settings %s could not be read; started with defaults (the old file is %s)",
+                      self.path, self.recovered_from)
+            storage.load()
+        self._db = TinyDB(self.path, storage=lambda _path: storage)
 
-    def take_recovery_notice(self) -> str | None:
-        """A one-time warning for the UI if the database was moved aside at start."""
+    def app(self) -> dict[str, Any]:
+        """The app's settings, with defaults for anything never saved."""
         with self._lock:
-            aside, self.recovered_from = self.recovered_from, None
-        if aside is None:
-            return None
-        return (f"The saved data in {self.path} could not be read, so it was moved to {aside} "
-                "and mlx-gradio started with default settings.")
+            saved = self._db.table("app").get(doc_id=1) or {}
+            return {**copy.deepcopy(DEFAULT_APP_SETTINGS), **copy.deepcopy(dict(saved))}
 
-    # --- settings -------------------------------------------------------------------------
-
-    def settings(self) -> dict[str, Any]:
-        """All settings, with defaults for anything never saved."""
+    def update_app(self, **changes: Any) -> dict[str, Any]:
+        """Save app settings; raises `StoreWriteFailed` with nothing changed."""
         with self._lock:
-            saved = self._db.table("settings").get(doc_id=1) or {}
-            return {**copy.deepcopy(DEFAULT_SETTINGS), **copy.deepcopy(dict(saved))}
-
-    def update_settings(self, **changes: Any) -> dict[str, Any]:
-        """Save the given settings and return them all."""
-        with self._lock:
-            table = self._db.table("settings")
+            table = self._db.table("app")
             if table.contains(doc_id=1):
                 table.update(changes, doc_ids=[1])
             else:
                 table.insert(changes)
-            return self.settings()
+            return self.app()
 
-    # --- conversations --------------------------------------------------------------------
-
-    def conversations(self) -> list[dict]:
-        """Summaries (id, title, model, updated) of all conversations, newest first."""
+    def user(self, user: str) -> dict[str, Any]:
+        """One user's chat settings; a new user starts from the defaults and the owner's model."""
         with self._lock:
-            rows = [
-                {"id": c["id"], "title": c["title"], "model": c.get("model"), "updated": c["updated"]}
-                for c in self._db.table("conversations").all()
-            ]
-        return sorted(rows, key=lambda c: c["updated"], reverse=True)
+            saved = self._db.table("users").get(Query().user == user) or {}
+            defaults = {**copy.deepcopy(DEFAULT_USER_SETTINGS), "model": self.app()["model"]}
+            merged = {**defaults, **copy.deepcopy(dict(saved))}
+            merged.pop("user", None)
+            return merged
 
-    def conversation(self, conversation_id: str) -> dict:
-        """One whole conversation; raises `ConversationNotFound`."""
+    def update_user(self, user: str, **changes: Any) -> dict[str, Any]:
+        """Save one user's settings; raises `StoreWriteFailed` with nothing changed."""
         with self._lock:
-            doc = self._db.table("conversations").get(Query().id == conversation_id)
-            if doc is None:
-                raise ConversationNotFound(conversation_id)
-            return copy.deepcopy(dict(doc))
+            self._db.table("users").upsert({"user": user, **changes}, Query().user == user)
+            return self.user(user)
 
-    def save_conversation(self, conversation: dict, create: bool = True) -> dict | None:
-        """Insert or replace a conversation, stamping its update time.
-
-        With `create=False` a conversation deleted in the meantime stays deleted: nothing is
-        written and None is returned.
-        """
-        conversation = {**copy.deepcopy(conversation), "updated": time.time()}
+    def legacy_tables(self) -> tuple[dict | None, list[dict]]:
+        """The settings and conversations a database from before per-conversation files holds."""
         with self._lock:
-            table = self._db.table("conversations")
-            if create:
-                table.upsert(conversation, Query().id == conversation["id"])
-            elif not table.update(conversation, Query().id == conversation["id"]):
-                return None
-        return conversation
+            settings = self._db.table("settings").get(doc_id=1)
+            conversations = self._db.table("conversations").all()
+            return (dict(settings) if settings else None), [dict(c) for c in conversations]
 
-    def rename_conversation(self, conversation_id: str, title: str) -> None:
-        """Give a conversation a new title."""
+    def drop_legacy_tables(self) -> None:
+        """Remove the old tables once their content lives elsewhere."""
         with self._lock:
-            if not self._db.table("conversations").update({"title": title}, Query().id == conversation_id):
-                raise ConversationNotFound(conversation_id)
-
-    def delete_conversation(self, conversation_id: str) -> None:
-        """Remove a conversation for good."""
-        with self._lock:
-            if not self._db.table("conversations").remove(Query().id == conversation_id):
-                raise ConversationNotFound(conversation_id)
+            for name in ("settings", "conversations"):
+                if name in self._db.tables():
+                    self._db.drop_table(name)
 
     def close(self) -> None:
         """Close the database file."""
         with self._lock:
             self._db.close()
+
+
+class Store:
+    """The settings and the conversations of one data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.settings = SettingsStore(self.data_dir / DB_NAME)
+        self.conversations = ConversationStore(self.data_dir / CONVERSATIONS_DIR)
+        self._notices: list[str] = []
+        if self.settings.recovered_from:
+            self._notices.append(f"The saved settings could not be read, so they were moved to "
+                                 f"{self.settings.recovered_from} and mlx-gradio started with defaults.")
+        self._migrate()
+        for aside in self.conversations.moved_aside:
+            self._notices.append(f"A conversation file could not be read and was moved to {aside}.")
+
+    def _migrate(self) -> None:
+        """Move settings and conversations out of a database written by an earlier version."""
+        settings, conversations = self.settings.legacy_tables()
+        if settings is None and not conversations:
+            return
+        backup = self.data_dir / f"{DB_NAME}.before-migration-{time.strftime('%Y%m%d-%H%M%S')}"
+        shutil.copy2(self.settings.path, backup)
+        try:
+            for old in conversations:
+                if not valid_id(old.get("id")):
+                    old = {**old, "id": uuid.uuid4().hex}
+                if not self.conversations.summary(old["id"]):
+                    self.conversations.save(chat.upgrade(old, LOCAL_USER), stamp=False)
+            if settings:
+                app_keys = {"model", "model_folders"}
+                self.settings.update_app(**{k: v for k, v in settings.items() if k in app_keys})
+                self.settings.update_user(LOCAL_USER, **{k: v for k, v in settings.items()
+                                                        if k in DEFAULT_USER_SETTINGS})
+            self.settings.drop_legacy_tables()
+        except StoreWriteFailed as exc:
+            log.error("Migrating %s failed (%s); it is tried again at the next start", self.settings.path, exc)
+            raise
+        log.info("Migrated %d conversations and the settings to the new layout (backup: %s)",
+                 len(conversations), backup)
+
+    def take_notices(self) -> list[str]:
+        """Warnings for the owner about data moved aside at start, each given once."""
+        notices, self._notices = self._notices, []
+        return notices
+
+    def close(self) -> None:
+        """Write the conversation index and close the settings database."""
+        self.conversations.close()
+        self.settings.close()

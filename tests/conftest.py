@@ -20,6 +20,12 @@ import pytest
 
 from mlx_gradio import demo
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Silence a deprecation inside Gradio's queue that is not ours to fix."""
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:gradio.queueing")
+    config.addinivalue_line("filterwarnings", "ignore:.*(no_silent_downcasting|copy keyword).*")
+
+
 CACHE = Path(os.environ.get("MLX_GRADIO_TEST_CACHE", Path.home() / ".cache" / "mlx-gradio-tests"))
 
 
@@ -116,12 +122,12 @@ def seed_data_dir(data_dir: Path, demo_model: Path) -> Path:
 class RunningApp:
     """The real app launched in this process on a free port."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, access=None) -> None:
         from mlx_gradio.app_factory import create_app
         from mlx_gradio.ui.blocks import launch_options
 
         self.data_dir = data_dir
-        self.blocks, self.controller = create_app(data_dir)
+        self.blocks, self.controller = create_app(data_dir, access)
         self.port = free_port()
         self.blocks.queue(default_concurrency_limit=8)
         self.blocks.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True,
@@ -129,17 +135,21 @@ class RunningApp:
         self.controller.startup()
         self.url = f"http://127.0.0.1:{self.port}/"
 
-    def client(self):
-        """A new gradio_client session (like a new browser tab)."""
+    @property
+    def store(self):
+        """The app's store (settings and conversations)."""
+        return self.controller.store
+
+    def client(self, auth: tuple[str, str] | None = None):
+        """A new gradio_client session (like a new browser tab), signed in as `auth` if given."""
         from gradio_client import Client
 
-        return Client(self.url, verbose=False)
+        return Client(self.url, auth=auth, verbose=False)
 
     def close(self) -> None:
         """Stop the server, the engine and the store."""
         self.blocks.close()
-        self.controller.engine.shutdown()
-        self.controller.store.close()
+        self.controller.shutdown()
 
 
 @pytest.fixture
@@ -147,9 +157,9 @@ def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
     """Start the app on a data dir (default: a fresh one with the demo model); closed at the end."""
     started: list[RunningApp] = []
 
-    def start(data_dir: Path | None = None) -> RunningApp:
+    def start(data_dir: Path | None = None, access=None) -> RunningApp:
         folder = seed_data_dir(data_dir or tmp_path / "data", demo_model)
-        app = RunningApp(folder)
+        app = RunningApp(folder, access)
         started.append(app)
         return app
 
@@ -165,3 +175,33 @@ def chromium() -> str:
     if not Path(path).exists():
         pytest.fail("Browser tests need chromium: `apt-get install chromium` or set MLX_GRADIO_CHROMIUM.")
     return path
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a tiny filesystem of its own (tmpfs, 256 kB) that a test can fill up.
+
+    Needs the right to mount, which root has (CI runs as root); `.ci/run` and this machine allow it.
+    """
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"A full-disk test needs a tmpfs it can fill (run as root): {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the filesystem of `folder` to the last byte; returns the filler file (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler

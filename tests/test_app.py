@@ -10,16 +10,17 @@ import gradio as gr
 import pytest
 from gradio_client import handle_file
 
-from mlx_gradio.app_factory import DB_NAME
+from mlx_gradio.store import DB_NAME, LOCAL_USER
 
 GREEDY = ["", 0.0, 1.0, 0, 0.0, 1.0, -1, 12]  # system prompt, temperature ... max tokens
+LOCAL = gr.Request(session_hash="direct-test")
 
 
 def page(client) -> dict:
     """What a fresh tab loads: selected model, status, conversations and settings."""
-    model, status, conversations, *settings = client.predict(api_name="/page_load")
+    model, status, conversations, *settings, _context, _budget, account = client.predict(api_name="/page_load")
     return {"model": model["value"], "models": model["choices"], "status": status,
-            "conversations": conversations["choices"], "settings": settings}
+            "conversations": conversations["choices"], "settings": settings, "account": account}
 
 
 def send(client, text: str, model: str, files=(), settings=GREEDY) -> list:
@@ -36,34 +37,41 @@ def last_reply(output: tuple) -> str:
     return " ".join(part.get("text", "") for part in content)
 
 
-def reply_text(outputs: list) -> str:
-    """The text of the last assistant message once the reply is complete (with its stats line)."""
+def answer(outputs: list) -> str:
+    """The model's words in the final reply."""
     return last_reply(outputs[-1])
 
 
-def answer(outputs: list) -> str:
-    """The model's words in the final reply, without the stats line."""
-    return reply_text(outputs).split('\n\n<span class="reply-stats">')[0]
+def stats(outputs: list) -> str:
+    """The stats line under the chat after the reply."""
+    return outputs[-1][3]
+
+
+def conversations(app) -> list:
+    """The local owner's conversation summaries, newest first."""
+    return app.store.conversations.list(LOCAL_USER)[0]
 
 
 def test_reply_streams_in_and_the_conversation_is_saved(start_app):
     app = start_app()
     client = app.client()
     tab = page(client)
-    assert tab["model"] == app.controller.demo_path
+    assert tab["model"] == app.controller.models.demo_path
     outputs = send(client, "What is the capital of France?", tab["model"])
-    assert "Paris" in reply_text(outputs)
-    assert "tok/s" in reply_text(outputs)  # the stats line under the reply
+    assert "Paris" in answer(outputs)
+    assert "tok/s" in stats(outputs) and "tok/s" not in answer(outputs)  # copy gives the words only
+    assert "context" in stats(outputs) and "/ 8,192 tokens" in stats(outputs)
     partial = [last_reply(o) for o in outputs[1:-1]]
     assert any(p and "Paris" not in p for p in partial), "the reply arrived in one piece, not streamed"
-    [saved] = app.controller.store.conversations()
-    conversation = app.controller.store.conversation(saved["id"])
-    assert saved["title"] == "What is the capital of France?"
-    assert "Paris" in conversation["messages"][1]["content"]
-    assert conversation["messages"][1]["stats"]["generation_tokens"] > 0
+    [saved] = conversations(app)
+    record = app.store.conversations.get(saved.id)
+    assert saved.title == "What is the capital of France?"
+    reply = record["messages"][1]["versions"][0]
+    assert "Paris" in reply["content"] and reply["stats"]["generation_tokens"] > 0
+    assert reply["model"] == tab["model"]
 
 
-def test_regenerate_and_stop(start_app):
+def test_regenerate_keeps_every_version_and_stop_keeps_what_was_written(start_app):
     app = start_app()
     client = app.client()
     model = page(client)["model"]
@@ -71,9 +79,13 @@ def test_regenerate_and_stop(start_app):
     again = client.submit(model, *GREEDY, api_name="/regenerate")
     again.result(timeout=300)
     assert answer(again.outputs()) == first
-    assert "36/37 prompt tokens cached" in reply_text(again.outputs())
-    [saved] = app.controller.store.conversations()
-    assert len(app.controller.store.conversation(saved["id"])["messages"]) == 2
+    assert "36/37 prompt tokens cached" in stats(again.outputs())
+    assert again.outputs()[-1][4] == "2 / 2"
+    [saved] = conversations(app)
+    [user, reply] = app.store.conversations.get(saved.id)["messages"]
+    assert len(reply["versions"]) == 2 and reply["current"] == 1
+    previous = client.predict(api_name="/previous_version")
+    assert previous[4] == "1 / 2" and app.store.conversations.get(saved.id)["messages"][1]["current"] == 0
 
     long = [*GREEDY[:-1], 300]
     job = client.submit({"text": "Write a long story about a dragon.", "files": []}, model, *long, api_name="/send")
@@ -82,9 +94,10 @@ def test_regenerate_and_stop(start_app):
         time.sleep(0.2)
     client.predict(api_name="/stop")
     job.result(timeout=120)
-    assert "stopped" in reply_text(job.outputs())
-    stored = app.controller.store.conversation(saved["id"])["messages"][-1]
+    assert "stopped" in stats(job.outputs())
+    stored = app.store.conversations.get(saved.id)["messages"][-1]["versions"][0]
     assert stored["stats"]["finish_reason"] == "stopped" and stored["stats"]["generation_tokens"] < 300
+    assert stored["content"] and stored["content"] in answer(job.outputs())
 
 
 def test_edit_answers_again_from_the_edited_message(start_app):
@@ -92,12 +105,12 @@ def test_edit_answers_again_from_the_edited_message(start_app):
     client = app.client()
     model = page(client)["model"]
     send(client, "What is the capital of France?", model)
-    [saved] = app.controller.store.conversations()
+    [saved] = conversations(app)
     edit = gr.EditData(None, {"index": 0, "value": "What is the capital of Germany?", "previous_value": ""})
-    outputs = list(app.controller.edit(saved["id"], model, *GREEDY, edit=edit))
-    assert "Berlin" in outputs[-1][0][-1]["content"]
-    messages = app.controller.store.conversation(saved["id"])["messages"]
-    assert [m["content"] for m in messages][0] == "What is the capital of Germany?" and len(messages) == 2
+    views = list(app.controller.replies.edit(saved.id, model, *GREEDY, edit=edit, request=LOCAL))
+    assert "Berlin" in views[-1].conversation["messages"][1]["versions"][0]["content"]
+    messages = app.store.conversations.get(saved.id)["messages"]
+    assert messages[0]["content"] == "What is the capital of Germany?" and len(messages) == 2
 
 
 def test_image_reaches_the_vision_model(start_app, tiny_vlm: Path, images):
@@ -112,8 +125,8 @@ def test_image_reaches_the_vision_model(start_app, tiny_vlm: Path, images):
     client.predict(api_name="/new_chat")
     noise = send(client, "Describe it.", str(tiny_vlm), files=[images["noise"]])
     assert answer(red) != answer(noise)
-    stored = [app.controller.store.conversation(c["id"]) for c in app.controller.store.conversations()]
-    kept = [Path(m["images"][0]) for c in stored for m in c["messages"] if m["images"]]
+    stored = [app.store.conversations.get(c.id) for c in conversations(app)]
+    kept = [Path(m["images"][0]) for c in stored for m in c["messages"] if m.get("images")]
     assert len(kept) == 2 and all(p.parent == app.data_dir / "images" and p.exists() for p in kept)
 
 
@@ -128,7 +141,9 @@ def test_bad_uploads_are_refused_and_change_nothing(start_app, tiny_vlm: Path, i
         send(client, "What is this?", str(tiny_vlm), files=[images["fake"]])
     with pytest.raises(Exception, match="9000×9000 pixels"):
         send(client, "What is this?", str(tiny_vlm), files=[images["bomb"]])
-    assert app.controller.store.conversations() == []
+    with pytest.raises(Exception, match="at most 8 images"):
+        send(client, "What is this?", str(tiny_vlm), files=[images["red"]] * 9)
+    assert conversations(app) == []
     assert not (app.data_dir / "images").exists()
 
 
@@ -148,10 +163,10 @@ def test_settings_and_conversations_survive_a_restart(start_app, tmp_path: Path,
     tab = page(reopened)
     assert tab["settings"] == custom
     assert tab["model"] == str(tiny_vlm)
-    [(title, conversation_id)] = tab["conversations"]
-    assert title == "Hello there"
-    history, opened_title = reopened.predict(conversation_id, api_name="/open_conversation")
-    assert opened_title == "Hello there"
+    [(label, conversation_id)] = tab["conversations"]
+    assert label.endswith(" · Hello there")
+    history, _box, opened_title, line, _versions = reopened.predict(conversation_id, api_name="/open_conversation")
+    assert opened_title == "Hello there" and "tok/s" in line
     assert answer([(history,)]) == reply
 
 
@@ -164,7 +179,7 @@ def test_corrupt_database_is_moved_aside_and_the_app_starts(start_app, tmp_path:
     assert tab["settings"][1] == 0.0  # default temperature
     [aside] = data_dir.glob(f"{DB_NAME}.corrupt-*")
     assert aside.read_text() == "{ this is not json"
-    assert app.controller.store.take_recovery_notice() is None  # the page already showed it
+    assert app.store.take_notices() == []  # the page already showed it
 
 
 def test_two_tabs_chat_at_the_same_time(start_app):
@@ -175,7 +190,7 @@ def test_two_tabs_chat_at_the_same_time(start_app):
     answers = {}
 
     def chat(name: str, client, question: str) -> None:
-        answers[name] = reply_text(send(client, question, model))
+        answers[name] = answer(send(client, question, model))
 
     threads = [threading.Thread(target=chat, args=("fr", first, "What is the capital of France?")),
                threading.Thread(target=chat, args=("de", second, "What is the capital of Germany?"))]
@@ -184,7 +199,7 @@ def test_two_tabs_chat_at_the_same_time(start_app):
     for thread in threads:
         thread.join(timeout=300)
     assert "Paris" in answers["fr"] and "Berlin" in answers["de"]
-    assert len(app.controller.store.conversations()) == 2
+    assert len(conversations(app)) == 2
 
 
 def test_import_gguf_and_add_folder_from_the_page(start_app, tmp_path: Path):
@@ -199,13 +214,15 @@ def test_import_gguf_and_add_folder_from_the_page(start_app, tmp_path: Path):
     assert picker["value"] == str(imported) and (imported / "model.safetensors").exists()
     assert any(path == str(imported) for _, path in picker["choices"])
     deadline = time.monotonic() + 60
-    while "tiny-llama** loaded" not in client.predict(api_name="/page_load")[1] and time.monotonic() < deadline:
+    while "tiny-llama** loaded" not in page(client)["status"] and time.monotonic() < deadline:
         time.sleep(0.3)
-    assert "loaded (text)" in client.predict(api_name="/page_load")[1]
+    assert "loaded (text)" in page(client)["status"]
+    again, _ = client.predict(str(tmp_path / "tiny-llama.gguf"), api_name="/import_gguf")
+    assert again["value"] == str(app.data_dir / "models" / "tiny-llama-2")  # never over an existing model
     with pytest.raises(Exception, match="There is no file at"):
         client.predict(str(tmp_path / "missing.gguf"), api_name="/import_gguf")
     with pytest.raises(Exception, match="has no config.json"):
         client.predict(str(tmp_path), api_name="/add_model_folder")
     with pytest.raises(Exception, match="There is no model folder at"):
         client.predict(str(tmp_path / "deleted-model"), api_name="/select_model")
-    assert page(client)["model"] == str(imported)  # still selected after the refused ones
+    assert page(client)["model"] == str(app.data_dir / "models" / "tiny-llama-2")  # still selected

@@ -1,4 +1,4 @@
-"""Conversation records: titles, regenerate and edit cuts, requests and chatbot rendering."""
+"""Conversation records and their rendering: turns, reply versions, notices, what the model sees."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ from dataclasses import asdict
 import pytest
 
 from mlx_gradio import chat
+from mlx_gradio.controller.views import Draft
 from mlx_gradio.errors import ChatEditError
-from mlx_gradio.jobs import GenerationStats, SamplingParams
-from mlx_gradio.store import new_conversation
+from mlx_gradio.jobs import GenerationStats
+from mlx_gradio.ui import render
 
-STATS = GenerationStats(40, 30, 9.0, 12, 6.2, 0.8, 0.13, "length")
+STATS = asdict(GenerationStats(40, 30, 9.0, 12, 6.2, 0.8, 0.13, "length", context_length=8192))
 
 
 def conversation_with_turns() -> dict:
-    conversation = new_conversation()
+    conversation = chat.new_conversation("ann", "/models/m")
     chat.add_user_message(conversation, "Look at this", ["/data/images/a.png"])
-    chat.add_reply(conversation, "A red square.", STATS)
+    chat.add_reply_version(conversation, 1, "A red square.", STATS, "/models/m")
     chat.add_user_message(conversation, "And now?", [])
-    chat.add_reply(conversation, "Still red.", None)
+    chat.add_reply_version(conversation, 3, "Still red.", None, "/models/m")
     return conversation
 
 
@@ -31,43 +32,87 @@ def test_first_message_titles_the_conversation():
     assert chat.title_from("", ["x.png"]) == "Image chat"
 
 
-def test_regenerate_drops_the_last_reply_only():
+def test_regenerate_adds_versions_and_switching_flips_between_them():
     conversation = conversation_with_turns()
-    chat.cut_for_regenerate(conversation)
-    assert [m["role"] for m in conversation["messages"]] == ["user", "assistant", "user"]
+    slot = chat.reply_slot(conversation)
+    assert slot == 3
+    chat.add_reply_version(conversation, slot, "Red, still.", None, "/models/m")
+    last = conversation["messages"][-1]
+    assert [v["content"] for v in last["versions"]] == ["Still red.", "Red, still."] and last["current"] == 1
+    assert render.version_label(conversation) == "2 / 2"
+    chat.select_version(conversation, -1)
+    assert chat.current_version(last)["content"] == "Still red."
+    chat.select_version(conversation, -1)  # stays at the first
+    assert last["current"] == 0 and render.version_label(conversation) == "1 / 2"
     with pytest.raises(ChatEditError):
-        chat.cut_for_regenerate(new_conversation())
+        chat.reply_slot(chat.new_conversation("ann"))
 
 
-def test_edit_replaces_the_text_keeps_images_and_drops_what_followed():
+def test_the_model_sees_current_versions_and_skips_unanswered_turns():
     conversation = conversation_with_turns()
-    chat.cut_for_edit(conversation, 0, "Look again")
-    assert conversation["messages"] == [{"role": "user", "content": "Look again", "images": ["/data/images/a.png"]}]
-    with pytest.raises(ChatEditError):
-        chat.cut_for_edit(conversation_with_turns(), 1, "not mine")
-    with pytest.raises(ChatEditError):
-        chat.cut_for_edit(conversation_with_turns(), 9, "gone")
+    chat.add_user_message(conversation, "No reply came to this", [])
+    chat.mark_unanswered(conversation, len(conversation["messages"]), "model failed")
+    chat.add_user_message(conversation, "Try this instead", [])
+    messages = chat.model_messages(conversation, len(conversation["messages"]), "Be brief.")
+    assert [m.role for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert messages[-1].content == "Try this instead" and messages[1].images == ("/data/images/a.png",)
+    assert chat.model_messages(conversation, 2, "  ")[0].role == "user"
 
 
-def test_request_carries_system_prompt_images_and_params():
+def test_an_unanswered_turn_shows_a_notice_and_edit_indexes_skip_it():
     conversation = conversation_with_turns()
-    params = SamplingParams(temperature=0.0, max_tokens=5)
-    request = chat.build_request(conversation, "/models/m", "Be brief.", params)
-    assert request.messages[0].role == "system" and request.messages[0].content == "Be brief."
-    assert request.messages[1].images == ("/data/images/a.png",)
-    assert request.params == params and request.model_path == "/models/m"
-    assert chat.build_request(conversation, "/m", "  ", params).messages[0].role == "user"
+    chat.add_user_message(conversation, "Unanswered", [])
+    chat.mark_unanswered(conversation, 5, "The model could not be loaded.")
+    chat.add_user_message(conversation, "Later", [])
+    shown = render.chatbot_messages(conversation)
+    assert [m["role"] for m in shown] == ["user", "assistant", "user", "assistant", "user", "assistant", "user"]
+    assert "No reply: The model could not be loaded." in shown[5]["content"]
+    assert chat.message_at(conversation, 6) == 5  # the notice takes a place on screen, not in the record
+    assert chat.message_at(conversation, 4) == 4
+    chat.add_reply_version(conversation, 6, "Answer", None, "/m")
+    assert "error" not in conversation["messages"][5]
 
 
-def test_chatbot_shows_images_text_and_a_stats_line():
-    history = chat.to_chatbot(conversation_with_turns())
-    assert history[0] == {"role": "user", "content": [{"path": "/data/images/a.png"}, "Look at this"]}
-    assert history[1]["content"].startswith("A red square.")
-    assert "0.80 s to first token" in history[1]["content"] and "6.2 tok/s" in history[1]["content"]
-    assert "30/40 prompt tokens cached" in history[1]["content"] and "max tokens reached" in history[1]["content"]
-    assert history[3] == {"role": "assistant", "content": "Still red."}
-    pending = chat.to_chatbot({"messages": [{"role": "assistant", "content": ""}]}, "Loading…")
-    assert pending[0]["content"] == "*Loading…*"
+def test_edit_makes_a_copy_and_leaves_the_original_alone():
+    conversation = conversation_with_turns()
+    changed = chat.edited(conversation, 0, "Look again")
+    assert changed["messages"] == [{"role": "user", "content": "Look again", "images": ["/data/images/a.png"]}]
+    assert changed["title"] == "Look again"
+    assert len(conversation["messages"]) == 4 and conversation["messages"][0]["content"] == "Look at this"
+    for bad in (1, 9, -1, "0"):
+        with pytest.raises(ChatEditError):
+            chat.edited(conversation, bad, "nope")
+
+
+def test_a_conversation_from_the_previous_version_is_upgraded():
+    old = {"id": "a" * 32, "title": "t", "model": "/m", "created": 1.0, "updated": 2.0, "messages": [
+        {"role": "user", "content": "hi", "images": []},
+        {"role": "assistant", "content": "hello", "images": [], "stats": STATS}]}
+    new = chat.upgrade(old, "local")
+    assert new["owner"] == "local" and new["schema"] == chat.SCHEMA_VERSION
+    assert chat.current_version(new["messages"][1]) == {"content": "hello", "stats": STATS, "model": "/m",
+                                                        "created": 2.0}
+    assert chat.upgrade(new, "other") is new
+
+
+def test_the_chat_shows_text_images_and_a_stats_line_outside_the_messages():
+    conversation = conversation_with_turns()
+    history = render.chatbot_messages(conversation)
+    assert history[0]["content"][1] == "Look at this" and history[0]["content"][0]["path"]
+    assert history[1] == {"role": "assistant", "content": "A red square."}  # copy gives the model's words only
+    conversation["messages"].pop()
+    conversation["messages"].pop()
+    line = render.stats_line(conversation)
+    assert "m · 0.80 s to first token" in line and "6.2 tok/s" in line and "30/40 prompt tokens cached" in line
+    assert "max tokens reached" in line and "context 52 / 8,192 tokens" in line
+
+
+def test_a_reply_being_written_shows_at_its_place():
+    conversation = conversation_with_turns()
+    shown = render.chatbot_messages(conversation, Draft(3, "", "Reading the prompt: 10 / 40 tokens"))
+    assert shown[3]["content"] == "*Reading the prompt: 10 / 40 tokens*" and len(shown) == 4
+    shown = render.chatbot_messages(conversation, Draft(4, "Par", ""))
+    assert shown[-1]["content"] == "Par" and len(shown) == 5
 
 
 def test_export_writes_the_whole_conversation(tmp_path):
@@ -75,4 +120,11 @@ def test_export_writes_the_whole_conversation(tmp_path):
     path = chat.export_json(conversation, tmp_path)
     assert json.loads(path.read_text()) == conversation
     assert path.name.startswith("Look-at-this-")
-    assert asdict(STATS) == conversation["messages"][1]["stats"]
+
+
+def test_dates_in_the_list_are_short():
+    now = 1_800_000_000.0
+    assert render.when(now - 60, now).count(":") == 1
+    assert render.when(now - 86_400, now) == "yesterday"
+    assert len(render.when(now - 3 * 86_400, now)) == 3  # a weekday
+    assert render.when(now - 400 * 86_400, now).endswith(("2025", "2026", "2027"))

@@ -19,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_and_data_dir_from_the_environment(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("MLX_GRADIO_HOME", str(tmp_path / "home"))
     args = parse_args([])
-    assert (args.host, args.port, args.share, args.auth, args.model) == ("127.0.0.1", 7860, False, [], None)
+    assert (args.host, args.port, args.share, args.owners, args.guests, args.model) == (
+        "127.0.0.1", 7860, False, {}, {}, None)
     assert args.data_dir == tmp_path / "home"
     args = parse_args(["--data-dir", str(tmp_path / "d"), "--auth", "ann:secret", "--auth", "bob:pw"])
-    assert args.data_dir == tmp_path / "d" and args.auth == ["ann:secret", "bob:pw"]
+    assert args.data_dir == tmp_path / "d" and args.owners == {"ann": "secret", "bob": "pw"}
 
 
 def test_bad_auth_flag_is_refused_with_a_message(capsys):
@@ -91,7 +92,9 @@ def test_unknown_model_flag_falls_back_to_the_saved_model(tmp_path: Path, tiny_v
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    Store(data_dir / "mlx-gradio.json").update_settings(model=str(tiny_vlm), model_folders=[str(tiny_vlm)])
+    store = Store(data_dir)
+    store.settings.update_app(model=str(tiny_vlm), model_folders=[str(tiny_vlm)])
+    store.close()
     port = free_port()
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir),
                              "--model", "no/such-model"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -107,3 +110,46 @@ def test_unknown_model_flag_falls_back_to_the_saved_model(tmp_path: Path, tiny_v
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     assert "Cannot load --model no/such-model" in stderr
+
+
+def test_serving_beyond_this_machine_without_a_login_is_refused(tmp_path: Path, capsys):
+    for argv in (["--share"], ["--host", "0.0.0.0"], ["--host", "192.168.1.5"]):
+        with pytest.raises(SystemExit) as exited:
+            parse_args([*argv, "--data-dir", str(tmp_path)])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert "needs a login" in err and "--auth USER:PASS" in err and "--auth-file PATH" in err
+    for host in ("localhost", "::1", "127.0.0.2"):
+        assert parse_args(["--host", host, "--data-dir", str(tmp_path)]).owners == {}
+    assert parse_args(["--share", "--auth", "ann:pw", "--data-dir", str(tmp_path)]).owners == {"ann": "pw"}
+    done = subprocess.run([sys.executable, "app.py", "--host", "0.0.0.0", "--data-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--auth" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_login_files_must_be_private_and_give_owners_and_guests(tmp_path: Path, capsys):
+    owners, guests = tmp_path / "owners", tmp_path / "guests"
+    owners.write_text("ann:secret one\n# a comment\n\nbob:pass:with:colons\n")
+    guests.write_text("gus:guest-pw\n")
+    owners.chmod(0o644)
+    guests.chmod(0o600)
+    with pytest.raises(SystemExit):
+        parse_args(["--auth-file", str(owners), "--data-dir", str(tmp_path)])
+    assert "chmod 600" in capsys.readouterr().err
+    owners.chmod(0o600)
+    args = parse_args(["--auth-file", str(owners), "--guest-file", str(guests), "--guest", "gia:pw",
+                       "--data-dir", str(tmp_path)])
+    assert args.owners == {"ann": "secret one", "bob": "pass:with:colons"}
+    assert args.guests == {"gus": "guest-pw", "gia": "pw"}
+
+
+def test_guests_need_an_owner_and_a_name_is_one_role(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--guest", "gus:pw", "--data-dir", str(tmp_path)])
+    assert "guests need an owner" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--auth", "ann:pw", "--guest", "ann:other", "--data-dir", str(tmp_path)])
+    assert "cannot be both owner and guest" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--auth", "ann:", "--data-dir", str(tmp_path)])
+    assert "expects USER:PASS" in capsys.readouterr().err

@@ -15,9 +15,10 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 FRANCE = ChatMessage("user", "What is the capital of France?")
 
 
-def ask(engine, conversation_id: str, model: Path, messages, params=GREEDY) -> tuple[str, GenerationStats]:
+def ask(engine, conversation_id: str, model: Path, messages, params=GREEDY,
+        context_limit: int = 0) -> tuple[str, GenerationStats]:
     """Run one reply to the end; return its text and stats."""
-    generation = engine.generate(ChatRequest(conversation_id, str(model), tuple(messages), params))
+    generation = engine.generate(ChatRequest(conversation_id, str(model), tuple(messages), params, context_limit))
     text, stats = "", None
     for event in generation.events():
         text += event.text
@@ -47,7 +48,8 @@ def test_follow_up_reuses_the_cache_and_matches_a_cold_run(engine, demo_model: P
     assert warm_stats.prefilled_tokens < 20
 
     def cache_matches_tokens() -> bool:
-        entry = engine._worker.caches._entries["warm"]
+        entry = engine._worker.caches.take("warm")
+        engine._worker.caches.put("warm", entry)
         return entry.cache[0].offset == len(entry.tokens)
 
     assert engine.call(cache_matches_tokens).result()
@@ -125,3 +127,84 @@ def test_shutdown_stops_a_running_reply_and_frees_the_thread(demo_model: Path):
     assert time.monotonic() - started < 10
     assert not own._thread.is_alive()
     assert [event for event in events][-1].stats.finish_reason == "stopped"
+
+
+def test_stop_while_the_prompt_is_read_keeps_the_cache_consistent(demo_model: Path):
+    from mlx_gradio.engine import Engine
+
+    own = Engine()  # a fresh engine reads a prompt in small chunks until it has measured the model's speed
+    words = " ".join(f"item{i}" for i in range(40))
+    question = [ChatMessage("user", f"Here is a list: {words}. Which item comes first?")]
+    generation = own.generate(ChatRequest("prefill", str(demo_model), tuple(question), GREEDY))
+    progress, stats = [], None
+    for event in generation.events():
+        if event.status.startswith("Reading the prompt:"):
+            progress.append(event.status)
+            generation.stop()
+        stats = event.stats or stats
+    assert progress, "no progress was reported while the prompt was read"
+    assert stats.finish_reason == "stopped" and stats.generation_tokens == 0
+    read = int(progress[0].split(": ")[1].split(" / ")[0].replace(",", ""))
+    # The follow-up reads only what the stopped read left, and answers exactly like a cold run.
+    resumed, resumed_stats = ask(own, "prefill", demo_model, question)
+    cold, cold_stats = ask(own, "prefill-cold", demo_model, question)
+    assert resumed == cold
+    assert read <= resumed_stats.cached_tokens < resumed_stats.prompt_tokens and cold_stats.cached_tokens == 0
+    own.shutdown()
+
+
+def test_any_load_failure_ends_in_the_error_state(engine, demo_model: Path, tmp_path: Path, monkeypatch):
+    import shutil
+
+    import mlx_lm
+
+    from mlx_gradio.errors import ModelLoadFailed
+
+    # Out of memory or a missing module during a load cannot be caused for real on this machine:
+    # mlx-lm's `load` is replaced by one that raises them.
+    for n, failure in enumerate([MemoryError("out of memory"), ImportError("No module named 'kernels'"),
+                                 ZeroDivisionError("a bug in a model file")]):
+        folder = tmp_path / f"model-{n}"
+        shutil.copytree(demo_model, folder, symlinks=True)
+
+        def fail(*_args, failure=failure, **_kwargs):
+            raise failure
+
+        monkeypatch.setattr(mlx_lm, "load", fail)
+        with pytest.raises(ModelLoadFailed, match=type(failure).__name__):
+            engine.load(str(folder)).result()
+        status = engine.status()
+        assert status.state == "error" and type(failure).__name__ in status.message
+    monkeypatch.undo()
+    engine.load(str(demo_model)).result()
+    assert engine.status().state == "ready"
+
+
+def test_a_long_chat_drops_its_oldest_turns_and_keeps_its_start_for_the_cache(engine, demo_model: Path):
+    history = []
+    for n in range(1, 9):
+        history += [ChatMessage("user", f"What is {n} plus {n}?"),
+                    ChatMessage("assistant", f"{n} plus {n} is {2 * n}.")]
+    limit = 160
+    params = SamplingParams(temperature=0.0, max_tokens=8)
+    turn = [*history, FRANCE]
+    text, stats = ask(engine, "long", demo_model, turn, params, context_limit=limit)
+    assert stats.dropped_messages > 0 and stats.context_length == limit
+    assert stats.prompt_tokens + stats.generation_tokens <= limit
+    assert "Paris" in text
+    follow = [*turn, ChatMessage("assistant", text), ChatMessage("user", "And of Germany?")]
+    text, follow_stats = ask(engine, "long", demo_model, follow, params, context_limit=limit)
+    assert follow_stats.dropped_messages == stats.dropped_messages  # the same start: the cache is reused
+    assert follow_stats.cached_tokens > stats.prompt_tokens // 2 and "Berlin" in text
+
+
+def test_a_message_longer_than_the_context_is_refused_before_reading(engine, demo_model: Path):
+    from mlx_gradio.errors import ContextTooLong
+
+    huge = ChatMessage("user", "word " * 2_000)
+    generation = engine.generate(ChatRequest("huge", str(demo_model), (huge,), GREEDY, context_limit=512))
+    statuses = []
+    with pytest.raises(ContextTooLong, match="context holds 512"):
+        for event in generation.events():
+            statuses.append(event.status)
+    assert not any(statuses)

@@ -12,12 +12,13 @@ from .chat_tab import build_chat_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_UPLOAD = "20mb"
+DELETE_CACHE = (3600, 24 * 3600)  # every hour, remove uploads and cached copies older than a day
 
 
 def build_app(controller: Controller) -> gr.Blocks:
     """The whole mlx-gradio interface."""
     # No analytics: a local app does not report its use to anyone.
-    with gr.Blocks(title="mlx-gradio", fill_height=True, analytics_enabled=False) as blocks:
+    with gr.Blocks(title="mlx-gradio", fill_height=True, analytics_enabled=False, delete_cache=DELETE_CACHE) as blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 build_chat_tab(controller, blocks)
@@ -25,11 +26,19 @@ def build_app(controller: Controller) -> gr.Blocks:
 
 
 def launch_options(controller: Controller) -> dict[str, Any]:
-    """Keyword arguments for `Blocks.launch` that every way of starting the app shares."""
+    """Keyword arguments for `Blocks.launch` that every way of starting the app shares.
+
+    Nothing in the data dir is served: images reach the page as copies in Gradio's cache, and
+    exports are written to a temporary folder.
+    """
+    access = controller.access
     return {
         "theme": gr.themes.Soft(),
         "css_paths": [ASSETS / "style.css"],
-        "allowed_paths": [str(controller.images_dir), str(controller.exports_dir)],
+        "allowed_paths": [],
+        "blocked_paths": [str(controller.data_dir)],
         "max_file_size": MAX_UPLOAD,
         "favicon_path": str(ASSETS / "favicon.svg"),
+        "auth": access.authenticate if access.login_required else None,
+        "auth_message": "Sign in to mlx-gradio." if access.login_required else None,
     }

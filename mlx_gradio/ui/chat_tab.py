@@ -5,17 +5,24 @@ from __future__ import annotations
 import gradio as gr
 
 from ..controller import Controller
+from ..controller.conversations import PAGE_SIZE
+from .chat_events import ChatEvents
 
 PLACEHOLDER = "Ask anything, or attach images (drop, paste or the clip). Enter sends, Shift+Enter adds a line."
 
 
 def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
     """Lay out the Chat tab inside the current Blocks context and wire it to the controller."""
+    events = ChatEvents(controller)
     conversation_id = gr.State("")
+    list_limit = gr.State(PAGE_SIZE)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=220, elem_id="sidebar"):
             new_chat = gr.Button("+ New chat", variant="primary", size="sm")
+            search = gr.Textbox(show_label=False, placeholder="Search conversations", max_lines=1,
+                                elem_id="conversation-search")
             conversations = gr.Radio(label="Conversations", choices=[], elem_id="conversations")
+            more = gr.Button("Show more", size="sm", visible=False, elem_id="more-conversations")
             with gr.Accordion("This conversation", open=False):
                 title = gr.Textbox(label="Title", max_lines=1)
                 rename = gr.Button("Rename", size="sm")
@@ -28,16 +35,22 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
                 model = gr.Dropdown(label="Model", choices=[], scale=3, elem_id="model-picker", allow_custom_value=True)
                 status = gr.Markdown(elem_id="model-status")
             chatbot = gr.Chatbot(
-                label="Chat", height="62vh", editable="user", buttons=["copy", "copy_all"],
+                label="Chat", height="60vh", editable="user", buttons=["copy", "copy_all"],
                 placeholder="Pick a model and say hello.", elem_id="chatbot",
                 latex_delimiters=[{"left": "$$", "right": "$$", "display": True}],
             )
+            with gr.Row(elem_id="reply-info", equal_height=True):
+                stats = gr.HTML(elem_id="reply-stats-line")
+                with gr.Row(visible=False, elem_id="versions") as versions:
+                    previous = gr.Button("‹", size="sm", min_width=30, elem_id="previous-version")
+                    version = gr.Markdown(elem_id="version-label")
+                    following = gr.Button("›", size="sm", min_width=30, elem_id="next-version")
             chat_input = gr.MultimodalTextbox(
                 placeholder=PLACEHOLDER, show_label=False, file_types=["image"], file_count="multiple",
                 sources=["upload"], elem_id="chat-input", autofocus=True,
             )
             with gr.Row():
-                regenerate = gr.Button("↻ Regenerate", size="sm")
+                regenerate = gr.Button("↻ Regenerate", size="sm", elem_id="regenerate")
                 stop = gr.Button("■ Stop", size="sm")
 
         with gr.Column(scale=1, min_width=240):
@@ -50,43 +63,63 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
                 repetition_penalty = gr.Slider(0.8, 2, step=0.01, label="Repetition penalty")
                 seed = gr.Number(label="Seed (-1 = random)", precision=0)
                 max_tokens = gr.Slider(1, 8192, step=1, label="Max new tokens")
-            with gr.Accordion("Add a model", open=False):
+            with gr.Accordion("Engine", open=False, visible=False) as engine_box:
+                context_limit = gr.Number(label="Context limit in tokens (0 = each model's own)", precision=0,
+                                          minimum=0)
+                cache_budget = gr.Number(label="Memory for prompt caches in GB (0 = a quarter of RAM)", minimum=0)
+            with gr.Accordion("Add a model", open=False, visible=False) as add_model_box:
                 folder = gr.Textbox(label="Model folder on this machine", placeholder="/path/to/mlx-model")
                 add_folder = gr.Button("Add folder", size="sm")
                 gguf = gr.Textbox(label="GGUF file to import (llama; Q4_0, Q4_1, Q8_0, F16, F32)",
                                   placeholder="/path/to/model.Q4_0.gguf")
                 import_gguf = gr.Button("Import GGUF", size="sm")
                 import_status = gr.Markdown()
+            account = gr.Markdown(elem_id="account")
 
     settings = [system_prompt, temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens]
-    stream_outputs = [chatbot, chat_input, conversations, conversation_id]
+    chat_view = [chatbot, chat_input, conversation_id, title, stats, versions, version, regenerate]
+    listing = [conversations, more]
 
-    blocks.load(controller.page_load, None, [model, status, conversations, *settings], api_name="page_load")
-    gr.Timer(1.0).tick(controller.model_status, None, status, show_progress="hidden", api_visibility="private")
+    blocks.load(events.page_load, None,
+                [model, status, *listing, *settings, context_limit, cache_budget, engine_box, add_model_box, account],
+                api_name="page_load")
+    gr.Timer(1.0).tick(events.status, None, status, show_progress="hidden", api_visibility="private")
 
-    sending = chat_input.submit(controller.send, [conversation_id, chat_input, model, *settings], stream_outputs,
+    # Replies stream into the chat; the conversation list follows the open conversation.
+    sending = chat_input.submit(events.send, [conversation_id, chat_input, model, *settings], chat_view,
                                 api_name="send", concurrency_limit=None, show_progress="hidden")
-    regenerating = gr.on([regenerate.click, chatbot.retry], controller.regenerate, [conversation_id, model, *settings],
-                         stream_outputs, api_name="regenerate", concurrency_limit=None, show_progress="hidden")
-    editing = chatbot.edit(controller.edit, [conversation_id, model, *settings], stream_outputs,
+    regenerating = gr.on([regenerate.click, chatbot.retry], events.regenerate, [conversation_id, model, *settings],
+                         chat_view, api_name="regenerate", concurrency_limit=None, show_progress="hidden")
+    editing = chatbot.edit(events.edit, [conversation_id, model, *settings], chat_view,
                            api_name="edit", concurrency_limit=None, show_progress="hidden")
     replies = [sending, regenerating, editing]
     for reply in replies:
-        reply.then(controller.input_ready, None, chat_input, queue=False, api_visibility="private")
-    gr.on([chat_input.stop, stop.click], controller.stop, [conversation_id], None, queue=False, api_name="stop")
+        reply.then(events.input_ready, None, chat_input, queue=False, api_visibility="private").then(
+            events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
+    gr.on([chat_input.stop, stop.click], events.stop, [conversation_id], None, queue=False, api_name="stop")
+    previous.click(events.previous_version, conversation_id, chat_view, api_name="previous_version")
+    following.click(events.next_version, conversation_id, chat_view, api_name="next_version")
 
     # Opening another chat ends the reply streaming into this one (what was written is saved).
-    gr.on([new_chat.click, chatbot.clear], controller.new_chat, None, [chatbot, conversation_id, title, conversations],
-          api_name="new_chat", cancels=replies)
-    conversations.input(controller.open_conversation, conversations, [chatbot, conversation_id, title],
-                        api_name="open_conversation", cancels=replies)
-    rename.click(controller.rename_conversation, [conversation_id, title], conversations, api_name="rename")
-    delete.click(controller.delete_conversation, conversation_id, [chatbot, conversation_id, title, conversations],
-                 api_name="delete", cancels=replies)
-    export.click(controller.export_conversation, conversation_id, export_file, api_name="export")
+    gr.on([new_chat.click, chatbot.clear], events.new, None, chat_view, api_name="new_chat", cancels=replies)
+    conversations.input(events.open, conversations, chat_view, api_name="open_conversation", cancels=replies)
+    conversation_id.change(events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
+    search.input(events.search, [search, conversation_id], [*listing, list_limit], trigger_mode="always_last",
+                 api_name="search_conversations")
+    more.click(events.show_more, [search, list_limit, conversation_id], [*listing, list_limit],
+               api_name="more_conversations")
+    rename.click(events.rename, [conversation_id, title], None, api_name="rename").then(
+        events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
+    delete.click(events.delete, conversation_id, chat_view, api_name="delete", cancels=replies).then(
+        events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
+    export.click(events.export, conversation_id, export_file, api_name="export")
 
-    model.input(controller.select_model, model, status, api_name="select_model")
-    add_folder.click(controller.add_model_folder, folder, [model, folder], api_name="add_model_folder")
-    import_gguf.click(controller.import_gguf, gguf, [model, import_status], api_name="import_gguf")
-    gr.on([c.input for c in settings], controller.save_settings, settings, None,
-          trigger_mode="always_last", api_name="save_settings")
+    model.input(events.select_model, model, status, api_name="select_model")
+    add_folder.click(events.add_model_folder, folder, [model, folder], api_name="add_model_folder")
+    import_gguf.click(events.import_gguf, gguf, [model, import_status], api_name="import_gguf")
+    # Settings are saved when a value is committed, not at every keystroke or slider step.
+    committed = [system_prompt.blur, *(s.release for s in settings[1:6]), seed.blur, seed.submit, max_tokens.release]
+    gr.on(committed, events.save_settings, settings, None, trigger_mode="always_last", api_name="save_settings")
+    gr.on([context_limit.blur, context_limit.submit, cache_budget.blur, cache_budget.submit],
+          events.save_engine_settings, [context_limit, cache_budget], None, trigger_mode="always_last",
+          api_name="save_engine_settings")

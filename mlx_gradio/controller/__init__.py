@@ -1,0 +1,66 @@
+"""The one facade the tabs call, made of one part per area; each part turns service errors into `gr.Error`.
+
+Every handler takes the `gr.Request` and asks `Access.caller` who is calling before it reads or
+changes anything, so a crafted API call meets the same checks as a click.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ..engine import Engine
+from ..store import Store
+from .access import Access
+from .conversations import ConversationsPart
+from .feedback import user_errors
+from .models import ModelsPart
+from .replies import RepliesPart
+from .settings import SettingsPart
+from .views import PageView
+
+
+class Controller:
+    """Everything the UI can do, wired to the engine, the store and the model folders."""
+
+    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.images_dir = self.data_dir / "images"
+        self.access = access or Access()
+        self.models = ModelsPart(engine, store, self.data_dir, self.access)
+        self.conversations = ConversationsPart(engine, store, self.access, self.is_streaming)
+        self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir)
+        self.settings = SettingsPart(engine, store, self.access)
+
+    def is_streaming(self, conversation_id: str) -> bool:
+        """Whether a reply is being written into this conversation."""
+        return self.replies.is_streaming(conversation_id)
+
+    def page_load(self, request: gr.Request) -> PageView:
+        """Handler: everything a fresh browser tab shows, read from the store."""
+        with user_errors("load the page"):
+            caller = self.access.caller(request)
+        return PageView(
+            user=caller.user,
+            is_owner=caller.is_owner,
+            login_required=self.access.login_required,
+            models=self.models.available(),
+            model=self.models.selected(caller),
+            status=self.engine.status(),
+            settings=self.store.settings.user(caller.user),
+            app_settings=self.store.settings.app(),
+            conversations=self.conversations.page(caller),
+            notices=self.store.take_notices() if caller.is_owner else [],
+        )
+
+    def startup(self, model: str | None = None) -> None:
+        """Select the model to start with and load it in the background."""
+        self.models.startup(model)
+
+    def shutdown(self) -> None:
+        """Stop the replies in flight, unload the model, and write what is kept in memory."""
+        self.engine.shutdown()
+        self.store.close()

@@ -1,0 +1,129 @@
+"""The conversation list and the open conversation: each user reaches their own conversations only."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from .. import chat, errors
+from ..engine import Engine
+from ..store import Store
+from .access import Access, Caller
+from .feedback import user_errors
+from .views import ChatView, ConversationPage
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 40
+MAX_QUERY = 200
+EXPORT_MAX_AGE_S = 3600
+
+
+class ConversationsPart:
+    """Handlers for listing, searching, opening, renaming, deleting and exporting conversations."""
+
+    def __init__(self, engine: Engine, store: Store, access: Access, is_streaming) -> None:
+        self.engine = engine
+        self.store = store
+        self.access = access
+        self._is_streaming = is_streaming  # conversation id -> whether a reply is being written into it
+
+    def own(self, caller: Caller, conversation_id: str) -> dict:
+        """A conversation of this user; another user's is refused exactly like one that does not exist."""
+        owner = self.store.conversations.owner_of(conversation_id)
+        if owner is None or owner != caller.user:
+            raise errors.ConversationNotFound("That conversation does not exist (any more).")
+        return chat.upgrade(self.store.conversations.get(conversation_id), caller.user)
+
+    def page(self, caller: Caller, query: str = "", limit: int = PAGE_SIZE,
+             selected: str | None = None) -> ConversationPage:
+        """The first `limit` of this user's conversations that match `query`, newest first."""
+        query = str(query or "")[:MAX_QUERY]
+        limit = max(PAGE_SIZE, min(int(limit or PAGE_SIZE), 100_000))
+        summaries, total = self.store.conversations.list(caller.user, query, 0, limit)
+        return ConversationPage(summaries, total, selected or None)
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def list(self, query: str, limit: int, selected: str, request: gr.Request) -> ConversationPage:
+        """Handler: the conversation list for the search box and the number of entries shown."""
+        with user_errors("list the conversations"):
+            caller = self.access.caller(request)
+            return self.page(caller, query, _as_int(limit), selected)
+
+    def open(self, conversation_id: str, request: gr.Request) -> ChatView:
+        """Handler: show one of the user's conversations."""
+        with user_errors("open that conversation"):
+            caller = self.access.caller(request)
+            if not conversation_id:
+                return ChatView(None)
+            return ChatView(self.own(caller, conversation_id))
+
+    def new(self, request: gr.Request) -> ChatView:
+        """Handler: an empty chat; it is saved once the first message is sent."""
+        with user_errors("start a new chat"):
+            self.access.caller(request)
+        return ChatView(None)
+
+    def rename(self, conversation_id: str, title: str, request: gr.Request) -> None:
+        """Handler: rename the open conversation."""
+        title = " ".join(str(title or "").split())[:200]
+        with user_errors("rename the conversation"):
+            caller = self.access.caller(request)
+            if not conversation_id or not title:
+                raise errors.ChatEditError("Open a conversation and type a new title first.")
+            conversation = self.own(caller, conversation_id)
+            self._refuse_while_streaming(conversation_id)
+            self.store.conversations.save({**conversation, "title": chat.clean_text(title)})
+
+    def delete(self, conversation_id: str, request: gr.Request) -> ChatView:
+        """Handler: delete the open conversation and show an empty chat."""
+        with user_errors("delete the conversation"):
+            caller = self.access.caller(request)
+            if conversation_id:
+                self.own(caller, conversation_id)
+                self._refuse_while_streaming(conversation_id)
+                self.store.conversations.delete(conversation_id)
+                self.engine.forget_conversation(conversation_id)
+        return ChatView(None)
+
+    def export(self, conversation_id: str, request: gr.Request) -> str:
+        """Handler: write the open conversation as JSON into a temporary folder and return the file."""
+        with user_errors("export the conversation"):
+            caller = self.access.caller(request)
+            if not conversation_id:
+                raise errors.ChatEditError("Open a conversation to export it.")
+            conversation = self.own(caller, conversation_id)
+        # Gradio copies the file into its own cache and serves it from there; no folder of ours is exposed.
+        return str(chat.export_json(conversation, _export_folder()))
+
+    def _refuse_while_streaming(self, conversation_id: str) -> None:
+        """A conversation that a reply is being written into is not changed from elsewhere."""
+        if self._is_streaming(conversation_id):
+            raise errors.ReplyInProgress("A reply is being written into this conversation.")
+
+
+def _export_folder() -> Path:
+    """A new folder for one export, under the system's temp dir; exports older than an hour are removed."""
+    root = Path(tempfile.gettempdir()) / "mlx-gradio-exports"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():
+        try:
+            if time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            log.debug("Cannot check old export %s: %s", old, exc)
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+def _as_int(value: object) -> int:
+    """A count from the page (a number or a numeric string), else the page size."""
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return PAGE_SIZE

@@ -1,0 +1,43 @@
+"""Service errors become a sentence for the user (`gr.Error`) and a log line with context."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import gradio as gr
+
+from .. import errors
+
+log = logging.getLogger(__name__)
+
+ADVICE = {
+    errors.ModelNotFound: "Pick another model in the list, or add its folder under “Add a model”.",
+    errors.ModelLoadFailed: "The folder may be incomplete, or hold a model type this mlx-lm / mlx-vlm cannot run.",
+    errors.DemoModelUnavailable: "Check that this machine can reach PyPI, or pick another model.",
+    errors.InvalidImage: "The conversation is unchanged.",
+    errors.ImageNeedsVisionModel: "Pick a vision model (marked “vision” in the model list) to chat about images.",
+    errors.ConversationNotFound: "It may have been deleted in another tab; start a new chat.",
+    errors.GenerationFailed: "Try again, or pick another model.",
+    errors.StoreWriteFailed: "Free some disk space or fix the folder's permissions, then try again; "
+                             "nothing that was saved before is lost.",
+    errors.ReplyInProgress: "Wait for it to finish, or stop it in the tab that started it.",
+}
+
+
+def message_for(exc: errors.AppError) -> str:
+    """The sentence a user sees for a service error."""
+    advice = next((text for kind, text in ADVICE.items() if isinstance(exc, kind)), "")
+    return f"{exc} {advice}".strip()
+
+
+@contextmanager
+def user_errors(action: str) -> Iterator[None]:
+    """Log a service error with what was being done, and re-raise it as a `gr.Error`."""
+    try:
+        yield
+    except errors.AppError as exc:
+        level = logging.ERROR if isinstance(exc, errors.StoreWriteFailed) else logging.WARNING
+        log.log(level, "%s failed: %s", action, exc)
+        raise gr.Error(message_for(exc), title=f"Could not {action}") from exc

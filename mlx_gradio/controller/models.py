@@ -1,0 +1,210 @@
+"""The model picker: which models are offered, who may pick or add which, and loading them."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, wait
+from pathlib import Path
+
+import gradio as gr
+
+from .. import demo, errors
+from ..engine import Engine, EngineStatus
+from ..models import LocalModel, describe_folder, is_vision_model, list_models
+from ..store import Store
+from .access import Access, Caller
+from .feedback import message_for, user_errors
+
+log = logging.getLogger(__name__)
+
+
+class ModelsPart:
+    """Handlers and helpers for the model picker, the status line and adding models."""
+
+    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access) -> None:
+        self.engine = engine
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.access = access
+        self._demo_job: Future | None = None
+
+    # --- what is offered --------------------------------------------------------------------
+
+    @property
+    def demo_path(self) -> str:
+        """Folder of the built-in demo model (it may not exist yet)."""
+        return str(demo.demo_model_dir(self.data_dir))
+
+    def demo_model(self) -> LocalModel:
+        """The picker entry of the demo model, ready or not."""
+        if demo.demo_model_ready(self.data_dir):
+            return describe_folder(self.demo_path, "demo")
+        return LocalModel(demo.DEMO_NAME, self.demo_path, "demo", vision=False, size_bytes=demo.DEMO_SIZE_BYTES)
+
+    def available(self) -> list[LocalModel]:
+        """Every model the picker offers (the same for every user)."""
+        return list_models(self.demo_model(), self.store.settings.app()["model_folders"])
+
+    def selected(self, caller: Caller) -> str:
+        """The model this user picked last, else the owner's, else the demo model."""
+        return self.store.settings.user(caller.user)["model"] or self.demo_path
+
+    def model_for(self, caller: Caller, path: str | None) -> str:
+        """The model folder to use for `path`: one of the offered models, or (owners only) any model folder."""
+        if not path:
+            return self.selected(caller)
+        if not isinstance(path, str):
+            raise errors.ModelNotFound("Pick a model from the list.")
+        if path == self.demo_path or path in {m.path for m in self.available()}:
+            return path
+        if not caller.is_owner:
+            raise errors.AccessDenied("That model is not offered here; pick one from the list.")
+        return describe_folder(path, "folder").path
+
+    def is_vision(self, path: str) -> bool:
+        """Whether a model reads images (the demo model does not, even before it exists)."""
+        return path != self.demo_path and is_vision_model(path)
+
+    # --- loading ----------------------------------------------------------------------------
+
+    def start_loading(self, path: str) -> None:
+        """Queue the load of `path` on the engine (fetching the demo model first if needed)."""
+        if path == self.demo_path and not demo.demo_model_ready(self.data_dir):
+            if self._demo_job is None or self._demo_job.done():
+                self._demo_job = self.engine.call(self._prepare_demo)
+        self.engine.load(path).add_done_callback(_log_failure(f"Loading {path}"))
+
+    def _prepare_demo(self) -> Path:
+        """Engine job: fetch and convert the demo model, reporting progress in the status."""
+        def report(message: str) -> None:
+            self.engine.set_status(state="loading", model_name=demo.DEMO_NAME, message=message)
+
+        try:
+            return demo.prepare_demo_model(self.data_dir, report)
+        except errors.DemoModelUnavailable as exc:
+            self.engine.set_status(state="error", message=message_for(exc))
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the status must not stay on "loading"
+            log.exception("Preparing the demo model failed")
+            self.engine.set_status(state="error", message=f"The demo model could not be prepared: {exc}")
+            raise errors.DemoModelUnavailable(f"The demo model could not be prepared: {exc}") from exc
+
+    def wait_for_demo(self, model_path: str) -> Iterator[str]:
+        """If the demo model is not converted yet, wait for it, yielding its progress messages."""
+        if model_path != self.demo_path or demo.demo_model_ready(self.data_dir):
+            return
+        self.start_loading(model_path)
+        job = self._demo_job
+        while not job.done():
+            yield self.engine.status().message or "Preparing the demo model…"
+            wait([job], timeout=0.5)
+        job.result()
+
+    def resolve(self, spec: str) -> str:
+        """A model folder for a path or a Hugging Face repo id in the local cache (the --model flag)."""
+        if Path(spec).expanduser().is_dir():
+            return describe_folder(spec, "folder").path
+        for model in self.available():
+            if model.name == spec:
+                return model.path
+        raise errors.ModelNotFound(f"“{spec}” is neither a model folder nor a model in the Hugging Face cache.")
+
+    def startup(self, model: str | None = None) -> None:
+        """Select `model` (or the owner's last one, or the demo) and start loading it in the background."""
+        path = self.resolve(model) if model else (self.store.settings.app()["model"] or self.demo_path)
+        if model:
+            self._offer(path)
+        self.start_loading(path)
+
+    def _offer(self, path: str) -> None:
+        """Make `path` the owners' model, adding it to the picker if it is not there yet."""
+        folders = self.store.settings.app()["model_folders"]
+        known = {self.demo_path, *folders} | {m.path for m in self.available()}
+        self.store.settings.update_app(model=path, model_folders=folders if path in known else [*folders, path])
+
+    def remember(self, caller: Caller, path: str) -> None:
+        """Save `path` as this user's model; an owner's pick is also offered to everyone and the default."""
+        self.store.settings.update_user(caller.user, model=path)
+        if caller.is_owner:
+            self._offer(path)
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def status(self, request: gr.Request) -> EngineStatus:
+        """Handler: the engine's state for the status line."""
+        self.access.caller(request)
+        return self.engine.status()
+
+    def select(self, path: str, request: gr.Request) -> EngineStatus:
+        """Handler: the user picked a model; remember it, start loading it."""
+        with user_errors("load that model"):
+            caller = self.access.caller(request)
+            if not path:
+                return self.engine.status()
+            path = self.model_for(caller, path)
+            self.remember(caller, path)
+        self.start_loading(path)
+        return self.engine.status()
+
+    def add_folder(self, folder: str, request: gr.Request) -> tuple[list[LocalModel], str]:
+        """Handler: add a model folder by path and select it; returns the models and the selection."""
+        with user_errors("add that folder"):
+            caller = self.access.caller(request)
+            self.access.require_owner(caller, "add model folders")
+            model = describe_folder(str(folder or "").strip(), "folder")
+            self.remember(caller, model.path)
+        self.start_loading(model.path)
+        gr.Info(f"Added {model.name}.")
+        return self.available(), model.path
+
+    def import_gguf(self, gguf_path: str,
+                    request: gr.Request) -> Iterator[tuple[list[LocalModel] | None, str | None, str]]:
+        """Handler: convert a GGUF file into an mlx-lm folder under the data dir and select it.
+
+        Yields (models or None, selected path or None, note).
+        """
+        from ..gguf import check_convertible
+
+        with user_errors("import that GGUF file"):
+            caller = self.access.caller(request)
+            self.access.require_owner(caller, "import files")
+            source = Path(str(gguf_path or "").strip()).expanduser()
+            if not source.is_file():
+                raise errors.UnsupportedGGUF(f"There is no file at {source}.")
+            check_convertible(source)
+        target = self._import_target(source)
+        yield None, None, f"Converting {source.name}… (this can take a minute for large files)"
+        with user_errors("import that GGUF file"):
+            self.engine.call(_import_gguf, source, target).result()
+            self.remember(caller, str(target))
+        self.start_loading(str(target))
+        yield self.available(), str(target), ""
+
+    def _import_target(self, source: Path) -> Path:
+        """A new folder under the data dir's models for an imported file; never an existing model."""
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source.stem).lstrip(".-") or "imported-model"
+        target = self.data_dir / "models" / stem
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.data_dir / "models" / f"{stem}-{n}"
+        return target
+
+
+def _import_gguf(source: Path, target: Path) -> Path:
+    """Engine job: import a GGUF file (MLX reads it, so it runs on the engine thread)."""
+    from ..gguf import import_gguf
+
+    return import_gguf(source, target)
+
+
+def _log_failure(action: str) -> Callable[[Future], None]:
+    """A future callback that logs a failed background job (the status line shows it too)."""
+    def callback(future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.warning("%s failed: %s", action, exc)
+
+    return callback

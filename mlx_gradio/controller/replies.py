@@ -1,0 +1,345 @@
+"""Send, regenerate, edit, stop and reply versions: replies that never destroy what was there.
+
+A reply takes its place in the conversation with its first token. Until then nothing that was
+saved changes: a regenerate that fails leaves the previous version current, an edit that fails
+leaves the conversation as it was (the edited text goes back to the message box), and a send
+that fails keeps the user's turn with a note and a retry. One reply at a time per conversation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import chat, errors
+from ..engine import Engine
+from ..jobs import ChatRequest, Generation, GenerationStats
+from ..store import Store
+from .access import Access, Caller
+from .conversations import ConversationsPart
+from .feedback import message_for, user_errors
+from .models import ModelsPart
+from .settings import parse_user_settings, sampling_params
+from .views import ChatView, Draft
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGES = 8  # per message
+STREAM_INTERVAL_S = 0.05  # at most 20 browser updates a second while a reply streams
+SAVE_INTERVAL_S = 5.0  # a reply being written is saved this often, so a crash loses little
+
+
+@dataclass(eq=False)
+class ActiveReply:
+    """A reply being written into one conversation, and the tab that asked for it."""
+
+    user: str
+    session: str
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    generation: Generation | None = None
+
+    def attach(self, generation: Generation) -> None:
+        """The engine took the reply; a stop asked for before this still applies."""
+        self.generation = generation
+        if self.stop_requested.is_set():
+            generation.stop()
+
+    def stop(self) -> None:
+        """End the reply after the current token (or before it begins)."""
+        self.stop_requested.set()
+        if self.generation is not None:
+            self.generation.stop()
+
+
+@dataclass
+class _Reply:
+    """What one reply has produced so far."""
+
+    text: str = ""
+    stats: GenerationStats | None = None
+    committed: bool = False
+    error: errors.AppError | None = None
+    cancelled: bool = False
+
+
+class RepliesPart:
+    """Handlers that write replies into conversations."""
+
+    def __init__(self, engine: Engine, store: Store, access: Access, models: ModelsPart,
+                 conversations: ConversationsPart, images_dir: Path) -> None:
+        self.engine = engine
+        self.store = store
+        self.access = access
+        self.models = models
+        self.conversations = conversations
+        self.images_dir = images_dir
+        self._active: dict[str, ActiveReply] = {}
+        self._active_lock = threading.Lock()
+
+    def is_streaming(self, conversation_id: str) -> bool:
+        """Whether a reply is being written into this conversation."""
+        with self._active_lock:
+            return conversation_id in self._active
+
+    def _claim(self, conversation_id: str, caller: Caller) -> ActiveReply:
+        """Reserve a conversation for one reply; a second one is refused."""
+        with self._active_lock:
+            if conversation_id in self._active:
+                raise errors.ReplyInProgress("A reply is already being written into this conversation.")
+            active = self._active[conversation_id] = ActiveReply(caller.user, caller.session)
+            return active
+
+    def _release(self, conversation_id: str, active: ActiveReply) -> None:
+        with self._active_lock:
+            if self._active.get(conversation_id) is active:
+                del self._active[conversation_id]
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def send(self, conversation_id: str, message: Any, model_path: str, *settings: Any,
+             request: gr.Request) -> Iterator[ChatView]:
+        """Handler: add the user's message (text and images) and stream the reply.
+
+        Bad input raises before anything changes; the message box keeps its text.
+        """
+        with user_errors("send the message"):
+            caller = self.access.caller(request)
+            text, uploads = _message_parts(message)
+            if not text.strip() and not uploads:
+                raise errors.ChatEditError("Type a message or attach an image first.")
+            if len(uploads) > MAX_IMAGES:
+                raise errors.InvalidImage(f"A message can carry at most {MAX_IMAGES} images; "
+                                          f"this one has {len(uploads)}.")
+            values = parse_user_settings(settings)
+            model = self.models.model_for(caller, model_path)
+            if uploads and not self.models.is_vision(model):
+                raise errors.ImageNeedsVisionModel(f"{Path(model).name} reads text only.")
+            images = [str(_ingest(upload, self.images_dir)) for upload in uploads]
+            conversation = (self.conversations.own(caller, conversation_id) if conversation_id
+                            else chat.new_conversation(caller.user, model))
+            self._remember_choices(caller, model, values)
+            active = self._claim(conversation["id"], caller)
+        try:
+            chat.add_user_message(conversation, text.strip(), images)
+            conversation["model"] = model
+            with user_errors("send the message"):
+                conversation = self.store.conversations.save(conversation)
+            slot = len(conversation["messages"])
+            yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
+                                   mark_unanswered=True, clear_input=True)
+        finally:
+            self._release(conversation["id"], active)
+
+    def regenerate(self, conversation_id: str, model_path: str, *settings: Any,
+                   request: gr.Request) -> Iterator[ChatView]:
+        """Handler: answer the last user message again, as a new version of the reply."""
+        with user_errors("regenerate the reply"):
+            caller = self.access.caller(request)
+            if not conversation_id:
+                raise errors.ChatEditError("There is nothing to regenerate yet: send a message first.")
+            values = parse_user_settings(settings)
+            model = self.models.model_for(caller, model_path)
+            conversation = self.conversations.own(caller, conversation_id)
+            slot = chat.reply_slot(conversation)
+            self._remember_choices(caller, model, values)
+            active = self._claim(conversation_id, caller)
+        try:
+            unanswered = slot == len(conversation["messages"])
+            yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
+                                   mark_unanswered=unanswered)
+        finally:
+            self._release(conversation_id, active)
+
+    def edit(self, conversation_id: str, model_path: str, *settings: Any, edit: gr.EditData,
+             request: gr.Request) -> Iterator[ChatView]:
+        """Handler: the user edited one of their messages; answer again from there."""
+        with user_errors("edit the message"):
+            caller = self.access.caller(request)
+            shown = edit.index[0] if isinstance(edit.index, (tuple, list)) else edit.index
+            text = chat.clean_text(edit.value if isinstance(edit.value, str) else _text_of(edit.value)).strip()
+            values = parse_user_settings(settings)
+            model = self.models.model_for(caller, model_path)
+            original = self.conversations.own(caller, conversation_id)
+            index = chat.message_at(original, shown if isinstance(shown, int) else -1)
+            changed = chat.edited(original, index, text)
+            self._remember_choices(caller, model, values)
+            active = self._claim(conversation_id, caller)
+        try:
+            yield from self._reply(active, changed, index + 1, model, values, fallback=original,
+                                   mark_unanswered=False, restore={"text": text, "files": []})
+        finally:
+            self._release(conversation_id, active)
+
+    def stop(self, conversation_id: str, request: gr.Request) -> None:
+        """Handler: stop the reply this tab started (what was written stays)."""
+        with user_errors("stop the reply"):
+            caller = self.access.caller(request)
+        with self._active_lock:
+            mine = [(cid, active) for cid, active in self._active.items()
+                    if active.user == caller.user and active.session == caller.session]
+        for cid, active in mine:
+            if not conversation_id or cid == conversation_id:
+                active.stop()
+
+    def previous_version(self, conversation_id: str, request: gr.Request) -> ChatView:
+        """Handler: show the previous version of the last reply."""
+        return self._switch_version(conversation_id, -1, request)
+
+    def next_version(self, conversation_id: str, request: gr.Request) -> ChatView:
+        """Handler: show the next version of the last reply."""
+        return self._switch_version(conversation_id, +1, request)
+
+    def _switch_version(self, conversation_id: str, delta: int, request: gr.Request) -> ChatView:
+        with user_errors("show that version"):
+            caller = self.access.caller(request)
+            conversation = self.conversations.own(caller, conversation_id)
+            if self.is_streaming(conversation_id):
+                raise errors.ReplyInProgress("A reply is being written into this conversation.")
+            chat.select_version(conversation, delta)
+            self.store.conversations.save(conversation, stamp=False)
+        return ChatView(conversation)
+
+    # --- one reply --------------------------------------------------------------------------
+
+    def _reply(self, active: ActiveReply, base: dict, slot: int, model: str, values: dict, fallback: dict,
+               mark_unanswered: bool, clear_input: bool = False, restore: dict | None = None) -> Iterator[ChatView]:
+        """Stream the reply at `slot` of `base`; it replaces nothing until its first token.
+
+        `fallback` is what stays if no reply comes; `mark_unanswered` notes on its last user turn why.
+        """
+        request = ChatRequest(base["id"], model, chat.model_messages(base, slot, values["system_prompt"]),
+                              sampling_params(values), context_limit=self.store.settings.app()["context_limit"])
+        reply = _Reply()
+        conversation = base
+        status = "Waiting for the model…"
+        yield ChatView(base, Draft(slot, "", status), streaming=True, clear_input=clear_input)
+        generation = None
+        try:
+            for status in self.models.wait_for_demo(model):
+                yield ChatView(base, Draft(slot, "", status), streaming=True)
+            generation = self.engine.generate(request)
+            active.attach(generation)
+            last_yield = last_save = time.monotonic()
+            for event in generation.events():
+                reply.text += event.text
+                reply.stats = event.stats or reply.stats
+                status = event.status or status
+                now = time.monotonic()
+                if reply.text and not reply.committed:
+                    chat.add_reply_version(conversation, slot, reply.text, None, model)
+                    reply.committed = True
+                    self.store.conversations.save(conversation)
+                    last_save = now
+                elif reply.committed:
+                    chat.update_reply_version(conversation, slot, reply.text, None)
+                    if now - last_save >= SAVE_INTERVAL_S:
+                        self.store.conversations.save(conversation)
+                        last_save = now
+                if event.done or now - last_yield >= STREAM_INTERVAL_S:
+                    draft = None if reply.committed else Draft(slot, reply.text, status)
+                    yield ChatView(conversation, draft, streaming=True)
+                    last_yield = now
+        except errors.AppError as exc:
+            reply.error = exc
+        except GeneratorExit:
+            # The tab switched chats or went away: keep what was written, note why nothing came.
+            reply.cancelled = True
+            try:
+                self._settle(reply, conversation, slot, model, fallback, mark_unanswered)
+            except gr.Error as exc:
+                log.error("A cancelled reply in conversation %s could not be saved: %s", base["id"], exc)
+            raise
+        finally:
+            if generation is not None:
+                generation.stop()  # a no-op once finished
+        final, applied = self._settle(reply, conversation, slot, model, fallback, mark_unanswered)
+        restore_input = restore if restore and not applied else None
+        yield ChatView(final, restore_input=restore_input)
+        if reply.error is not None:
+            log.warning("Reply in conversation %s failed: %s", base["id"], reply.error)
+            note = " The conversation is unchanged; your edited text is in the message box." if restore_input else ""
+            raise gr.Error(message_for(reply.error) + note, title="Could not finish the reply")
+
+    def _settle(self, reply: _Reply, conversation: dict, slot: int, model: str, fallback: dict,
+                mark_unanswered: bool) -> tuple[dict, bool]:
+        """Put the finished reply (or the reason there is none) in place and save it.
+
+        Returns what the chat shows now and whether the reply took its place.
+        """
+        stats = asdict(reply.stats) if reply.stats else None
+        finished = reply.stats is not None and reply.stats.finish_reason in ("stop", "length")
+        if reply.committed:
+            chat.update_reply_version(conversation, slot, reply.text, stats)
+        elif finished and reply.error is None:
+            chat.add_reply_version(conversation, slot, "", stats, model)  # the model ended at once: an empty answer
+        elif mark_unanswered:
+            chat.mark_unanswered(fallback, slot, _why_no_reply(reply))
+            with user_errors("save the conversation"):
+                self.store.conversations.save(fallback, create=False)
+            return fallback, False
+        else:
+            return fallback, False
+        with user_errors("save the reply"):
+            self.store.conversations.save(conversation, create=False)
+        return conversation, True
+
+    def _remember_choices(self, caller: Caller, model: str, values: dict) -> None:
+        """Keep the model and settings a reply was asked with as this user's choices."""
+        saved = self.store.settings.user(caller.user)
+        if saved["model"] != model:
+            self.models.remember(caller, model)
+        if any(saved.get(name) != value for name, value in values.items()):
+            self.store.settings.update_user(caller.user, **values)
+
+
+def _why_no_reply(reply: _Reply) -> str:
+    """The note shown on a user turn that got no reply."""
+    if reply.error is not None:
+        return str(reply.error)
+    if reply.cancelled:
+        return "the reply was cancelled before it began."
+    return "stopped before the reply began."
+
+
+def _message_parts(message: Any) -> tuple[str, list[str]]:
+    """The text and uploaded file paths of a message from the message box (or an API call)."""
+    if isinstance(message, str):
+        message = {"text": message}
+    if not isinstance(message, dict):
+        raise errors.ChatEditError("The message has no text or files.")
+    text = message.get("text")
+    files = message.get("files") or []
+    if not isinstance(text, (str, type(None))) or not isinstance(files, list):
+        raise errors.ChatEditError("The message has no text or files.")
+    return chat.clean_text(text or ""), [_file_path(f) for f in files]
+
+
+def _file_path(item: Any) -> str:
+    """The local path of an uploaded file, whether Gradio passed a string or a file dict."""
+    path = item if isinstance(item, str) else (item.get("path") or item.get("name")) if isinstance(item, dict) else None
+    if not isinstance(path, str) or not path:
+        raise errors.InvalidImage("An attachment could not be read.")
+    return path
+
+
+def _ingest(upload: str, images_dir: Path) -> Path:
+    """Validate and keep an uploaded image."""
+    from ..images import ingest_image
+
+    return ingest_image(upload, images_dir)
+
+
+def _text_of(content: Any) -> str:
+    """The text in an edited chatbot message, whatever shape Gradio passed it in."""
+    if isinstance(content, list):
+        return " ".join(_text_of(part) for part in content if _text_of(part))
+    if isinstance(content, dict):
+        return str(content.get("text") or "")
+    return str(content or "")

@@ -1,0 +1,93 @@
+"""Chat settings (each user's own) and engine settings (the owner's), read safely from whatever the page sends."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+
+from .. import chat
+from ..engine import Engine
+from ..jobs import SamplingParams
+from ..store import USER_SETTING_FIELDS, Store
+from .access import Access
+from .feedback import user_errors
+
+MAX_SYSTEM_PROMPT = 100_000
+# name: (kind, lowest, highest); values outside are clamped, values that are not numbers use the default
+LIMITS: dict[str, tuple[type, float, float]] = {
+    "temperature": (float, 0.0, 5.0),
+    "top_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, 100_000),
+    "min_p": (float, 0.0, 1.0),
+    "repetition_penalty": (float, 0.1, 5.0),
+    "seed": (int, -1, 2**31 - 1),
+    "max_tokens": (int, 1, 1_000_000),
+    "context_limit": (int, 0, 10_000_000),
+    "cache_budget_gb": (float, 0.0, 100_000.0),
+}
+DEFAULTS: dict[str, Any] = {**vars(SamplingParams()), "context_limit": 0, "cache_budget_gb": 0.0}
+
+
+def clamp(name: str, raw: Any) -> int | float:
+    """A number setting from the page, clamped to its range; blanks and non-numbers give the default."""
+    kind, low, high = LIMITS[name]
+    try:
+        value = float(raw)
+    except (TypeError, ValueError, OverflowError):
+        return DEFAULTS[name]
+    if math.isnan(value):
+        return DEFAULTS[name]
+    value = min(max(value, low), high)
+    return int(value) if kind is int else value
+
+
+def parse_user_settings(values: Sequence[Any]) -> dict[str, Any]:
+    """The chat settings in `USER_SETTING_FIELDS` order, cleaned and clamped."""
+    if len(values) != len(USER_SETTING_FIELDS):
+        raise gr.Error(f"Expected {len(USER_SETTING_FIELDS)} settings, got {len(values)}.")
+    raw = dict(zip(USER_SETTING_FIELDS, values, strict=True))
+    prompt = raw.pop("system_prompt")
+    settings = {"system_prompt": chat.clean_text(prompt if isinstance(prompt, str) else "")[:MAX_SYSTEM_PROMPT]}
+    settings.update({name: clamp(name, value) for name, value in raw.items()})
+    return settings
+
+
+def sampling_params(settings: dict[str, Any]) -> SamplingParams:
+    """The sampling settings of a reply."""
+    return SamplingParams(**{name: settings[name] for name in vars(SamplingParams())})
+
+
+class SettingsPart:
+    """Handlers that save settings."""
+
+    def __init__(self, engine: Engine, store: Store, access: Access) -> None:
+        self.engine = engine
+        self.store = store
+        self.access = access
+
+    def save_user(self, *values: Any, request: gr.Request) -> None:
+        """Handler: save this user's system prompt and sampling settings (committed values only)."""
+        with user_errors("save the settings"):
+            caller = self.access.caller(request)
+            self.store.settings.update_user(caller.user, **parse_user_settings(values))
+
+    def save_engine(self, context_limit: Any, cache_budget_gb: Any, request: gr.Request) -> None:
+        """Handler: the owner's engine settings: a context limit and the memory for prompt caches."""
+        with user_errors("save the engine settings"):
+            caller = self.access.caller(request)
+            self.access.require_owner(caller, "change the engine settings")
+            app = self.store.settings.update_app(context_limit=clamp("context_limit", context_limit),
+                                                 cache_budget_gb=clamp("cache_budget_gb", cache_budget_gb))
+        self.engine.set_cache_budget(cache_budget_bytes(app["cache_budget_gb"]))
+
+
+def cache_budget_bytes(budget_gb: float) -> int:
+    """Bytes the prompt caches may hold: the setting, or a quarter of this machine's memory."""
+    if budget_gb > 0:
+        return int(budget_gb * 1e9)
+    import psutil
+
+    return psutil.virtual_memory().total // 4

@@ -1,0 +1,59 @@
+"""What handlers hand the UI to show: plain dataclasses, rendered by mlx_gradio/ui/render.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..conversation_store import ConversationSummary
+from ..engine import EngineStatus
+from ..models import LocalModel
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A reply being written that is not part of the conversation yet."""
+
+    slot: int
+    text: str = ""
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class ChatView:
+    """What the chat shows after a step of a handler."""
+
+    conversation: dict | None  # None: an empty new chat
+    draft: Draft | None = None
+    streaming: bool = False
+    clear_input: bool = False
+    restore_input: dict | None = None  # put back into the message box (an edit that was not applied)
+
+    @property
+    def conversation_id(self) -> str:
+        """The id the tab keeps for this chat ("" for a new chat)."""
+        return self.conversation["id"] if self.conversation else ""
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    """One page of a user's conversation list."""
+
+    summaries: list[ConversationSummary]
+    total: int
+    selected: str | None = None
+
+
+@dataclass(frozen=True)
+class PageView:
+    """Everything a fresh browser tab shows."""
+
+    user: str
+    is_owner: bool
+    login_required: bool
+    models: list[LocalModel]
+    model: str
+    status: EngineStatus
+    settings: dict
+    app_settings: dict
+    conversations: ConversationPage
+    notices: list[str] = field(default_factory=list)

@@ -1,0 +1,163 @@
+"""The Chat tab's event handlers: call the controller, turn what it returns into component updates.
+
+Each handler passes Gradio's request on, so the controller knows who is asking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from ..controller import Controller
+from ..controller.conversations import PAGE_SIZE
+from ..controller.views import ChatView, ConversationPage, PageView
+from ..models import LocalModel
+from ..store import USER_SETTING_FIELDS
+from . import render
+
+
+def chat_outputs(view: ChatView) -> tuple:
+    """(chatbot, message box, conversation id, title, stats line, versions row, version label, regenerate)."""
+    conversation = view.conversation
+    if view.streaming:
+        box = gr.update(submit_btn=False, stop_btn=True, **({"value": None} if view.clear_input else {}))
+    else:
+        box = gr.update(value=view.restore_input) if view.restore_input else gr.skip()
+    label = render.version_label(conversation)
+    return (
+        render.chatbot_messages(conversation, view.draft),
+        box,
+        view.conversation_id,
+        conversation["title"] if conversation else "",
+        "" if view.streaming else render.stats_line(conversation),
+        gr.update(visible=bool(label) and not view.streaming),
+        label,
+        gr.update(interactive=not view.streaming),
+    )
+
+
+def list_outputs(page: ConversationPage) -> tuple[dict, dict]:
+    """(conversation list, "show more" button)."""
+    choices = [(render.conversation_label(s.title, s.updated), s.id) for s in page.summaries]
+    selected = page.selected if page.selected in {s.id for s in page.summaries} else None
+    hidden = page.total - len(page.summaries)
+    return (gr.update(choices=choices, value=selected),
+            gr.update(visible=hidden > 0, value=f"Show more ({hidden:,})"))
+
+
+def picker(models: list[LocalModel], selected: str) -> dict:
+    """The model dropdown."""
+    return gr.update(choices=[(m.label, m.path) for m in models], value=selected)
+
+
+class ChatEvents:
+    """Handlers for the Chat tab's components.
+
+    Gradio fills in `gr.Request` (and `gr.EditData`) only in parameters before `*args`, so they come first.
+    """
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    # --- page -------------------------------------------------------------------------------
+
+    def page_load(self, request: gr.Request) -> tuple:
+        """Model picker, status, conversation list, settings, owner-only panels and the account line."""
+        page: PageView = self.controller.page_load(request)
+        for notice in page.notices:
+            gr.Warning(notice, duration=None)
+        settings = [page.settings[name] for name in USER_SETTING_FIELDS]
+        account = (f"Signed in as **{page.user}** ({'owner' if page.is_owner else 'guest'}) · "
+                   "[Log out](/logout)") if page.login_required else ""
+        return (
+            picker(page.models, page.model),
+            render.status_markdown(page.status),
+            *list_outputs(page.conversations),
+            *settings,
+            page.app_settings["context_limit"],
+            page.app_settings["cache_budget_gb"],
+            gr.update(visible=page.is_owner),
+            gr.update(visible=page.is_owner),
+            account,
+        )
+
+    def status(self, request: gr.Request) -> str:
+        return render.status_markdown(self.controller.models.status(request))
+
+    # --- conversations ----------------------------------------------------------------------
+
+    def list(self, request: gr.Request, query: str, limit: Any, selected: str) -> tuple:
+        return list_outputs(self.controller.conversations.list(query, limit, selected, request))
+
+    def search(self, request: gr.Request, query: str, selected: str) -> tuple:
+        return (*self.list(request, query, PAGE_SIZE, selected), PAGE_SIZE)
+
+    def show_more(self, request: gr.Request, query: str, limit: Any, selected: str) -> tuple:
+        limit = (limit if isinstance(limit, int) else PAGE_SIZE) + PAGE_SIZE
+        return (*self.list(request, query, limit, selected), limit)
+
+    def open(self, request: gr.Request, conversation_id: str) -> tuple:
+        return chat_outputs(self.controller.conversations.open(conversation_id, request))
+
+    def new(self, request: gr.Request) -> tuple:
+        return chat_outputs(self.controller.conversations.new(request))
+
+    def rename(self, request: gr.Request, conversation_id: str, title: str) -> None:
+        self.controller.conversations.rename(conversation_id, title, request)
+
+    def delete(self, request: gr.Request, conversation_id: str) -> tuple:
+        return chat_outputs(self.controller.conversations.delete(conversation_id, request))
+
+    def export(self, request: gr.Request, conversation_id: str) -> dict:
+        return gr.update(value=self.controller.conversations.export(conversation_id, request), visible=True)
+
+    # --- replies ----------------------------------------------------------------------------
+
+    def send(self, request: gr.Request, conversation_id: str, message: Any, model: str,
+             *settings: Any) -> Iterator[tuple]:
+        for view in self.controller.replies.send(conversation_id, message, model, *settings, request=request):
+            yield chat_outputs(view)
+
+    def regenerate(self, request: gr.Request, conversation_id: str, model: str, *settings: Any) -> Iterator[tuple]:
+        for view in self.controller.replies.regenerate(conversation_id, model, *settings, request=request):
+            yield chat_outputs(view)
+
+    def edit(self, request: gr.Request, edit: gr.EditData, conversation_id: str, model: str,
+             *settings: Any) -> Iterator[tuple]:
+        for view in self.controller.replies.edit(conversation_id, model, *settings, edit=edit, request=request):
+            yield chat_outputs(view)
+
+    def stop(self, request: gr.Request, conversation_id: str) -> None:
+        self.controller.replies.stop(conversation_id, request)
+
+    def previous_version(self, request: gr.Request, conversation_id: str) -> tuple:
+        return chat_outputs(self.controller.replies.previous_version(conversation_id, request))
+
+    def next_version(self, request: gr.Request, conversation_id: str) -> tuple:
+        return chat_outputs(self.controller.replies.next_version(conversation_id, request))
+
+    @staticmethod
+    def input_ready() -> dict:
+        """Put the send button back on the message box once a reply is over (or failed)."""
+        return gr.update(submit_btn=True, stop_btn=False)
+
+    # --- models and settings ----------------------------------------------------------------
+
+    def select_model(self, request: gr.Request, path: str) -> str:
+        return render.status_markdown(self.controller.models.select(path, request))
+
+    def add_model_folder(self, request: gr.Request, folder: str) -> tuple[dict, str]:
+        models, selected = self.controller.models.add_folder(folder, request)
+        return picker(models, selected), ""
+
+    def import_gguf(self, request: gr.Request, path: str) -> Iterator[tuple]:
+        for models, selected, note in self.controller.models.import_gguf(path, request):
+            yield (picker(models, selected) if models is not None else gr.skip()), note
+
+    def save_settings(self, request: gr.Request, *values: Any) -> None:
+        self.controller.settings.save_user(*values, request=request)
+
+    def save_engine_settings(self, request: gr.Request, context_limit: Any, cache_budget_gb: Any) -> None:
+        self.controller.settings.save_engine(context_limit, cache_budget_gb, request)

@@ -1,0 +1,165 @@
+"""Access rules over real HTTP: logins, owners and guests, whose conversations, which files are served."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import pytest
+
+from mlx_gradio import chat
+from mlx_gradio.controller.access import Access
+from mlx_gradio.store import DB_NAME
+from tests.test_app import GREEDY
+
+OWNER, GUS, GIA = ("ann", "owner-pw"), ("gus", "gus-pw"), ("gia", "gia-pw")
+
+
+@pytest.fixture
+def shared_app(start_app):
+    """The app as an owner shares it: one owner login and two guests."""
+    return start_app(access=Access(owners=dict([OWNER]), guests=dict([GUS, GIA])))
+
+
+def guest_conversation(app, owner: str, text: str = "my secret plan") -> dict:
+    """A saved conversation of `owner` (written through the store: these tests are about access, not replies)."""
+    record = chat.new_conversation(owner, app.controller.models.demo_path)
+    chat.add_user_message(record, text, [])
+    chat.add_reply_version(record, 1, "noted", None, app.controller.models.demo_path)
+    return app.store.conversations.save(record)
+
+
+def status_of(url: str, method: str = "GET", body: bytes | None = None) -> int:
+    """The HTTP status of a request without any login."""
+    request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def signed_in(app, login: tuple[str, str]) -> httpx.Client:
+    """An HTTP session with the login cookie, as a browser has after the login form."""
+    client = httpx.Client(base_url=app.url, timeout=10)
+    response = client.post("/login", data={"username": login[0], "password": login[1]})
+    assert response.status_code == 200, response.text
+    return client
+
+
+def test_nothing_is_served_without_a_login(shared_app):
+    url = shared_app.url
+    assert status_of(url + "config") == 401
+    assert status_of(url + "gradio_api/info") == 401
+    body = json.dumps({"data": [], "fn_index": 0, "session_hash": "x"}).encode()
+    assert status_of(url + "gradio_api/queue/join", "POST", body) == 401
+    assert status_of(url + "gradio_api/call/page_load", "POST", json.dumps({"data": []}).encode()) == 401
+    with pytest.raises(Exception, match="(?i)login"):
+        shared_app.client()
+    with pytest.raises(Exception, match="(?i)login|credentials"):
+        shared_app.client(auth=("gus", "wrong"))
+
+
+def test_a_guest_sees_only_their_own_conversations(shared_app):
+    gus_record = guest_conversation(shared_app, "gus")
+    owner_record = guest_conversation(shared_app, "ann", "the owner's notes")
+    gia = shared_app.client(auth=GIA)
+    model, _status, listing, *_rest, account = gia.predict(api_name="/page_load")
+    assert listing["choices"] == [] and "gia" in account and "guest" in account
+    for foreign in (gus_record["id"], owner_record["id"]):
+        # Gradio refuses an id that is not in this tab's list; the controller refuses it too (next test).
+        with pytest.raises(Exception, match="does not exist|not in the list of choices"):
+            gia.predict(foreign, api_name="/open_conversation")
+    assert gia.predict("secret plan", api_name="/search_conversations")["choices"] == []
+    # Delete and export act on the conversation open in gia's tab: none, since opening gus's was refused.
+    with pytest.raises(Exception, match="Open a conversation"):
+        gia.predict(api_name="/export")
+    gia.predict(api_name="/delete")
+    assert shared_app.store.conversations.get(gus_record["id"])["messages"][0]["content"] == "my secret plan"
+    gus = shared_app.client(auth=GUS)
+    [(label, opened_id)] = gus.predict(api_name="/page_load")[2]["choices"]
+    assert opened_id == gus_record["id"] and label.endswith("my secret plan")
+    history = gus.predict(gus_record["id"], api_name="/open_conversation")[0]
+    assert history[0]["content"][0]["text"] == "my secret plan"
+
+
+def test_every_conversation_handler_refuses_another_users_id(shared_app):
+    """Crafted calls straight into the controller, with gus's id in gia's request."""
+    controller = shared_app.controller
+    record = guest_conversation(shared_app, "gus")
+    gia = gr.Request(username="gia", session_hash="gia-tab")
+    model = controller.models.demo_path
+    edit = gr.EditData(None, {"index": 0, "value": "hijacked", "previous_value": ""})
+    calls = {
+        "open": lambda: controller.conversations.open(record["id"], gia),
+        "rename": lambda: controller.conversations.rename(record["id"], "mine now", gia),
+        "delete": lambda: controller.conversations.delete(record["id"], gia),
+        "export": lambda: controller.conversations.export(record["id"], gia),
+        "send": lambda: list(controller.replies.send(record["id"], {"text": "hi"}, model, *GREEDY, request=gia)),
+        "regenerate": lambda: list(controller.replies.regenerate(record["id"], model, *GREEDY, request=gia)),
+        "edit": lambda: list(controller.replies.edit(record["id"], model, *GREEDY, edit=edit, request=gia)),
+        "previous version": lambda: controller.replies.previous_version(record["id"], gia),
+        "next version": lambda: controller.replies.next_version(record["id"], gia),
+    }
+    for name, call in calls.items():
+        with pytest.raises(gr.Error, match="does not exist") as refused:
+            call()
+        assert record["id"] not in str(refused.value), name
+    after = shared_app.store.conversations.get(record["id"])
+    assert after["title"] == record["title"] and after["messages"] == record["messages"]
+    nobody = gr.Request(username=None, session_hash="anonymous")
+    with pytest.raises(gr.Error, match="Sign in"):
+        controller.conversations.open(record["id"], nobody)
+
+
+def test_a_guest_cannot_use_server_paths_and_errors_reveal_nothing(shared_app, tmp_path: Path, tiny_vlm: Path):
+    gia = shared_app.client(auth=GIA)
+    gia.predict(api_name="/page_load")
+    existing, missing = str(tiny_vlm), str(tmp_path / "no-such-model")
+    messages = {}
+    for name, api, arg in [("folder", "/add_model_folder", existing), ("folder", "/add_model_folder", missing),
+                           ("gguf", "/import_gguf", existing), ("gguf", "/import_gguf", missing),
+                           ("model", "/select_model", existing), ("model", "/select_model", missing)]:
+        with pytest.raises(Exception) as refused:
+            gia.predict(arg, api_name=api)
+        messages.setdefault(name, set()).add(str(refused.value))
+    assert all(len(texts) == 1 for texts in messages.values()), messages  # the same whether the path exists or not
+    assert "Only the owner" in next(iter(messages["folder"])) and "not offered here" in next(iter(messages["model"]))
+    with pytest.raises(Exception, match="not offered here"):
+        gia.predict({"text": "hi", "files": []}, existing, *GREEDY, api_name="/send")
+    with pytest.raises(Exception, match="Only the owner"):
+        gia.predict(1024, 1.0, api_name="/save_engine_settings")
+    assert shared_app.store.settings.app()["model_folders"] == []
+    assert shared_app.store.conversations.list("gia")[1] == 0
+
+
+def test_guests_keep_their_own_settings_and_cannot_change_the_owners(shared_app):
+    gus, gia = shared_app.client(auth=GUS), shared_app.client(auth=GIA)
+    gus.predict("Talk like a pirate.", 0.7, 0.9, 0, 0.0, 1.0, -1, 64, api_name="/save_settings")
+    assert gus.predict(api_name="/page_load")[3:5] == ("Talk like a pirate.", 0.7)
+    assert gia.predict(api_name="/page_load")[3:5] == ("", 0.0)
+    owner = shared_app.client(auth=OWNER)
+    assert owner.predict(api_name="/page_load")[3] == ""
+    assert shared_app.store.settings.user("ann")["system_prompt"] == ""
+
+
+def test_files_of_the_data_dir_and_outside_it_are_not_served(shared_app):
+    data = shared_app.data_dir
+    (data / "logs").mkdir(exist_ok=True)
+    (data / "logs" / "mlx-gradio.log").write_text("log line")
+    record = guest_conversation(shared_app, "gus")
+    shared_app.store.settings.update_user("gus", temperature=0.5)  # the database file exists from now on
+    session = signed_in(shared_app, GUS)
+    targets = [data / DB_NAME, data / "logs" / "mlx-gradio.log", data / "conversations" / f"{record['id']}.json",
+               Path("/etc/passwd"), Path(__file__)]
+    for target in targets:
+        assert target.exists()
+        response = session.get(f"/gradio_api/file={target}")
+        assert response.status_code == 403, (target, response.status_code)
+    missing = session.get(f"/gradio_api/file={data / 'no-such-file'}")
+    assert missing.status_code == 403  # the same answer whether a file exists or not
+    session.close()

@@ -1,0 +1,182 @@
+"""Replies never destroy what was there: versions, failed sends, edits and regenerates, one reply at a time.
+
+These drive the controller's handlers directly (with a `gr.Request` per tab) and step through
+their views, so each test knows exactly which point a reply has reached.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from mlx_gradio import chat
+from mlx_gradio.store import LOCAL_USER
+from mlx_gradio.ui import render
+from tests.test_app import GREEDY
+
+TAB_A, TAB_B = gr.Request(session_hash="tab-a"), gr.Request(session_hash="tab-b")
+STRICT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.index0 > 0 and messages[loop.index0 - 1]['role'] == message['role'] %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def strict_model(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Path:
+    """The demo model with a chat template that refuses two turns of one role in a row."""
+    folder = tmp_path_factory.mktemp("models") / "strict-smollm"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(demo_model / name, folder / name)
+    (folder / "model.safetensors").symlink_to(demo_model / "model.safetensors")
+    config = json.loads((demo_model / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": STRICT_TEMPLATE}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def broken_model(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Path:
+    """A model folder that looks whole but whose weights file is garbage: loading it fails."""
+    folder = tmp_path_factory.mktemp("models") / "broken-model"
+    folder.mkdir()
+    shutil.copy(demo_model / "config.json", folder / "config.json")
+    (folder / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json" + b"\0" * 64)
+    return folder
+
+
+def run(views, collected: list) -> None:
+    """Step a handler to its end, keeping every view it showed."""
+    for view in views:
+        collected.append(view)
+
+
+def reply_text(message: dict) -> str:
+    return chat.current_version(message)["content"]
+
+
+def no_placeholder(view) -> bool:
+    """Whether the chat, as shown, holds no "waiting" or "reading" placeholder."""
+    return view.draft is None and not view.streaming and all(
+        "Waiting for the model" not in str(m["content"]) for m in render.chatbot_messages(view.conversation))
+
+
+def test_a_failed_send_keeps_the_turn_with_a_notice_and_the_next_send_works(start_app, broken_model, strict_model):
+    app = start_app()
+    replies = app.controller.replies
+    app.store.settings.update_app(model_folders=[str(broken_model), str(strict_model)])
+    views: list = []
+    with pytest.raises(gr.Error, match="could not be loaded"):
+        run(replies.send("", {"text": "Hello?"}, str(broken_model), *GREEDY, request=TAB_A), views)
+    assert no_placeholder(views[-1])
+    conversation_id = views[-1].conversation_id
+    [turn] = app.store.conversations.get(conversation_id)["messages"]
+    assert turn["content"] == "Hello?" and "could not be loaded" in turn["error"]
+    assert "No reply" in render.chatbot_messages(views[-1].conversation)[-1]["content"]
+    assert app.controller.engine.status().state == "error"
+
+    # The next message, to a template that refuses two user turns in a row, is answered.
+    views = []
+    run(replies.send(conversation_id, {"text": "What is the capital of France?"}, str(strict_model), *GREEDY,
+                     request=TAB_A), views)
+    messages = app.store.conversations.get(conversation_id)["messages"]
+    assert [m["role"] for m in messages] == ["user", "user", "assistant"]
+    assert "Paris" in reply_text(messages[2])
+    assert "error" in messages[0]  # the unanswered turn keeps its note; the model never saw it
+
+
+def test_retry_answers_an_unanswered_turn(start_app, broken_model):
+    app = start_app()
+    replies = app.controller.replies
+    views: list = []
+    with pytest.raises(gr.Error):
+        run(replies.send("", {"text": "What is the capital of France?"}, str(broken_model), *GREEDY,
+                         request=TAB_A), views)
+    conversation_id = views[-1].conversation_id
+    views = []
+    run(replies.regenerate(conversation_id, app.controller.models.demo_path, *GREEDY, request=TAB_A), views)
+    [turn, reply] = app.store.conversations.get(conversation_id)["messages"]
+    assert "error" not in turn and "Paris" in reply_text(reply)
+
+
+def test_a_failed_or_stopped_regenerate_leaves_the_previous_version_current(start_app, broken_model):
+    app = start_app()
+    replies = app.controller.replies
+    demo = app.controller.models.demo_path
+    views: list = []
+    run(replies.send("", {"text": "What is the capital of France?"}, demo, *GREEDY, request=TAB_A), views)
+    conversation_id = views[-1].conversation_id
+    first = reply_text(app.store.conversations.get(conversation_id)["messages"][1])
+
+    views = []
+    with pytest.raises(gr.Error, match="could not be loaded"):
+        run(replies.regenerate(conversation_id, str(broken_model), *GREEDY, request=TAB_A), views)
+    assert no_placeholder(views[-1]) and reply_text(views[-1].conversation["messages"][1]) == first
+
+    regenerating = replies.regenerate(conversation_id, demo, *GREEDY, request=TAB_A)
+    assert next(regenerating).draft is not None  # the reply is claimed, nothing has run yet
+    replies.stop(conversation_id, TAB_A)
+    views = list(regenerating)
+    assert no_placeholder(views[-1])
+    [reply] = app.store.conversations.get(conversation_id)["messages"][1:]
+    assert len(reply["versions"]) == 1 and reply_text(reply) == first
+
+
+def test_a_failed_edit_changes_nothing_and_gives_the_text_back(start_app, broken_model):
+    app = start_app()
+    replies = app.controller.replies
+    views: list = []
+    run(replies.send("", {"text": "What is the capital of France?"}, app.controller.models.demo_path, *GREEDY,
+                     request=TAB_A), views)
+    conversation_id = views[-1].conversation_id
+    before = app.store.conversations.get(conversation_id)
+    edit = gr.EditData(None, {"index": 0, "value": "What is the capital of Spain?", "previous_value": ""})
+    views = []
+    with pytest.raises(gr.Error, match="your edited text is in the message box"):
+        run(replies.edit(conversation_id, str(broken_model), *GREEDY, edit=edit, request=TAB_A), views)
+    assert views[-1].restore_input == {"text": "What is the capital of Spain?", "files": []}
+    assert app.store.conversations.get(conversation_id)["messages"] == before["messages"]
+
+
+def test_one_reply_at_a_time_per_conversation_and_stop_is_per_tab(start_app):
+    app = start_app()
+    replies, conversations = app.controller.replies, app.controller.conversations
+    demo = app.controller.models.demo_path
+    sending = replies.send("", {"text": "What is the capital of France?"}, demo, *GREEDY, request=TAB_A)
+    conversation_id = next(sending).conversation_id  # tab A's reply holds the conversation from here on
+    with pytest.raises(gr.Error, match="already being written"):
+        list(replies.regenerate(conversation_id, demo, *GREEDY, request=TAB_B))
+    with pytest.raises(gr.Error, match="already being written"):
+        list(replies.send(conversation_id, {"text": "me too"}, demo, *GREEDY, request=TAB_B))
+    for change in (lambda: conversations.delete(conversation_id, TAB_B),
+                   lambda: conversations.rename(conversation_id, "other", TAB_B),
+                   lambda: replies.next_version(conversation_id, TAB_B)):
+        with pytest.raises(gr.Error, match="being written"):
+            change()
+    replies.stop(conversation_id, TAB_B)  # another tab's Stop does not end tab A's reply
+    views = list(sending)
+    reply = app.store.conversations.get(conversation_id)["messages"][1]
+    assert "Paris" in reply_text(reply) and chat.current_version(reply)["stats"]["finish_reason"] == "stop"
+    assert no_placeholder(views[-1])
+    # Once the reply is done the conversation is free again.
+    conversations.rename(conversation_id, "Capitals", TAB_B)
+    assert app.store.conversations.list(LOCAL_USER)[0][0].title == "Capitals"
+
+
+def test_a_message_too_long_for_the_context_is_refused_before_any_prompt_read(start_app):
+    app = start_app()
+    paste = "All work and no play makes Jack a dull boy. " * 4_500  # about 200,000 characters
+    views: list = []
+    with pytest.raises(gr.Error, match=r"too long for this model.*context holds 8,192"):
+        run(app.controller.replies.send("", {"text": paste}, app.controller.models.demo_path, *GREEDY,
+                                        request=TAB_A), views)
+    statuses = [v.draft.status for v in views if v.draft]
+    assert not any(status.startswith("Reading the prompt") for status in statuses)
+    assert no_placeholder(views[-1])
+    assert app.controller.engine.status().state == "ready" and not app.controller.engine.status().generating
