@@ -14,13 +14,13 @@ from .store import Store
 from .ui.blocks import build_app
 
 
-def create_controller(data_dir: Path, access: Access | None = None) -> Controller:
-    """A controller on a fresh engine thread and the store in `data_dir`."""
+def create_controller(data_dir: Path, access: Access | None = None, upload_dir: Path | None = None) -> Controller:
+    """A controller on a fresh engine thread and the store in `data_dir` (uploads: Gradio's folder by default)."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(data_dir)
     engine = Engine(cache_budget=cache_budget_bytes(store.settings.app()["cache_budget_gb"]))
-    return Controller(engine, store, data_dir, access)
+    return Controller(engine, store, data_dir, access, upload_dir)
 
 
 def create_app(data_dir: Path, access: Access | None = None) -> tuple[gr.Blocks, Controller]:

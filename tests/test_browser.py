@@ -23,8 +23,9 @@ def browser_page(chromium: str):
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 950})
-        yield page
+        context = browser.new_context(viewport={"width": 1400, "height": 950})
+        context.grant_permissions(["clipboard-read", "clipboard-write"])
+        yield context.new_page()
         browser.close()
 
 
@@ -91,3 +92,51 @@ def test_image_upload_reaches_the_vision_model(start_app, browser_page, tiny_vlm
     assert len(message["images"]) == 1 and Path(message["images"][0]).exists()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "vision.png"), full_page=True)
+
+
+def test_regenerate_keeps_versions_and_copy_gives_the_words_only(start_app, browser_page):
+    app = start_app()
+    page = browser_page
+    page.goto(app.url)
+    page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('loaded')", timeout=120_000)
+    page.locator("#chat-input textarea").fill("What is the capital of France?")
+    page.locator("#chat-input textarea").press("Enter")
+    first = wait_for_reply(page, "Paris")[-1]
+    assert not page.locator("#versions").is_visible()
+    page.locator("#regenerate").click()
+    page.wait_for_function("document.querySelector('#version-label')?.innerText.includes('2 / 2')", timeout=180_000)
+    page.locator("#previous-version").click()
+    page.wait_for_function("document.querySelector('#version-label').innerText.includes('1 / 2')", timeout=30_000)
+    [saved] = app.store.conversations.list(LOCAL_USER)[0]
+    reply = app.store.conversations.get(saved.id)["messages"][1]
+    assert len(reply["versions"]) == 2 and reply["current"] == 0
+    page.locator("#chatbot button[aria-label='Copy message']").last.click()  # the reply's copy button
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.strip() == first.strip() and "tok/s" not in copied
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "versions.png"), full_page=True)
+
+
+def test_the_login_page_comes_first_and_a_guest_sees_the_chat_only(start_app, browser_page):
+    from mlx_gradio.controller.access import Access
+
+    app = start_app(access=Access(owners={"ann": "owner-pw"}, guests={"gus": "guest-pw"}))
+    page = browser_page
+    page.goto(app.url)
+    page.wait_for_selector("input[type=password]", timeout=30_000)
+    assert page.locator("#chatbot").count() == 0 and page.locator("#model-picker").count() == 0
+    page.locator("input[type=text]").first.fill("gus")
+    page.locator("input[type=password]").fill("wrong")
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_timeout(1000)
+    assert page.locator("#chatbot").count() == 0
+    page.locator("input[type=text]").first.fill("gus")
+    page.locator("input[type=password]").fill("guest-pw")
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#chatbot", timeout=30_000)
+    page.wait_for_function("document.querySelector('#account').innerText.includes('gus')", timeout=30_000)
+    assert "guest" in page.locator("#account").inner_text()
+    assert not page.get_by_text("Add a model").is_visible() and not page.get_by_text("Engine", exact=True).is_visible()
+    assert page.locator("#chat-input").is_visible()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "guest.png"), full_page=True)

@@ -153,3 +153,35 @@ def test_guests_need_an_owner_and_a_name_is_one_role(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--auth", "ann:", "--data-dir", str(tmp_path)])
     assert "expects USER:PASS" in capsys.readouterr().err
+
+
+def test_sigterm_while_a_long_prompt_is_read_stops_the_app_promptly(tmp_path: Path, demo_model: Path):
+    from gradio_client import Client
+
+    from tests.conftest import seed_data_dir
+
+    data_dir = seed_data_dir(tmp_path / "data", demo_model)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_page(f"http://127.0.0.1:{port}/", proc)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict(api_name="/page_load")
+        notes = " ".join(f"Note {i}: the bakery opens at {i % 12 + 1} o'clock." for i in range(300))  # ~4,000 tokens
+        job = client.submit({"text": notes, "files": []}, "", "", 0.0, 1.0, 0, 0.0, 1.0, -1, 16, api_name="/send")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not job.done():
+            shown = [o[0][-1]["content"][0]["text"] for o in job.outputs() if o[0]]
+            if any(text.startswith("*Reading the prompt") or not text.startswith("*") for text in shown):
+                break  # the prompt is being read (or, on a fast machine, already answered)
+            time.sleep(0.2)
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - stopping
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Traceback" not in stderr and "terminate called" not in stderr
+    assert took < 30, f"the app took {took:.0f} s to stop during a prompt read"  # a whole read would take minutes

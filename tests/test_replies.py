@@ -154,8 +154,7 @@ def test_one_reply_at_a_time_per_conversation_and_stop_is_per_tab(start_app):
         list(replies.regenerate(conversation_id, demo, *GREEDY, request=TAB_B))
     with pytest.raises(gr.Error, match="already being written"):
         list(replies.send(conversation_id, {"text": "me too"}, demo, *GREEDY, request=TAB_B))
-    for change in (lambda: conversations.delete(conversation_id, TAB_B),
-                   lambda: conversations.rename(conversation_id, "other", TAB_B),
+    for change in (lambda: conversations.rename(conversation_id, "other", TAB_B),
                    lambda: replies.next_version(conversation_id, TAB_B)):
         with pytest.raises(gr.Error, match="being written"):
             change()
@@ -180,3 +179,16 @@ def test_a_message_too_long_for_the_context_is_refused_before_any_prompt_read(st
     assert not any(status.startswith("Reading the prompt") for status in statuses)
     assert no_placeholder(views[-1])
     assert app.controller.engine.status().state == "ready" and not app.controller.engine.status().generating
+
+
+def test_deleting_a_conversation_while_its_reply_is_written_keeps_it_deleted(start_app):
+    app = start_app()
+    replies, conversations = app.controller.replies, app.controller.conversations
+    sending = replies.send("", {"text": "Write a long story about a dragon."}, app.controller.models.demo_path,
+                           *GREEDY[:-1], 200, request=TAB_A)
+    conversation_id = next(sending).conversation_id
+    conversations.delete(conversation_id, TAB_B)  # the same user, from another tab
+    views = list(sending)
+    assert views[-1].conversation is None
+    assert app.store.conversations.list(LOCAL_USER)[1] == 0
+    assert not (app.data_dir / "conversations" / f"{conversation_id}.json").exists()

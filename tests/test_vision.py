@@ -37,3 +37,19 @@ def test_image_stays_in_the_conversation_and_the_cache_is_reused(engine, tiny_vl
 def test_text_only_message_to_a_vision_model(engine, tiny_vlm: Path):
     text, stats = ask(engine, "vtext", tiny_vlm, [ChatMessage("user", "Hello")], GREEDY)
     assert text and stats.prompt_tokens > 0
+
+
+def test_the_model_sees_a_sideways_photo_upright(engine, tiny_vlm: Path, images, tmp_path: Path):
+    from PIL import Image
+
+    upright = Image.open(images["noise"])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the pixels are stored turned; show them turned 90° clockwise
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png", exif=exif)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "turned.png")  # no EXIF: really turned
+
+    def describe(path: Path, name: str) -> str:
+        return ask(engine, name, tiny_vlm, [ChatMessage("user", "Describe it.", (str(path),))], GREEDY)[0]
+
+    assert describe(tmp_path / "sideways.png", "sideways") == describe(images["noise"], "upright")
+    assert describe(tmp_path / "turned.png", "turned") != describe(images["noise"], "upright-2")

@@ -24,15 +24,18 @@ from .views import PageView
 class Controller:
     """Everything the UI can do, wired to the engine, the store and the model folders."""
 
-    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access | None = None) -> None:
+    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access | None = None,
+                 upload_dir: Path | None = None) -> None:
         self.engine = engine
         self.store = store
         self.data_dir = Path(data_dir)
         self.images_dir = self.data_dir / "images"
         self.access = access or Access()
         self.models = ModelsPart(engine, store, self.data_dir, self.access)
-        self.conversations = ConversationsPart(engine, store, self.access, self.is_streaming)
-        self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir)
+        self.conversations = ConversationsPart(engine, store, self.access, self.is_streaming,
+                                               lambda conversation_id: self.replies.stop_conversation(conversation_id))
+        self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,
+                                   upload_dir or Path(gr.utils.get_upload_folder()))
         self.settings = SettingsPart(engine, store, self.access)
 
     def is_streaming(self, conversation_id: str) -> bool:

@@ -6,6 +6,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -27,11 +28,13 @@ EXPORT_MAX_AGE_S = 3600
 class ConversationsPart:
     """Handlers for listing, searching, opening, renaming, deleting and exporting conversations."""
 
-    def __init__(self, engine: Engine, store: Store, access: Access, is_streaming) -> None:
+    def __init__(self, engine: Engine, store: Store, access: Access, is_streaming: Callable[[str], bool],
+                 stop_replies: Callable[[str], None]) -> None:
         self.engine = engine
         self.store = store
         self.access = access
-        self._is_streaming = is_streaming  # conversation id -> whether a reply is being written into it
+        self._is_streaming = is_streaming  # whether a reply is being written into a conversation
+        self._stop_replies = stop_replies  # end the reply being written into a conversation
 
     def own(self, caller: Caller, conversation_id: str) -> dict:
         """A conversation of this user; another user's is refused exactly like one that does not exist."""
@@ -87,8 +90,8 @@ class ConversationsPart:
             caller = self.access.caller(request)
             if conversation_id:
                 self.own(caller, conversation_id)
-                self._refuse_while_streaming(conversation_id)
                 self.store.conversations.delete(conversation_id)
+                self._stop_replies(conversation_id)  # a reply being written is not saved: it stays deleted
                 self.engine.forget_conversation(conversation_id)
         return ChatView(None)
 

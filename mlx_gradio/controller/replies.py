@@ -73,13 +73,14 @@ class RepliesPart:
     """Handlers that write replies into conversations."""
 
     def __init__(self, engine: Engine, store: Store, access: Access, models: ModelsPart,
-                 conversations: ConversationsPart, images_dir: Path) -> None:
+                 conversations: ConversationsPart, images_dir: Path, upload_dir: Path) -> None:
         self.engine = engine
         self.store = store
         self.access = access
         self.models = models
         self.conversations = conversations
         self.images_dir = images_dir
+        self.upload_dir = Path(upload_dir).resolve()
         self._active: dict[str, ActiveReply] = {}
         self._active_lock = threading.Lock()
 
@@ -96,10 +97,23 @@ class RepliesPart:
             active = self._active[conversation_id] = ActiveReply(caller.user, caller.session)
             return active
 
+    def stop_conversation(self, conversation_id: str) -> None:
+        """Stop whatever reply is being written into a conversation (it is being deleted)."""
+        with self._active_lock:
+            active = self._active.get(conversation_id)
+        if active is not None:
+            active.stop()
+
     def _release(self, conversation_id: str, active: ActiveReply) -> None:
         with self._active_lock:
             if self._active.get(conversation_id) is active:
                 del self._active[conversation_id]
+
+    def _uploaded(self, path: str) -> str:
+        """An attachment's path, if it is a file uploaded through the page; nothing else on the server is read."""
+        if not Path(path).resolve().is_relative_to(self.upload_dir):
+            raise errors.InvalidImage("An attachment must be uploaded with the message box.")
+        return path
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -121,7 +135,7 @@ class RepliesPart:
             model = self.models.model_for(caller, model_path)
             if uploads and not self.models.is_vision(model):
                 raise errors.ImageNeedsVisionModel(f"{Path(model).name} reads text only.")
-            images = [str(_ingest(upload, self.images_dir)) for upload in uploads]
+            images = [str(_ingest(self._uploaded(upload), self.images_dir)) for upload in uploads]
             conversation = (self.conversations.own(caller, conversation_id) if conversation_id
                             else chat.new_conversation(caller.user, model))
             self._remember_choices(caller, model, values)
@@ -162,7 +176,7 @@ class RepliesPart:
         """Handler: the user edited one of their messages; answer again from there."""
         with user_errors("edit the message"):
             caller = self.access.caller(request)
-            shown = edit.index[0] if isinstance(edit.index, (tuple, list)) else edit.index
+            shown = edit.index[0] if isinstance(edit.index, (tuple, list)) and edit.index else edit.index
             text = chat.clean_text(edit.value if isinstance(edit.value, str) else _text_of(edit.value)).strip()
             values = parse_user_settings(settings)
             model = self.models.model_for(caller, model_path)
@@ -232,16 +246,18 @@ class RepliesPart:
                 reply.stats = event.stats or reply.stats
                 status = event.status or status
                 now = time.monotonic()
+                saved: dict | None = conversation
                 if reply.text and not reply.committed:
                     chat.add_reply_version(conversation, slot, reply.text, None, model)
                     reply.committed = True
-                    self.store.conversations.save(conversation)
-                    last_save = now
+                    saved, last_save = self.store.conversations.save(conversation, create=False), now
                 elif reply.committed:
                     chat.update_reply_version(conversation, slot, reply.text, None)
                     if now - last_save >= SAVE_INTERVAL_S:
-                        self.store.conversations.save(conversation)
-                        last_save = now
+                        saved, last_save = self.store.conversations.save(conversation, create=False), now
+                if saved is None:
+                    log.info("Conversation %s was deleted while its reply was written; the reply ends", base["id"])
+                    break
                 if event.done or now - last_yield >= STREAM_INTERVAL_S:
                     draft = None if reply.committed else Draft(slot, reply.text, status)
                     yield ChatView(conversation, draft, streaming=True)
@@ -268,27 +284,28 @@ class RepliesPart:
             raise gr.Error(message_for(reply.error) + note, title="Could not finish the reply")
 
     def _settle(self, reply: _Reply, conversation: dict, slot: int, model: str, fallback: dict,
-                mark_unanswered: bool) -> tuple[dict, bool]:
+                mark_unanswered: bool) -> tuple[dict | None, bool]:
         """Put the finished reply (or the reason there is none) in place and save it.
 
-        Returns what the chat shows now and whether the reply took its place.
+        Returns what the chat shows now (None if the conversation was deleted meanwhile) and
+        whether the reply took its place.
         """
         stats = asdict(reply.stats) if reply.stats else None
         finished = reply.stats is not None and reply.stats.finish_reason in ("stop", "length")
         if reply.committed:
             chat.update_reply_version(conversation, slot, reply.text, stats)
+            result, applied = conversation, True
         elif finished and reply.error is None:
             chat.add_reply_version(conversation, slot, "", stats, model)  # the model ended at once: an empty answer
+            result, applied = conversation, True
         elif mark_unanswered:
             chat.mark_unanswered(fallback, slot, _why_no_reply(reply))
-            with user_errors("save the conversation"):
-                self.store.conversations.save(fallback, create=False)
-            return fallback, False
+            result, applied = fallback, False
         else:
             return fallback, False
         with user_errors("save the reply"):
-            self.store.conversations.save(conversation, create=False)
-        return conversation, True
+            # A conversation deleted while its reply was written stays deleted.
+            return self.store.conversations.save(result, create=False), applied
 
     def _remember_choices(self, caller: Caller, model: str, values: dict) -> None:
         """Keep the model and settings a reply was asked with as this user's choices."""

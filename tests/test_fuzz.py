@@ -1,0 +1,149 @@
+"""Random values thrown at every handler through the controller (hypothesis).
+
+Whatever a request carries (odd Unicode, lone surrogates, huge texts, foreign or made-up
+conversation ids, paths, numbers that are not numbers, another user's login or none), each call
+ends in a `gr.Error` or a correct result: never another exception, never a status stuck on
+"loading", never a store that no longer opens. Replies come from a tiny random-weight llama,
+so hundreds of them take seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from mlx_gradio.controller.access import Access
+from mlx_gradio.store import USER_SETTING_FIELDS, Store
+
+def mostly(good: st.SearchStrategy, odd: st.SearchStrategy) -> st.SearchStrategy:
+    """`good` three times in four, else `odd` (hypothesis would flatten `one_of` and drown `good` in odd branches)."""
+    return st.integers(0, 3).flatmap(lambda n: odd if n == 3 else good)
+
+
+REQUESTS = [gr.Request(username="ann", session_hash="ann-1"), gr.Request(username="ann", session_hash="ann-2"),
+            gr.Request(username="gus", session_hash="gus-1"), gr.Request(username=None, session_hash="nobody")]
+odd_text = st.text(alphabet=st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=80)
+texts = st.one_of(odd_text, st.sampled_from(["", " ", "\n\t", "A" * 200_000, "💬" * 3000, "../../etc/passwd"]))
+junk = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True), texts,
+                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+numbers = mostly(st.one_of(st.integers(0, 24), st.floats(0, 2)), junk)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """A controller with an owner and a guest, the tiny llama as the model, and files worth pointing at."""
+    from mlx_gradio.app_factory import create_controller
+    from mlx_gradio.gguf import import_gguf
+    from tests.test_gguf import write_tiny_gguf
+
+    root = tmp_path_factory.mktemp("fuzz")
+    gguf = root / "tiny-llama.gguf"
+    write_tiny_gguf(gguf)
+    model = root / "models" / "tiny-llama"
+    import_gguf(gguf, model)
+    data_dir = root / "data"
+    controller = create_controller(data_dir, Access(owners={"ann": "pw"}, guests={"gus": "pw"}), upload_dir=root)
+    controller.store.settings.update_app(model=str(model), model_folders=[str(model)])
+    picture = root / "picture.png"
+    shutil.copy(Path(__file__).parent / "data" / "legacy-mlx-gradio.json", root / "not-an-image.png")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (0, 128, 255)).save(picture)
+    for request in REQUESTS[0], REQUESTS[2]:  # a conversation each for the owner and the guest to start from
+        views = list(controller.replies.send("", {"text": "Hello"}, str(model), "", 0, 1, 0, 0, 1, -1, 8,
+                                             request=request))
+        assert views[-1].conversation["messages"][-1]["role"] == "assistant"
+    paths = [str(model), str(gguf), str(picture), str(root / "not-an-image.png"), str(root / "missing"),
+             str(data_dir), str(data_dir / "mlx-gradio.json"), "/etc/passwd", "", "relative/path"]
+    yield controller, data_dir, model, paths
+    controller.shutdown()
+
+
+# A conversation id is drawn as ("own" | "foreign", n) and looked up in the store when used: the
+# strategy itself must not depend on what earlier examples left in the store.
+id_picks = mostly(st.one_of(st.tuples(st.just("own"), st.integers(0, 9)), st.just(("new", 0))),
+                  st.one_of(st.tuples(st.just("foreign"), st.integers(0, 9)),
+                            st.text(alphabet="0123456789abcdef", min_size=32, max_size=32), junk))
+
+
+def conversation_id(controller, request: gr.Request, pick: object) -> object:
+    """The id a drawn pick stands for right now: one of the user's own, someone else's, a new chat, or the pick."""
+    if not (isinstance(pick, tuple) and len(pick) == 2 and pick[0] in ("own", "foreign", "new")):
+        return pick
+    if pick[0] == "new":
+        return ""
+    summaries = [s for user in ("ann", "gus") for s in controller.store.conversations.list(user)[0]]
+    chosen = [s.id for s in summaries if (s.owner == request.username) == (pick[0] == "own")]
+    return chosen[pick[1] % len(chosen)] if chosen else ""
+
+
+def call_handler(controller, model: Path, paths: list[str], data: st.DataObject) -> None:
+    """Draw one handler and its arguments, and run it to its end."""
+    request = data.draw(mostly(st.sampled_from(REQUESTS[:3]), st.just(REQUESTS[3])), label="request")
+    ids = id_picks.map(lambda pick: conversation_id(controller, request, pick))
+    path = mostly(st.sampled_from(paths), junk)
+    models = mostly(st.sampled_from([str(model), ""]), path)
+    user_settings = st.lists(numbers, min_size=len(USER_SETTING_FIELDS), max_size=len(USER_SETTING_FIELDS))
+    words = st.builds(str.__add__, st.sampled_from(["Hi ", "What is 2+2? ", "Tell me a story. "]), odd_text)
+    message = mostly(st.fixed_dictionaries({"text": words}),
+                     st.one_of(st.fixed_dictionaries({"text": texts, "files": st.lists(path, max_size=2)}), junk))
+    edit = st.builds(lambda index, value: gr.EditData(None, {"index": index, "value": value, "previous_value": ""}),
+                     st.one_of(st.integers(-2, 12), st.lists(st.integers(0, 5), max_size=2), junk),
+                     mostly(words, st.one_of(texts, st.lists(st.fixed_dictionaries({"text": texts})), junk)))
+    replies, conversations, models_part = controller.replies, controller.conversations, controller.models
+    handlers = {
+        "page_load": lambda: controller.page_load(request),
+        "list": lambda: conversations.list(data.draw(texts), data.draw(numbers), data.draw(ids), request),
+        "open": lambda: conversations.open(data.draw(ids), request),
+        "rename": lambda: conversations.rename(data.draw(ids), data.draw(mostly(words, texts)), request),
+        "delete": lambda: conversations.delete(data.draw(ids), request),
+        "export": lambda: conversations.export(data.draw(ids), request),
+        "send": lambda: list(replies.send(data.draw(ids), data.draw(message), data.draw(models),
+                                          *data.draw(user_settings), request=request)),
+        "regenerate": lambda: list(replies.regenerate(data.draw(ids), data.draw(models), *data.draw(user_settings),
+                                                      request=request)),
+        "edit": lambda: list(replies.edit(data.draw(ids), data.draw(models), *data.draw(user_settings),
+                                          edit=data.draw(edit), request=request)),
+        "stop": lambda: replies.stop(data.draw(ids), request),
+        "previous_version": lambda: replies.previous_version(data.draw(ids), request),
+        "next_version": lambda: replies.next_version(data.draw(ids), request),
+        "select_model": lambda: models_part.select(data.draw(models), request),
+        "add_folder": lambda: models_part.add_folder(data.draw(path), request),
+        "import_gguf": lambda: list(models_part.import_gguf(data.draw(path), request)),
+        "save_settings": lambda: controller.settings.save_user(*data.draw(user_settings), request=request),
+        "save_engine": lambda: controller.settings.save_engine(data.draw(numbers), data.draw(numbers), request),
+    }
+    weighted = [*sorted(handlers), "send", "send", "send", "regenerate", "edit"]  # replies have the most to get wrong
+    name = data.draw(st.sampled_from(weighted), label="handler")
+    try:
+        handlers[name]()
+        event(f"{name}: done")
+    except gr.Error as exc:
+        assert str(exc.message).strip(), f"{name} raised an empty error"
+        event(f"{name}: {exc.message[:40]}")
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(data=st.data())
+def test_every_handler_ends_in_a_clear_error_or_a_correct_result(world, data):
+    controller, data_dir, model, paths = world
+    call_handler(controller, model, paths, data)
+    controller.engine.call(lambda: None).result(timeout=120)  # every queued load and reply has run
+    status = controller.engine.status()
+    assert status.state in ("empty", "ready", "error") and not status.generating
+    reopened = Store(data_dir)  # the store on disk still opens, with nothing moved aside
+    assert reopened.take_notices() == []
+    for user in ("ann", "gus"):
+        for summary in reopened.conversations.list(user)[0]:
+            assert summary.owner == user
+            reopened.conversations.get(summary.id)
+    app = reopened.settings.app()
+    assert all(isinstance(app[k], (int, float)) and math.isfinite(app[k]) for k in ("context_limit", "cache_budget_gb"))
