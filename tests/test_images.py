@@ -71,7 +71,8 @@ def test_transparency_is_flattened_onto_white(tmp_path: Path):
     rgba.putpixel((1, 0), (0, 0, 0, 255))
     rgba.putpixel((2, 0), (0, 0, 0, 128))
     rgba.save(tmp_path / "alpha.png")
-    assert list(load_for_model(tmp_path / "alpha.png").get_flattened_data())[:3] == [(255, 255, 255), (0, 0, 0), (127, 127, 127)]
+    seen = list(load_for_model(tmp_path / "alpha.png").get_flattened_data())
+    assert seen[:3] == [(255, 255, 255), (0, 0, 0), (127, 127, 127)]
     palette = Image.new("P", (2, 1))
     palette.putpalette([0, 0, 0, 200, 10, 10])
     palette.putpixel((1, 0), 1)
