@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mlx_gradio import demo
+from mlx_gradio.net import free_port
 
 def pytest_configure(config: pytest.Config) -> None:
     """Silence a deprecation inside Gradio's queue that is not ours to fix."""
@@ -27,27 +25,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 CACHE = Path(os.environ.get("MLX_GRADIO_TEST_CACHE", Path.home() / ".cache" / "mlx-gradio-tests"))
-
-
-def wait_for_page(url: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    """Poll `url` until it answers; fail early if `proc` exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode} before its page answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} did not answer in {timeout_s} s")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +53,7 @@ def demo_model(demo_gguf: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen2-VL folder."""
-    from tests.tiny_vlm import build_tiny_qwen2_vl
+    from mlx_gradio.tiny_vlm import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("models") / "tiny-qwen2-vl")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app import parse_args
-from tests.conftest import free_port, wait_for_page
+from mlx_gradio.net import free_port, wait_for_page
 
 ROOT = Path(__file__).resolve().parents[1]
 

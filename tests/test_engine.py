@@ -133,7 +133,7 @@ def test_stop_while_the_prompt_is_read_keeps_the_cache_consistent(demo_model: Pa
     from mlx_gradio.engine import Engine
 
     own = Engine()  # a fresh engine reads a prompt in small chunks until it has measured the model's speed
-    words = " ".join(f"item{i}" for i in range(40))
+    words = " ".join(f"item{i}" for i in range(24))
     question = [ChatMessage("user", f"Here is a list: {words}. Which item comes first?")]
     generation = own.generate(ChatRequest("prefill", str(demo_model), tuple(question), GREEDY))
     progress, stats = [], None

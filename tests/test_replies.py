@@ -192,3 +192,24 @@ def test_deleting_a_conversation_while_its_reply_is_written_keeps_it_deleted(sta
     assert views[-1].conversation is None
     assert app.store.conversations.list(LOCAL_USER)[1] == 0
     assert not (app.data_dir / "conversations" / f"{conversation_id}.json").exists()
+
+
+def test_a_full_disk_is_a_clear_error_and_the_next_send_after_freeing_space_works(start_app, small_disk):
+    from tests.conftest import fill_disk
+
+    app = start_app(small_disk / "data")
+    demo = app.controller.models.demo_path
+    filler = fill_disk(small_disk)
+    with pytest.raises(gr.Error, match=r"No space left on device.*Free some disk space") as refused:
+        list(app.controller.replies.send("", {"text": "What is the capital of France?"}, demo, *GREEDY,
+                                         request=TAB_A))
+    assert refused.value.title == "Could not send the message"
+    with pytest.raises(gr.Error, match="No space left"):
+        app.controller.settings.save_user("Be brief.", 0.5, 1.0, 0, 0.0, 1.0, -1, 12, request=TAB_A)
+    assert app.store.conversations.list(LOCAL_USER)[1] == 0
+    assert app.store.settings.user(LOCAL_USER)["system_prompt"] == ""
+    filler.unlink()
+    views = list(app.controller.replies.send("", {"text": "What is the capital of France?"}, demo, *GREEDY,
+                                             request=TAB_A))
+    assert "Paris" in reply_text(views[-1].conversation["messages"][1])
+    assert app.store.conversations.list(LOCAL_USER)[1] == 1

@@ -57,7 +57,9 @@ class ModelsPart:
             return self.selected(caller)
         if not isinstance(path, str):
             raise errors.ModelNotFound("Pick a model from the list.")
-        if path == self.demo_path or path in {m.path for m in self.available()}:
+        if path in (self.demo_path, *self.store.settings.app()["model_folders"]):
+            return path
+        if path in {m.path for m in self.available()}:  # scans the Hugging Face cache: only when needed
             return path
         if not caller.is_owner:
             raise errors.AccessDenied("That model is not offered here; pick one from the list.")

@@ -217,7 +217,8 @@ class RepliesPart:
             if self.is_streaming(conversation_id):
                 raise errors.ReplyInProgress("A reply is being written into this conversation.")
             chat.select_version(conversation, delta)
-            self.store.conversations.save(conversation, stamp=False)
+            if self.store.conversations.save(conversation, create=False, stamp=False) is None:
+                raise errors.ConversationNotFound("That conversation does not exist (any more).")
         return ChatView(conversation)
 
     # --- one reply --------------------------------------------------------------------------
