@@ -159,29 +159,46 @@ class Store:
             self._notices.append(f"A conversation file could not be read and was moved to {aside}.")
 
     def _migrate(self) -> None:
-        """Move settings and conversations out of a database written by an earlier version."""
+        """Move settings and conversations out of a database written by an earlier version.
+
+        The old file is copied first; a migration that cannot finish (a full disk) leaves the old
+        tables in place, says so, and runs again at the next start.
+        """
         settings, conversations = self.settings.legacy_tables()
         if settings is None and not conversations:
             return
         backup = self.data_dir / f"{DB_NAME}.before-migration-{time.strftime('%Y%m%d-%H%M%S')}"
-        shutil.copy2(self.settings.path, backup)
+        skipped = []
         try:
+            shutil.copy2(self.settings.path, backup)
             for old in conversations:
                 if not valid_id(old.get("id")):
                     old = {**old, "id": uuid.uuid4().hex}
-                if not self.conversations.summary(old["id"]):
-                    self.conversations.save(chat.upgrade(old, LOCAL_USER), stamp=False)
+                try:
+                    upgraded = chat.upgrade(old, LOCAL_USER)
+                except (AttributeError, TypeError, KeyError, ValueError) as exc:
+                    log.error("Conversation %s could not be migrated (%s); it stays in %s", old["id"], exc, backup)
+                    skipped.append(old.get("title") or old["id"])
+                    continue
+                if not self.conversations.summary(upgraded["id"]):
+                    self.conversations.save(upgraded, stamp=False)
             if settings:
                 app_keys = {"model", "model_folders"}
                 self.settings.update_app(**{k: v for k, v in settings.items() if k in app_keys})
                 self.settings.update_user(LOCAL_USER, **{k: v for k, v in settings.items()
                                                         if k in DEFAULT_USER_SETTINGS})
             self.settings.drop_legacy_tables()
-        except StoreWriteFailed as exc:
-            log.error("Migrating %s failed (%s); it is tried again at the next start", self.settings.path, exc)
-            raise
+        except (StoreWriteFailed, OSError) as exc:
+            backup.unlink(missing_ok=True)  # the old tables are still in place; a copy cut short helps nobody
+            log.error("Migrating %s failed (%s); it runs again at the next start", self.settings.path, exc)
+            self._notices.append(f"Moving the conversations to the new layout failed ({exc}). Nothing is lost: "
+                                 "they stay in mlx-gradio.json and the move is tried again at the next start.")
+            return
+        if skipped:
+            self._notices.append(f"{len(skipped)} conversation(s) could not be read during the move to the new "
+                                 f"layout ({', '.join(skipped[:3])}); they are kept in {backup}.")
         log.info("Migrated %d conversations and the settings to the new layout (backup: %s)",
-                 len(conversations), backup)
+                 len(conversations) - len(skipped), backup)
 
     def take_notices(self) -> list[str]:
         """Warnings for the owner about data moved aside at start, each given once."""

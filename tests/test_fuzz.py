@@ -114,6 +114,7 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject)
         "previous_version": lambda: replies.previous_version(data.draw(ids), request),
         "next_version": lambda: replies.next_version(data.draw(ids), request),
         "select_model": lambda: models_part.select(data.draw(models), request),
+        "status": lambda: models_part.status(request),
         "add_folder": lambda: models_part.add_folder(data.draw(path), request),
         "import_gguf": lambda: list(models_part.import_gguf(data.draw(path), request)),
         "save_settings": lambda: controller.settings.save_user(*data.draw(user_settings), request=request),

@@ -264,3 +264,17 @@ def test_killing_the_process_mid_write_never_breaks_a_file(tmp_path: Path):
         assert store.take_notices() == []
         assert store.conversations.list("ann")[1] >= 1
         store.close()
+
+
+def test_a_migration_that_cannot_finish_loses_nothing_and_runs_again(small_disk: Path):
+    shutil.copy(LEGACY, small_disk / DB_NAME)
+    filler = fill_disk(small_disk)
+    store = Store(small_disk)
+    notices = store.take_notices()
+    assert any("tried again at the next start" in notice for notice in notices)
+    assert "conversations" in json.loads((small_disk / DB_NAME).read_text())  # the old tables are still there
+    assert not list(small_disk.glob(f"{DB_NAME}.before-migration-*"))
+    filler.unlink()
+    again = Store(small_disk)
+    assert again.conversations.list(LOCAL_USER)[1] == 3
+    assert again.settings.user(LOCAL_USER)["system_prompt"] == "Answer in French."

@@ -136,7 +136,8 @@ class ModelsPart:
 
     def status(self, request: gr.Request) -> EngineStatus:
         """Handler: the engine's state for the status line."""
-        self.access.caller(request)
+        with user_errors("show the model's status"):
+            self.access.caller(request)
         return self.engine.status()
 
     def select(self, path: str, request: gr.Request) -> EngineStatus:
@@ -199,7 +200,15 @@ def _import_gguf(source: Path, target: Path) -> Path:
     """Engine job: import a GGUF file (MLX reads it, so it runs on the engine thread)."""
     from ..gguf import import_gguf
 
-    return import_gguf(source, target)
+    try:
+        return import_gguf(source, target)
+    except errors.AppError:
+        raise
+    except OSError as exc:
+        raise errors.StoreWriteFailed(f"{target} could not be written ({exc.strerror or exc}).") from exc
+    except Exception as exc:  # noqa: BLE001 - a file whose header looked right but whose content did not convert
+        log.exception("Importing %s failed", source)
+        raise errors.UnsupportedGGUF(f"{source.name} could not be converted: {type(exc).__name__}: {exc}") from exc
 
 
 def _log_failure(action: str) -> Callable[[Future], None]:
