@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,21 @@ def is_vision_model(path: str | Path) -> bool:
 def folder_size(path: Path) -> int:
     """Bytes of the weight files in a model folder (following the HF cache's symlinks)."""
     return sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) and p.exists())
+
+
+def weight_dtypes(path: Path) -> set[str]:
+    """The tensor types in a folder's safetensors files (read from their headers, not the weights)."""
+    dtypes: set[str] = set()
+    for weights in Path(path).glob("*.safetensors"):
+        try:
+            with open(weights, "rb") as f:
+                length = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(min(length, 100_000_000)))
+        except (OSError, ValueError, struct.error) as exc:
+            log.debug("Cannot read the header of %s: %s", weights, exc)
+            continue
+        dtypes |= {entry["dtype"] for name, entry in header.items() if name != "__metadata__" and "dtype" in entry}
+    return dtypes
 
 
 def describe_folder(path: str | Path, source: str, name: str | None = None) -> LocalModel:
