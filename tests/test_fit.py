@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from mlx_gradio.fit import OVERHEAD_BYTES, estimate, kv_bytes, model_shape
 from mlx_gradio.models import folder_size, weight_dtypes
