@@ -55,3 +55,19 @@ class ReplyInProgress(AppError):
 
 class ContextTooLong(AppError):
     """The message (with what must come with it) does not fit the model's context."""
+
+
+class HubUnreachable(AppError):
+    """The Hugging Face Hub does not answer (offline, down, blocked)."""
+
+
+class HubRateLimited(AppError):
+    """The Hub refuses more requests for now."""
+
+
+class RepoNotFound(AppError):
+    """No repository with that id on the Hub (or it is private)."""
+
+
+class GatedRepo(AppError):
+    """A gated or private repository and no token with access."""

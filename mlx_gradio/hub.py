@@ -1,0 +1,290 @@
+"""The Hugging Face Hub: search MLX models and read one model's details, through huggingface_hub.
+
+One page of search results is one `list_models` request (`filter="mlx"` and the `expand`
+fields the table needs), kept for a few minutes. A model's details add its file list with
+sizes, its config and the first paragraph of its card. Failures become typed errors a caller
+can turn into a sentence: the Hub cannot be reached, a rate limit, no such repository, a gated
+repository without access.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from .errors import GatedRepo, HubRateLimited, HubUnreachable, RepoNotFound
+from .fit import ModelShape, model_shape
+
+log = logging.getLogger(__name__)
+
+SEARCH_FIELDS = ["downloads", "likes", "lastModified", "tags", "pipeline_tag", "safetensors", "config", "gated"]
+SORTS = {"downloads": "downloads", "likes": "likes", "recently updated": "lastModified"}
+VISION_TASKS = {"image-text-to-text", "image-to-text", "visual-question-answering", "video-text-to-text"}
+CACHE_SECONDS = 300
+PROBE_SECONDS = 60  # a Hub that answered this recently is not probed again before a search
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+WEIGHT_FILES = (".safetensors",)
+MODEL_FILES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".py")  # config, tokenizer, processor, template
+BYTES_PER_DTYPE = {"F64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2, "I8": 1,
+                   "U8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """One search result: what the table shows. None means the Hub did not say."""
+
+    repo_id: str
+    downloads: int
+    likes: int
+    updated: datetime | None
+    weight_bytes: int | None
+    parameters: int | None
+    bits: int | None
+    vision: bool
+    gated: bool
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """A page of search results."""
+
+    models: list[HubModel]
+    page: int
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file of a repository, and whether a model download needs it."""
+
+    path: str
+    size: int
+    needed: bool
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What the details panel shows about one repository."""
+
+    repo_id: str
+    sha: str
+    config: dict
+    files: list[HubFile]
+    card_intro: str
+    gated: bool
+    vision: bool
+    tools: bool | None
+    thinking: bool | None
+    shape: ModelShape
+
+    @property
+    def download_bytes(self) -> int:
+        """Bytes of the files a download fetches."""
+        return sum(f.size for f in self.files if f.needed)
+
+
+def valid_repo_id(repo_id: object) -> bool:
+    """Whether `repo_id` is "owner/name" and nothing else (no path, no `..`)."""
+    return isinstance(repo_id, str) and REPO_ID.fullmatch(repo_id) is not None and ".." not in repo_id
+
+
+def bits_of(repo_id: str, config: dict | None = None) -> int | None:
+    """Quantization bits from the config, else from the name ("-4bit", "-bf16"), else unknown."""
+    quantization = (config or {}).get("quantization") or (config or {}).get("quantization_config") or {}
+    if isinstance(quantization, dict) and quantization.get("bits"):
+        return int(quantization["bits"])
+    name = repo_id.lower()
+    if match := re.search(r"(\d+)-?bits?\b", name):
+        return int(match[1])
+    return 16 if re.search(r"\b(bf16|fp16|f16)\b", name) else None
+
+
+def weights_from_parameters(parameters: dict[str, int] | None, bits: int | None) -> tuple[int | None, int | None]:
+    """(weight bytes, parameter count) from the Hub's safetensors counts per type.
+
+    Quantized MLX weights are packed into U32 words, 32 / bits values each; without the bits
+    the parameter count is unknown.
+    """
+    if not parameters:
+        return None, None
+    size = sum(count * BYTES_PER_DTYPE.get(dtype, 2) for dtype, count in parameters.items())
+    packed = parameters.get("U32", 0)
+    if packed and not bits:
+        return size, None
+    unpacked = packed * (32 // bits) if packed and bits else 0
+    return size, unpacked + sum(c for d, c in parameters.items() if d != "U32")
+
+
+def needed_files(paths: list[str]) -> set[str]:
+    """The files a model needs: weights, config, tokenizer and processor; other weight formats only
+    when there are no safetensors."""
+    has_safetensors = any(p.endswith(WEIGHT_FILES) for p in paths)
+    needed = {p for p in paths if p.endswith(MODEL_FILES) and "/" not in p}
+    needed |= {p for p in paths if p.endswith(WEIGHT_FILES)}
+    if not has_safetensors:
+        needed |= {p for p in paths if p.endswith((".bin", ".npz"))}
+    return needed
+
+
+def card_intro(text: str) -> str:
+    """The first paragraph of a model card, without its YAML header, headings or images."""
+    text = re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in paragraph.strip().splitlines()
+                 if line.strip() and not line.lstrip().startswith(("#", "![", "<", "|", "```"))]
+        if lines:
+            return " ".join(lines)[:800]
+    return ""
+
+
+class HubService:
+    """Search and details against one Hub endpoint, with a short cache."""
+
+    def __init__(self, endpoint: str | None = None, token: str | bool | None = None) -> None:
+        from huggingface_hub import HfApi, constants
+
+        self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+        self.api = HfApi(endpoint=self.endpoint, token=token)
+        self._cache: dict[tuple, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+        self._reached_at = 0.0
+
+    # --- search -----------------------------------------------------------------------------
+
+    def search(self, query: str = "", author: str = "", task: str = "any", max_size_gb: float = 0.0,
+               sort: str = "downloads", page: int = 0, page_size: int = 20) -> SearchPage:
+        """One page of MLX models matching the query, in one request to the Hub."""
+        page = max(0, int(page))
+        key = ("search", query.strip(), author.strip(), task, sort, page, page_size)
+        models = self._cached(key, lambda: self._search(query.strip(), author.strip(), task, sort,
+                                                          (page + 1) * page_size + 1))
+        if max_size_gb > 0:
+            models = [m for m in models if m.weight_bytes is None or m.weight_bytes <= max_size_gb * 1e9]
+        start = page * page_size
+        return SearchPage(models[start: start + page_size], page, len(models) > start + page_size)
+
+    def _search(self, query: str, author: str, task: str, sort: str, limit: int) -> list[HubModel]:
+        self._probe()
+        pipeline = {"text": "text-generation", "vision": "image-text-to-text"}.get(task)
+        found = self._call(lambda: list(self.api.list_models(
+            filter="mlx", search=query or None, author=author or None, pipeline_tag=pipeline,
+            sort=SORTS.get(sort, "downloads"), limit=limit, expand=SEARCH_FIELDS)), "search the Hub")
+        return [_hub_model(info) for info in found]
+
+    # --- details ----------------------------------------------------------------------------
+
+    def details(self, repo_id: str) -> ModelDetails:
+        """Files with sizes, config, card and capabilities of one repository (cached)."""
+        if not valid_repo_id(repo_id):
+            raise RepoNotFound(f"“{repo_id}” is not a model id (owner/name).")
+        return self._cached(("details", repo_id), lambda: self._details(repo_id))
+
+    def _details(self, repo_id: str) -> ModelDetails:
+        info = self._call(lambda: self.api.model_info(repo_id, files_metadata=True), f"read {repo_id}")
+        paths = [s.rfilename for s in info.siblings or []]
+        needed = needed_files(paths)
+        files = [HubFile(s.rfilename, int(s.size or 0), s.rfilename in needed) for s in info.siblings or []]
+        config = self._json_file(repo_id, info.sha, "config.json") if "config.json" in paths else {}
+        template = self._json_file(repo_id, info.sha, "tokenizer_config.json").get("chat_template") \
+            if "tokenizer_config.json" in paths else None
+        readme = self._text_file(repo_id, info.sha, "README.md") if "README.md" in paths else ""
+        parameters = info.safetensors.parameters if info.safetensors else {}
+        weight_bytes = sum(f.size for f in files if f.needed and f.path.endswith(WEIGHT_FILES))
+        template_text = json.dumps(template) if template is not None else None
+        return ModelDetails(
+            repo_id=repo_id, sha=info.sha or "", config=config, files=files, card_intro=card_intro(readme),
+            gated=bool(info.gated), vision="vision_config" in config or info.pipeline_tag in VISION_TASKS,
+            tools=None if template_text is None else "tools" in template_text,
+            thinking=None if template_text is None else ("<think>" in template_text
+                                                         or "enable_thinking" in template_text),
+            shape=model_shape(config, weight_bytes, parameters.keys()),
+        )
+
+    def _json_file(self, repo_id: str, revision: str, name: str) -> dict:
+        try:
+            return json.loads(self._text_file(repo_id, revision, name) or "{}")
+        except ValueError:
+            log.warning("%s in %s is not valid JSON", name, repo_id)
+            return {}
+
+    def _text_file(self, repo_id: str, revision: str, name: str) -> str:
+        """A small file of the repository (kept in the Hugging Face cache like any download)."""
+        from huggingface_hub import hf_hub_download
+
+        path = self._call(lambda: hf_hub_download(repo_id, name, revision=revision or None,
+                                                  endpoint=self.endpoint, token=self.api.token), f"read {name}")
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(2_000_000)
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    def _cached(self, key: tuple, fetch: Callable[[], T]) -> T:
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
+            return hit[1]
+        value = fetch()
+        with self._lock:
+            self._cache[key] = (time.monotonic(), value)
+        return value
+
+    def _probe(self) -> None:
+        """Fail fast when the Hub does not answer, instead of after the client's minutes of retries."""
+        if time.monotonic() - self._reached_at < PROBE_SECONDS:
+            return
+        from huggingface_hub import get_session
+
+        try:
+            response = get_session().head(f"{self.endpoint}/api/models", params={"limit": 1}, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - any transport failure means the same thing to the user
+            raise HubUnreachable(f"The Hugging Face Hub ({self.endpoint}) cannot be reached: {exc}.") from exc
+        if response.status_code >= 500:
+            raise HubUnreachable(f"The Hugging Face Hub answers with an error ({response.status_code}).")
+        self._reached_at = time.monotonic()
+
+    def _call(self, fn: Callable[[], T], action: str) -> T:
+        """Run a huggingface_hub call, turning its failures into this app's errors."""
+        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+        try:
+            result = fn()
+        except GatedRepoError as exc:
+            raise GatedRepo(f"{exc.repo_id or 'This repository'} is gated: accept its terms on the Hub, "
+                            "then set a token that has access.") from exc
+        except RepositoryNotFoundError as exc:
+            raise RepoNotFound(f"There is no repository {exc.repo_id or ''} on the Hub (or it is private)."
+                               .replace("  ", " ")) from exc
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else 0
+            if status == 429:
+                raise HubRateLimited("The Hub is limiting requests from this machine; wait a minute.") from exc
+            raise HubUnreachable(f"The Hub could not {action} ({status or exc}).") from exc
+        except Exception as exc:  # noqa: BLE001 - the client's HTTP library has transport errors of its own
+            if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
+                raise HubUnreachable(f"The Hugging Face Hub cannot be reached: {exc}.") from exc
+            raise
+        self._reached_at = time.monotonic()
+        return result
+
+
+def _hub_model(info: Any) -> HubModel:
+    """A search result from huggingface_hub's ModelInfo."""
+    config = info.config or {}
+    bits = bits_of(info.id, config)
+    weight_bytes, parameters = weights_from_parameters(info.safetensors.parameters if info.safetensors else None,
+                                                       bits)
+    tags = set(info.tags or [])
+    return HubModel(
+        repo_id=info.id, downloads=int(info.downloads or 0), likes=int(info.likes or 0), updated=info.last_modified,
+        weight_bytes=weight_bytes, parameters=parameters, bits=bits,
+        vision=info.pipeline_tag in VISION_TASKS or "vision" in tags or "vl" in str(config.get("model_type", "")),
+        gated=bool(info.gated),
+    )
