@@ -10,20 +10,26 @@ from .controller import Controller
 from .controller.access import Access
 from .controller.settings import cache_budget_bytes
 from .engine import Engine
+from .hub import HubService
 from .store import Store
 from .ui.blocks import build_app
 
 
-def create_controller(data_dir: Path, access: Access | None = None, upload_dir: Path | None = None) -> Controller:
-    """A controller on a fresh engine thread and the store in `data_dir` (uploads: Gradio's folder by default)."""
+def create_controller(data_dir: Path, access: Access | None = None, upload_dir: Path | None = None,
+                      hub: HubService | None = None) -> Controller:
+    """A controller on a fresh engine thread and the store in `data_dir`.
+
+    Uploads come from Gradio's folder and the Hub from `HF_ENDPOINT` unless given.
+    """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(data_dir)
     engine = Engine(cache_budget=cache_budget_bytes(store.settings.app()["cache_budget_gb"]))
-    return Controller(engine, store, data_dir, access, upload_dir)
+    return Controller(engine, store, data_dir, access, upload_dir, hub)
 
 
-def create_app(data_dir: Path, access: Access | None = None) -> tuple[gr.Blocks, Controller]:
+def create_app(data_dir: Path, access: Access | None = None,
+               hub: HubService | None = None) -> tuple[gr.Blocks, Controller]:
     """The Blocks app and its controller for `data_dir`."""
-    controller = create_controller(data_dir, access)
+    controller = create_controller(data_dir, access, hub=hub)
     return build_app(controller), controller

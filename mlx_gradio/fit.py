@@ -131,12 +131,8 @@ def estimate(shape: ModelShape, context: int, memory: MachineMemory) -> Fit:
     context = max(1, min(int(context), shape.context_length))
     fixed = shape.weight_bytes + OVERHEAD_BYTES
     needed = fixed + kv_bytes(shape, context)
-    comfortable = memory.limit * FITS_SHARE
-    if memory.available > 0:
-        comfortable = min(comfortable, memory.available)  # what is free now; more would push other programs out
-    verdict = "fits" if needed <= comfortable else "tight" if needed <= memory.limit else "too large"
-    return Fit(verdict, shape.weight_bytes, needed - fixed, OVERHEAD_BYTES, context, memory.limit,
-               largest_context(shape, comfortable))
+    return Fit(verdict(needed, memory), shape.weight_bytes, needed - fixed, OVERHEAD_BYTES, context, memory.limit,
+               largest_context(shape, comfortable_bytes(memory)))
 
 
 def largest_context(shape: ModelShape, budget: float) -> int:
@@ -149,3 +145,21 @@ def largest_context(shape: ModelShape, budget: float) -> int:
         else:
             high = mid - 1
     return low
+
+
+def weights_verdict(weight_bytes: int | None, memory: MachineMemory) -> str:
+    """A first verdict from the weights alone (search results carry no config): "—" when unknown."""
+    if weight_bytes is None:
+        return "—"
+    return verdict(weight_bytes + OVERHEAD_BYTES, memory)
+
+
+def verdict(needed: float, memory: MachineMemory) -> str:
+    """ "fits" within the comfortable share, "tight" within the limit, else "too large"."""
+    return "fits" if needed <= comfortable_bytes(memory) else "tight" if needed <= memory.limit else "too large"
+
+
+def comfortable_bytes(memory: MachineMemory) -> float:
+    """What a model may take and still "fit": part of the limit, and no more than is free right now."""
+    comfortable = memory.limit * FITS_SHARE
+    return min(comfortable, memory.available) if memory.available > 0 else comfortable

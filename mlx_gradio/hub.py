@@ -107,20 +107,27 @@ def bits_of(repo_id: str, config: dict | None = None) -> int | None:
     return 16 if re.search(r"\b(bf16|fp16|f16)\b", name) else None
 
 
-def weights_from_parameters(parameters: dict[str, int] | None, bits: int | None) -> tuple[int | None, int | None]:
+def weights_from_parameters(parameters: dict[str, int] | None, repo_id: str = "") -> tuple[int | None, int | None]:
     """(weight bytes, parameter count) from the Hub's safetensors counts per type.
 
-    Quantized MLX weights are packed into U32 words, 32 / bits values each; without the bits
-    the parameter count is unknown.
+    Quantized MLX weights are packed into U32 words with their scales and biases beside them,
+    often at mixed bits, so their count says nothing exact about the parameters: then the
+    model's own name ("-135M-", "-0.5B-") is used, or none.
     """
     if not parameters:
         return None, None
     size = sum(count * BYTES_PER_DTYPE.get(dtype, 2) for dtype, count in parameters.items())
-    packed = parameters.get("U32", 0)
-    if packed and not bits:
-        return size, None
-    unpacked = packed * (32 // bits) if packed and bits else 0
-    return size, unpacked + sum(c for d, c in parameters.items() if d != "U32")
+    if "U32" not in parameters:
+        return size, sum(parameters.values())
+    return size, parameters_in_name(repo_id)
+
+
+def parameters_in_name(repo_id: str) -> int | None:
+    """A parameter count the repository's name states ("Qwen2.5-0.5B-Instruct" -> 500,000,000)."""
+    match = re.search(r"(?<![\w.])(\d+(?:\.\d+)?)([MB])(?![a-z])", repo_id.split("/")[-1], flags=re.I)
+    if not match:
+        return None
+    return int(float(match[1]) * (1e9 if match[2].upper() == "B" else 1e6))
 
 
 def needed_files(paths: list[str]) -> set[str]:
@@ -280,7 +287,7 @@ def _hub_model(info: Any) -> HubModel:
     config = info.config or {}
     bits = bits_of(info.id, config)
     weight_bytes, parameters = weights_from_parameters(info.safetensors.parameters if info.safetensors else None,
-                                                       bits)
+                                                       info.id)
     tags = set(info.tags or [])
     return HubModel(
         repo_id=info.id, downloads=int(info.downloads or 0), likes=int(info.likes or 0), updated=info.last_modified,

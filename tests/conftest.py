@@ -99,12 +99,12 @@ def seed_data_dir(data_dir: Path, demo_model: Path) -> Path:
 class RunningApp:
     """The real app launched in this process on a free port."""
 
-    def __init__(self, data_dir: Path, access=None) -> None:
+    def __init__(self, data_dir: Path, access=None, hub=None) -> None:
         from mlx_gradio.app_factory import create_app
         from mlx_gradio.ui.blocks import launch_options
 
         self.data_dir = data_dir
-        self.blocks, self.controller = create_app(data_dir, access)
+        self.blocks, self.controller = create_app(data_dir, access, hub)
         self.port = free_port()
         self.blocks.queue(default_concurrency_limit=8)
         self.blocks.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True,
@@ -134,15 +134,29 @@ def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
     """Start the app on a data dir (default: a fresh one with the demo model); closed at the end."""
     started: list[RunningApp] = []
 
-    def start(data_dir: Path | None = None, access=None) -> RunningApp:
+    def start(data_dir: Path | None = None, access=None, hub=None) -> RunningApp:
         folder = seed_data_dir(data_dir or tmp_path / "data", demo_model)
-        app = RunningApp(folder, access)
+        app = RunningApp(folder, access, hub)
         started.append(app)
         return app
 
     yield start
     for app in started:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def local_hub(demo_model: Path, tiny_vlm: Path) -> Iterator:
+    """The Hub on 127.0.0.1 with the demo model and the tiny vision model as MLX repositories."""
+    from mlx_gradio.local_hub import LocalHub, repo_from_folder
+
+    hub = LocalHub([
+        repo_from_folder("mlx-community/SmolLM2-135M-Instruct-4bit", demo_model, downloads=5200, likes=12),
+        repo_from_folder("mlx-community/tiny-qwen2-vl-bf16", tiny_vlm, downloads=310, likes=40,
+                         pipeline_tag="image-text-to-text"),
+    ])
+    yield hub
+    hub.close()
 
 
 @pytest.fixture(scope="session")

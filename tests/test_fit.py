@@ -38,9 +38,9 @@ def test_the_estimate_matches_the_demo_models_real_kv_cache(demo_model: Path):
 
     model, _ = load(str(demo_model))
     cache = make_prompt_cache(model)
-    prefill(model, cache, TOKENS)
+    prefill(model, cache, 256)  # one allocation step of mlx-lm's cache; the demo model reads ~9 tokens/s here
     real = measured_kv(cache)
-    assert abs(kv_bytes(shape_of(demo_model), TOKENS) - real) <= 0.1 * real
+    assert abs(kv_bytes(shape_of(demo_model), 256) - real) <= 0.1 * real
 
 
 def test_the_estimate_matches_the_tiny_llamas_real_kv_cache(tmp_path: Path):

@@ -40,7 +40,7 @@ def test_a_search_page_is_one_request_and_is_kept_for_a_while(hub: LocalHub):
     service.search(sort="downloads")
     assert hub.count("GET /api/models?") == before + 1  # cached
     text = page.models[0]
-    assert text.bits == 4 and text.downloads == 500 and not text.vision
+    assert text.bits == 4 and text.downloads == 500 and not text.vision and text.parameters == 135_000_000
     assert abs(text.weight_bytes - 115_231_651) < 100_000  # from the Hub's parameter counts, before any download
     assert page.models[1].vision and page.models[1].bits == 16 and page.models[2].gated
     assert page.models[2].weight_bytes is None  # the Hub said nothing: shown as "—", never a guess
@@ -103,8 +103,10 @@ def test_small_helpers():
     assert valid_repo_id("mlx-community/Qwen2.5-0.5B-Instruct-4bit") and not valid_repo_id("x/../y")
     assert bits_of("mlx-community/Qwen3-4B-8bit") == 8 and bits_of("a/b-bf16") == 16 and bits_of("a/b") is None
     assert bits_of("a/b", {"quantization": {"bits": 6, "group_size": 64}}) == 6
-    assert weights_from_parameters({"U32": 100, "BF16": 10}, 4) == (420, 810)
-    assert weights_from_parameters({"U32": 100}, None) == (400, None)
+    assert weights_from_parameters({"BF16": 10, "F32": 5}) == (40, 15)
+    assert weights_from_parameters({"U32": 100, "BF16": 10}) == (420, None)  # packed: the count says nothing exact
+    assert weights_from_parameters({"U32": 100}, "mlx-community/Qwen2.5-0.5B-Instruct-4bit") == (400, 500_000_000)
+    assert weights_from_parameters({"U32": 1}, "mlx-community/SmolLM2-135M-Instruct")[1] == 135_000_000
     assert needed_files(["model.safetensors", "pytorch_model.bin", "config.json", "x.gguf", "sub/config.json"]) == {
         "model.safetensors", "config.json"}
     assert needed_files(["pytorch_model.bin", "config.json"]) == {"pytorch_model.bin", "config.json"}

@@ -11,10 +11,13 @@ from pathlib import Path
 import gradio as gr
 
 from ..engine import Engine
+from ..hub import HubService
 from ..store import Store
+from ..system import machine_memory
 from .access import Access
 from .conversations import ConversationsPart
 from .feedback import user_errors
+from .hub import HubPart
 from .models import ModelsPart
 from .replies import RepliesPart
 from .settings import SettingsPart
@@ -25,7 +28,7 @@ class Controller:
     """Everything the UI can do, wired to the engine, the store and the model folders."""
 
     def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access | None = None,
-                 upload_dir: Path | None = None) -> None:
+                 upload_dir: Path | None = None, hub: HubService | None = None) -> None:
         self.engine = engine
         self.store = store
         self.data_dir = Path(data_dir)
@@ -37,6 +40,7 @@ class Controller:
         self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,
                                    upload_dir or Path(gr.utils.get_upload_folder()))
         self.settings = SettingsPart(engine, store, self.access)
+        self.hub = HubPart(hub or HubService(), self.access, machine_memory)
 
     def is_streaming(self, conversation_id: str) -> bool:
         """Whether a reply is being written into this conversation."""
@@ -58,6 +62,11 @@ class Controller:
             conversations=self.conversations.page(caller),
             notices=self.store.take_notices() if caller.is_owner else [],
         )
+
+    def is_owner(self, request: gr.Request) -> bool:
+        """Handler: whether this user sees the owners' tabs."""
+        with user_errors("load the page"):
+            return self.access.caller(request).is_owner
 
     def startup(self, model: str | None = None) -> None:
         """Select the model to start with and load it in the background."""

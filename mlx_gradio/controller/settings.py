@@ -31,17 +31,22 @@ LIMITS: dict[str, tuple[type, float, float]] = {
 DEFAULTS: dict[str, Any] = {**vars(SamplingParams()), "context_limit": 0, "cache_budget_gb": 0.0}
 
 
-def clamp(name: str, raw: Any) -> int | float:
-    """A number setting from the page, clamped to its range; blanks and non-numbers give the default."""
-    kind, low, high = LIMITS[name]
+def number(raw: Any, default: float, low: float, high: float, kind: type = float) -> int | float:
+    """A number from the page, clamped to [low, high]; blanks and non-numbers give `default`."""
     try:
         value = float(raw)
     except (TypeError, ValueError, OverflowError):
-        return DEFAULTS[name]
+        return default
     if math.isnan(value):
-        return DEFAULTS[name]
+        return default
     value = min(max(value, low), high)
     return int(value) if kind is int else value
+
+
+def clamp(name: str, raw: Any) -> int | float:
+    """A setting from the page, clamped to its range in `LIMITS`."""
+    kind, low, high = LIMITS[name]
+    return number(raw, DEFAULTS[name], low, high, kind)
 
 
 def parse_user_settings(values: Sequence[Any]) -> dict[str, Any]:

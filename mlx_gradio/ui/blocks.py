@@ -9,6 +9,7 @@ import gradio as gr
 
 from ..controller import Controller
 from .chat_tab import build_chat_tab
+from .models_tab import build_models_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_UPLOAD = "20mb"
@@ -22,6 +23,13 @@ def build_app(controller: Controller) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 build_chat_tab(controller, blocks)
+            with gr.Tab("Models", id="models", visible=False) as models:  # owners only
+                build_models_tab(controller)
+
+        def owners_tabs(request: gr.Request) -> dict:
+            return gr.update(visible=controller.is_owner(request))
+
+        blocks.load(owners_tabs, None, models, api_visibility="private")
     return blocks
 
 

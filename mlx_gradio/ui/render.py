@@ -31,7 +31,7 @@ def chatbot_messages(conversation: dict | None, draft: Draft | None = None) -> l
         if message["role"] == "user":
             history.append({"role": "user", "content": _user_content(message)})
             if chat.has_notice(messages, i) and not (draft is not None and draft.slot == i + 1):
-                history.append({"role": "assistant", "content": f"⚠️ *No reply: {message['error']}* "
+                history.append({"role": "assistant", "content": f"⚠ *No reply: {message['error']}* "
                                                                 f"Use ↻ to try again."})
         elif not (draft is not None and i == draft.slot):
             history.append({"role": "assistant", "content": chat.current_version(message)["content"]})
