@@ -122,7 +122,7 @@ def _final_event(generation: Generation, relayed: Relayed, prompt_tokens: int, c
     ))
 
 
-class _PrefillStopped(Exception):
+class PrefillStopped(Exception):
     """Stop was asked for while the prompt was read; `processed` tokens are in the cache."""
 
     def __init__(self, processed: int) -> None:
@@ -131,7 +131,7 @@ class _PrefillStopped(Exception):
 
 
 @dataclass
-class _PrefillProgress:
+class PrefillProgress:
     """mlx-lm's prompt progress callback: reports progress and ends the read when Stop is asked for."""
 
     generation: Generation
@@ -142,7 +142,7 @@ class _PrefillProgress:
         if processed >= total:
             return
         if self.generation.stop_requested:
-            raise _PrefillStopped(processed)
+            raise PrefillStopped(processed)
         if processed:
             self.generation.put(GenerationEvent(status=f"Reading the prompt: {self.reused + processed:,} / "
                                                        f"{self.total:,} tokens"))
@@ -266,10 +266,10 @@ class Worker:
             relayed = _relay(stream_generate(
                 loaded.model, tokenizer, tokens[reused:], max_tokens=fitted.max_tokens, prompt_cache=cache,
                 prefill_step_size=self.prefill_step(),
-                prompt_progress_callback=_PrefillProgress(generation, reused, len(tokens)),
+                prompt_progress_callback=PrefillProgress(generation, reused, len(tokens)),
                 **sampling_kwargs(request.params),
             ), generation)
-        except _PrefillStopped as stopped:
+        except PrefillStopped as stopped:
             # The cache holds every chunk read so far: the next turn goes on from there.
             self.caches.put(request.conversation_id,
                             CachedPrompt(tokens[: reused + stopped.processed], cache, fitted.dropped))

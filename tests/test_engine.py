@@ -143,14 +143,34 @@ def test_stop_while_the_prompt_is_read_keeps_the_cache_consistent(demo_model: Pa
             generation.stop()
         stats = event.stats or stats
     assert progress, "no progress was reported while the prompt was read"
-    assert stats.finish_reason == "stopped" and stats.generation_tokens == 0
+    assert stats.finish_reason == "stopped"
+    # Here (about 9 prompt tokens/s) Stop lands between chunks of the read; a machine that finishes
+    # the read before the Stop arrives stops at the first token instead. Either way the cache holds
+    # what was read, and the follow-up reads only the rest and answers exactly like a cold run.
     read = int(progress[0].split(": ")[1].split(" / ")[0].replace(",", ""))
-    # The follow-up reads only what the stopped read left, and answers exactly like a cold run.
     resumed, resumed_stats = ask(own, "prefill", demo_model, question)
     cold, cold_stats = ask(own, "prefill-cold", demo_model, question)
     assert resumed == cold
-    assert read <= resumed_stats.cached_tokens < resumed_stats.prompt_tokens and cold_stats.cached_tokens == 0
+    assert read <= resumed_stats.cached_tokens and cold_stats.cached_tokens == 0
     own.shutdown()
+
+
+def test_the_prompt_read_ends_between_chunks_once_stop_is_asked():
+    from mlx_gradio.generation import PrefillProgress, PrefillStopped
+    from mlx_gradio.jobs import Generation
+
+    generation = Generation(ChatRequest("x", "/m", ()))
+    progress = PrefillProgress(generation, reused=10, total=110)
+    progress(0, 100)
+    progress(32, 100)  # mlx-lm calls this after each chunk it has read
+    assert next(generation.events()).status == "Reading the prompt: 42 / 110 tokens"
+    generation = Generation(ChatRequest("x", "/m", ()))
+    progress = PrefillProgress(generation, reused=10, total=110)
+    generation.stop()
+    with pytest.raises(PrefillStopped) as stopped:
+        progress(64, 100)
+    assert stopped.value.processed == 64
+    progress(100, 100)  # once the whole prompt is read, Stop acts between tokens instead
 
 
 def test_any_load_failure_ends_in_the_error_state(engine, demo_model: Path, tmp_path: Path, monkeypatch):
