@@ -15,9 +15,10 @@ REFILL_SHARE = 0.75  # when turns must go, drop enough that the prompt fills onl
 
 @dataclass(frozen=True)
 class FittedPrompt:
-    """The prompt tokens to run, how many leading messages were left out, and room for the reply."""
+    """The prompt tokens to run, the messages they hold, how many were left out, and room for the reply."""
 
     tokens: list[int]
+    messages: tuple[ChatMessage, ...]
     dropped: int
     max_tokens: int
 
@@ -52,7 +53,8 @@ def fit_prompt(encode: Callable[[Sequence[ChatMessage]], list[int]], messages: S
         return encode([*system, *turns[dropped:]])
 
     def fitted(tokens: list[int], dropped: int) -> FittedPrompt:
-        return FittedPrompt(tokens, dropped, max(1, min(max_tokens, context - len(tokens))))
+        room = max(1, min(max_tokens, context - len(tokens)))
+        return FittedPrompt(tokens, (*system, *turns[dropped:]), dropped, room)
 
     first = next((d for d in starts if d >= hint), starts[-1])
     tokens = prompt(first)

@@ -170,11 +170,6 @@ class ConversationStore:
             row = self._rows.get(conversation_id) if valid_id(conversation_id) else None
             return row.summary if row else None
 
-    def count(self) -> int:
-        """How many conversations there are, of all owners."""
-        with self._lock:
-            return len(self._rows)
-
     def list(self, owner: str, query: str = "", offset: int = 0,
              limit: int = 50) -> tuple[list[ConversationSummary], int]:
         """One page of `owner`'s conversations, newest first, and how many match in all.

@@ -16,7 +16,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from .context import FittedPrompt, context_length, fit_prompt
+from .context import context_length, fit_prompt
 from .errors import ImageNeedsVisionModel, ModelLoadFailed
 from .jobs import ChatMessage, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .models import read_config
@@ -154,12 +154,6 @@ def _vision_message(message: ChatMessage) -> dict:
         return {"role": message.role, "content": message.content}
     parts = [{"type": "image"} for _ in message.images]
     return {"role": message.role, "content": [*parts, {"type": "text", "text": message.content}]}
-
-
-def _kept(messages: Sequence[ChatMessage], fitted: FittedPrompt) -> list[ChatMessage]:
-    """The messages a fitted prompt holds: the system prompt, then the turns after those left out."""
-    system = list(messages[:1]) if messages and messages[0].role == "system" else []
-    return [*system, *messages[len(system) + fitted.dropped:]]
 
 
 class Worker:
@@ -304,7 +298,7 @@ class Worker:
         # Counts text tokens and one per image marker: mlx-vlm expands images only while it reads them.
         fitted = fit_prompt(lambda messages: list(tokenizer.encode(template(messages))), request.messages,
                             context, params.max_tokens, hint=entry.dropped if entry else 0)
-        kept = _kept(request.messages, fitted)
+        kept = fitted.messages
         images = [load_for_model(path) for m in kept for path in m.images]
         state = entry.cache if entry is not None else PromptCacheState()
         if self.vision_features is None:
