@@ -41,6 +41,7 @@ def test_the_models_tab_is_for_owners_only(start_app, local_hub, browser_page): 
         hub.details("mlx-community/SmolLM2-135M-Instruct-4bit", 0, gus)
     ann = gr.Request(username="ann", session_hash="a")
     assert hub.search("smol", "", "any", 0, "downloads", 0, ann).page.models
+    assert app.controller.is_owner(ann) and not app.controller.is_owner(gus)  # what shows the tab
     page = browser_page
     page.goto(app.url)
     page.locator("input[type=text]").first.fill("gus")

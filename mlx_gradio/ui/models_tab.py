@@ -87,8 +87,11 @@ def build_models_tab(controller: Controller) -> None:
 
     filters = [query, author, task, max_size, sort]
     paging = [results, page_label, previous, following, page]
-    gr.on([query.submit, search.click], events.first_page, filters, paging, api_name="hub_search")
-    previous.click(events.previous_page, [*filters, page], paging, api_name="hub_previous_page")
-    following.click(events.next_page, [*filters, page], paging, api_name="hub_next_page")
+    # A failed search shows its sentence in a toast; the table keeps what it showed ("minimal" progress).
+    gr.on([query.submit, search.click], events.first_page, filters, paging, api_name="hub_search",
+          show_progress="minimal")
+    previous.click(events.previous_page, [*filters, page], paging, api_name="hub_previous_page",
+                   show_progress="minimal")
+    following.click(events.next_page, [*filters, page], paging, api_name="hub_next_page", show_progress="minimal")
     results.select(events.select, None, [details, context, fit, selected], api_visibility="private")
     context.release(events.refit, [selected, context], fit, api_name="hub_fit")
