@@ -71,3 +71,19 @@ class RepoNotFound(AppError):
 
 class GatedRepo(AppError):
     """A gated or private repository and no token with access."""
+
+
+class HubRequestFailed(AppError):
+    """The Hub answered, but refused the request (a file or revision gone, a bad request)."""
+
+
+class DownloadFailed(AppError):
+    """A download stopped for good (or arrived broken); what it fetched stays for a Resume."""
+
+
+class DownloadInProgress(AppError):
+    """That model is already downloading."""
+
+
+class NotEnoughSpace(AppError):
+    """The disk cannot hold what a download needs."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .errors import GatedRepo, HubRateLimited, HubUnreachable, RepoNotFound
+from .errors import AppError, GatedRepo, HubRateLimited, HubRequestFailed, HubUnreachable, RepoNotFound
 from .fit import ModelShape, model_shape
 
 log = logging.getLogger(__name__)
@@ -259,27 +259,53 @@ class HubService:
 
     def _call(self, fn: Callable[[], T], action: str) -> T:
         """Run a huggingface_hub call, turning its failures into this app's errors."""
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
-
         try:
             result = fn()
-        except GatedRepoError as exc:
-            raise GatedRepo(f"{exc.repo_id or 'This repository'} is gated: accept its terms on the Hub, "
-                            "then set a token that has access.") from exc
-        except RepositoryNotFoundError as exc:
-            raise RepoNotFound(f"There is no repository {exc.repo_id or ''} on the Hub (or it is private)."
-                               .replace("  ", " ")) from exc
-        except HfHubHTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else 0
-            if status == 429:
-                raise HubRateLimited("The Hub is limiting requests from this machine; wait a minute.") from exc
-            raise HubUnreachable(f"The Hub could not {action} ({status or exc}).") from exc
-        except Exception as exc:  # noqa: BLE001 - the client's HTTP library has transport errors of its own
-            if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
-                raise HubUnreachable(f"The Hugging Face Hub cannot be reached: {exc}.") from exc
-            raise
+        except Exception as exc:  # noqa: BLE001 - hub_error knows which failures are the Hub's; others go on up
+            mapped = hub_error(exc, action)
+            if mapped is None:
+                raise
+            raise mapped from exc
         self._reached_at = time.monotonic()
         return result
+
+
+def hub_error(exc: Exception, action: str) -> AppError | None:
+    """The app's error for a huggingface_hub failure, or None if `exc` is not one.
+
+    `HubUnreachable` and `HubRateLimited` are the ones worth trying again later.
+    """
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return GatedRepo(f"{exc.repo_id or 'This repository'} is gated: accept its terms on the Hub, "
+                         "then set a token that has access.")
+    if isinstance(exc, RepositoryNotFoundError):
+        name = f" {exc.repo_id}" if exc.repo_id else ""
+        return RepoNotFound(f"There is no repository{name} on the Hub (or it is private).")
+    if isinstance(exc, LocalEntryNotFoundError):  # snapshot_download's word for "the Hub did not answer"
+        return HubUnreachable(f"The Hub could not be reached to {action}.")
+    if isinstance(exc, (EntryNotFoundError, RevisionNotFoundError)):
+        return HubRequestFailed(f"The Hub no longer has that file or revision ({exc}); search for the model again.")
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else 0
+        if status == 429:
+            return HubRateLimited("The Hub is limiting requests from this machine; wait a minute.")
+        if status in (401, 403):
+            return GatedRepo(f"The Hub refused to {action} ({status}): set a token that has access.")
+        if status and status < 500:
+            return HubRequestFailed(f"The Hub refused to {action} ({status}).")
+        return HubUnreachable(f"The Hub could not be reached to {action} (it answered {status or exc}).")
+    if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
+        return HubUnreachable(f"The Hugging Face Hub cannot be reached: {exc}.")
+    return None
 
 
 def _hub_model(info: Any) -> HubModel:

@@ -5,7 +5,8 @@ It speaks what the real `huggingface_hub` client calls: model search (`/api/mode
 `/revision/{rev}`, `blobs=true`), the file tree (`/api/models/{id}/tree/{rev}`), and files
 (`/{id}/resolve/{rev}/{file}`: HEAD and GET with `ETag`, `X-Repo-Commit`, `Content-Length`
 and `Range`). Repositories hold real files; a test can make one gated, slow a download down,
-drop a connection halfway through a file once, or take the whole Hub down.
+drop a connection halfway through a file once, fail the next few file requests, serve a file
+that differs from its listing, or take the whole Hub down.
 """
 
 from __future__ import annotations
@@ -123,18 +124,21 @@ class Faults:
     down: bool = False  # every request answers 503
     bytes_per_second: float = 0.0  # throttle file downloads (0: as fast as possible)
     drop_after: dict[str, int] = field(default_factory=dict)  # file path -> close the connection after N bytes, once
+    fail_next: int = 0  # the next N file requests answer 503
+    replace: dict[str, bytes] = field(default_factory=dict)  # file path -> other content than the listing announces
 
 
 class LocalHub:
     """The Hub on a free port of 127.0.0.1, in a background thread; `requests` counts what it served."""
 
-    def __init__(self, repos: list[HubRepo] | None = None, token: str = "hf_local_test_token") -> None:
+    def __init__(self, repos: list[HubRepo] | None = None, token: str = "hf_local_test_token", port: int = 0) -> None:
         self.repos = {repo.repo_id: repo for repo in repos or []}
         self.token = token
         self.faults = Faults()
         self.requests: list[str] = []
+        self.bytes_sent = 0  # file bytes served, to tell a resumed download from a fresh one
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="local-hub", daemon=True)
         self._thread.start()
@@ -156,6 +160,18 @@ class LocalHub:
     def record(self, line: str) -> None:
         with self._lock:
             self.requests.append(line)
+
+    def sent(self, n: int) -> None:
+        with self._lock:
+            self.bytes_sent += n
+
+    def take_failure(self) -> bool:
+        """Whether this file request should fail (one of `faults.fail_next`)."""
+        with self._lock:
+            if self.faults.fail_next <= 0:
+                return False
+            self.faults.fail_next -= 1
+            return True
 
     def close(self) -> None:
         self._server.shutdown()
@@ -201,6 +217,8 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             path = unquote(url.path)
             if path == "/api/models":
                 return self.search(query)
+            if path == "/api/whoami-v2":
+                return self.whoami()
             if match := TREE.match(path):
                 return self.with_repo(match["repo"], lambda repo: self.json(
                     [repo.entry(p) for p in sorted(repo.files)
@@ -240,10 +258,18 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
             expand = query.get("expand", []) + query.get("expand[]", [])
             self.json([repo.summary(expand) for repo in found[:limit]])
 
+        def whoami(self) -> None:
+            if self.headers.get("Authorization") != f"Bearer {hub.token}":
+                return self.error(401, "Unauthorized", "Invalid credentials in Authorization header")
+            self.json({"type": "user", "name": "local-tester", "fullname": "Local Tester",
+                       "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "read"}}})
+
         def file(self, repo: HubRepo, path: str, head: bool) -> None:
             if path not in repo.files:
                 return self.error(404, "EntryNotFound", f"{path} does not exist in {repo.repo_id}.")
-            data = repo.files[path]
+            if hub.take_failure():
+                return self.error(503, "ServiceUnavailable", "Try again later.")
+            data = hub.faults.replace.get(path, repo.files[path])
             start = 0
             ranged = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
             if ranged and not head:
@@ -276,6 +302,7 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 sent += len(piece)
+                hub.sent(len(piece))
                 if hub.faults.bytes_per_second:
                     ahead = sent / hub.faults.bytes_per_second - (time.monotonic() - started)
                     if ahead > 0:

@@ -123,6 +123,21 @@ class SettingsStore:
             self._db.table("users").upsert({"user": user, **changes}, Query().user == user)
             return self.user(user)
 
+    def downloads(self) -> list[dict]:
+        """Downloads that had not finished when last recorded."""
+        with self._lock:
+            return [dict(d) for d in self._db.table("downloads").all()]
+
+    def save_download(self, record: dict) -> None:
+        """Record a download's state (one document per repository); raises `StoreWriteFailed`."""
+        with self._lock:
+            self._db.table("downloads").upsert(record, Query().repo_id == record["repo_id"])
+
+    def remove_download(self, repo_id: str) -> None:
+        """Forget a download (finished, or dismissed by the owner)."""
+        with self._lock:
+            self._db.table("downloads").remove(Query().repo_id == repo_id)
+
     def legacy_tables(self) -> tuple[dict | None, list[dict]]:
         """The settings and conversations a database from before per-conversation files holds."""
         with self._lock:
@@ -143,6 +158,13 @@ class SettingsStore:
             self._db.close()
 
 
+class DownloadRecords:
+    """The downloads table as `downloads.Downloads` wants it."""
+
+    def __init__(self, settings: SettingsStore) -> None:
+        self.all, self.save, self.remove = settings.downloads, settings.save_download, settings.remove_download
+
+
 class Store:
     """The settings and the conversations of one data dir."""
 
@@ -150,6 +172,7 @@ class Store:
         self.data_dir = Path(data_dir)
         self.settings = SettingsStore(self.data_dir / DB_NAME)
         self.conversations = ConversationStore(self.data_dir / CONVERSATIONS_DIR)
+        self.downloads = DownloadRecords(self.settings)
         self._notices: list[str] = []
         if self.settings.recovered_from:
             self._notices.append(f"The saved settings could not be read, so they were moved to "
