@@ -16,20 +16,21 @@ from .ui.blocks import build_app
 
 
 def create_controller(data_dir: Path, access: Access | None = None, upload_dir: Path | None = None,
-                      hub: HubService | None = None) -> Controller:
+                      hub: HubService | None = None, cache_dir: Path | None = None) -> Controller:
     """A controller on a fresh engine thread and the store in `data_dir`.
 
-    Uploads come from Gradio's folder and the Hub from `HF_ENDPOINT` unless given.
+    Uploads come from Gradio's folder, the Hub from `HF_ENDPOINT` and the model cache from
+    `HF_HUB_CACHE` / `HF_HOME` unless given.
     """
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(data_dir)
     engine = Engine(cache_budget=cache_budget_bytes(store.settings.app()["cache_budget_gb"]))
-    return Controller(engine, store, data_dir, access, upload_dir, hub)
+    return Controller(engine, store, data_dir, access, upload_dir, hub, cache_dir)
 
 
-def create_app(data_dir: Path, access: Access | None = None,
-               hub: HubService | None = None) -> tuple[gr.Blocks, Controller]:
+def create_app(data_dir: Path, access: Access | None = None, hub: HubService | None = None,
+               cache_dir: Path | None = None) -> tuple[gr.Blocks, Controller]:
     """The Blocks app and its controller for `data_dir`."""
-    controller = create_controller(data_dir, access, hub=hub)
+    controller = create_controller(data_dir, access, hub=hub, cache_dir=cache_dir)
     return build_app(controller), controller

@@ -87,3 +87,7 @@ class DownloadInProgress(AppError):
 
 class NotEnoughSpace(AppError):
     """The disk cannot hold what a download needs."""
+
+
+class TokenRejected(AppError):
+    """The Hub did not accept a Hugging Face token."""

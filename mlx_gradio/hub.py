@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from .errors import AppError, GatedRepo, HubRateLimited, HubRequestFailed, HubUnreachable, RepoNotFound
+from .errors import (
+    AppError,
+    GatedRepo,
+    HubRateLimited,
+    HubRequestFailed,
+    HubUnreachable,
+    RepoNotFound,
+    TokenRejected,
+)
 from .fit import ModelShape, model_shape
 
 log = logging.getLogger(__name__)
@@ -230,6 +238,37 @@ class HubService:
                                                   endpoint=self.endpoint, token=self.api.token), f"read {name}")
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read(2_000_000)
+
+    # --- token ------------------------------------------------------------------------------
+
+    def sign_in(self, token: str) -> None:
+        """Check a token with the Hub and keep it in huggingface_hub's own login storage (`hf` and mlx-lm see it)."""
+        from huggingface_hub import login
+
+        token = token.strip()
+        if not re.fullmatch(r"hf_[A-Za-z0-9_]{8,200}", token):
+            raise TokenRejected("That is not a Hugging Face token (they start with “hf_”).")
+        try:
+            self._call(lambda: login(token=token, add_to_git_credential=False), "check the token")
+        except (GatedRepo, ValueError) as exc:
+            raise TokenRejected("The Hub did not accept that token; copy it again from "
+                                "huggingface.co/settings/tokens.") from exc
+        self._cache.clear()  # gated repositories may read differently now
+
+    def sign_out(self) -> None:
+        """Forget the stored token (a token in the HF_TOKEN variable stays in use)."""
+        from huggingface_hub import logout
+
+        logout()
+        self._cache.clear()
+
+    @staticmethod
+    def token_hint() -> str:
+        """The token in use, masked ("hf_…x7Qz"), or "" when there is none."""
+        from huggingface_hub import get_token
+
+        token = get_token() or ""
+        return f"{token[:3]}…{token[-4:]}" if token else ""
 
     # --- plumbing ---------------------------------------------------------------------------
 

@@ -88,29 +88,8 @@ def describe_folder(path: str | Path, source: str, name: str | None = None) -> L
     )
 
 
-def hf_cache_models() -> list[LocalModel]:
-    """Model repos in the Hugging Face cache with a complete snapshot (config and weights)."""
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        info = scan_cache_dir()
-    except CacheNotFound:
-        return []
-    models = []
-    for repo in info.repos:
-        if repo.repo_type != "model" or not repo.revisions:
-            continue
-        newest = max(repo.revisions, key=lambda r: r.last_modified)
-        try:
-            models.append(describe_folder(newest.snapshot_path, "hf-cache", name=repo.repo_id))
-        except ModelNotFound as exc:
-            log.debug("Skipping %s in the HF cache: %s", repo.repo_id, exc)
-    return sorted(models, key=lambda m: m.name.lower())
-
-
-def list_models(demo: LocalModel | None, folders: list[str]) -> list[LocalModel]:
-    """Every model the picker offers: the demo first, then added folders, then the HF cache."""
+def list_models(demo: LocalModel | None, folders: list[str], cached: list[LocalModel]) -> list[LocalModel]:
+    """Every model the picker offers: the demo first, then added folders, then the HF cache's complete ones."""
     models = [demo] if demo else []
     for folder in folders:
         try:
@@ -118,5 +97,4 @@ def list_models(demo: LocalModel | None, folders: list[str]) -> list[LocalModel]
         except ModelNotFound as exc:
             log.warning("A model folder from the settings is gone or broken: %s", exc)
     seen = {m.path for m in models}
-    models += [m for m in hf_cache_models() if m.path not in seen]
-    return models
+    return models + [m for m in cached if m.path not in seen]

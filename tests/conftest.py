@@ -10,13 +10,23 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from mlx_gradio import demo
 from mlx_gradio.net import free_port
+
+# huggingface_hub reads these once, at import: the tests' Hub is the one on 127.0.0.1 (never the real
+# one), and its token and cache live in a folder of the test run, not in this machine's home.
+HUB_PORT = free_port()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{HUB_PORT}"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="mlx-gradio-tests-hf-home-")
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_CACHE", None)
+
+import pytest  # noqa: E402 - after the environment above
+
+from mlx_gradio import demo  # noqa: E402
 
 def pytest_configure(config: pytest.Config) -> None:
     """Silence a deprecation inside Gradio's queue that is not ours to fix."""
@@ -99,12 +109,12 @@ def seed_data_dir(data_dir: Path, demo_model: Path) -> Path:
 class RunningApp:
     """The real app launched in this process on a free port."""
 
-    def __init__(self, data_dir: Path, access=None, hub=None) -> None:
+    def __init__(self, data_dir: Path, access=None, hub=None, cache_dir: Path | None = None) -> None:
         from mlx_gradio.app_factory import create_app
         from mlx_gradio.ui.blocks import launch_options
 
         self.data_dir = data_dir
-        self.blocks, self.controller = create_app(data_dir, access, hub)
+        self.blocks, self.controller = create_app(data_dir, access, hub, cache_dir or data_dir.parent / "hf-cache")
         self.port = free_port()
         self.blocks.queue(default_concurrency_limit=8)
         self.blocks.launch(server_name="127.0.0.1", server_port=self.port, prevent_thread_lock=True,
@@ -134,9 +144,9 @@ def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
     """Start the app on a data dir (default: a fresh one with the demo model); closed at the end."""
     started: list[RunningApp] = []
 
-    def start(data_dir: Path | None = None, access=None, hub=None) -> RunningApp:
+    def start(data_dir: Path | None = None, access=None, hub=None, cache_dir: Path | None = None) -> RunningApp:
         folder = seed_data_dir(data_dir or tmp_path / "data", demo_model)
-        app = RunningApp(folder, access, hub)
+        app = RunningApp(folder, access, hub, cache_dir)
         started.append(app)
         return app
 
@@ -147,14 +157,14 @@ def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
 
 @pytest.fixture(scope="module")
 def local_hub(demo_model: Path, tiny_vlm: Path) -> Iterator:
-    """The Hub on 127.0.0.1 with the demo model and the tiny vision model as MLX repositories."""
+    """The Hub at HF_ENDPOINT (127.0.0.1) with the demo model and the tiny vision model as MLX repositories."""
     from mlx_gradio.local_hub import LocalHub, repo_from_folder
 
     hub = LocalHub([
         repo_from_folder("mlx-community/SmolLM2-135M-Instruct-4bit", demo_model, downloads=5200, likes=12),
         repo_from_folder("mlx-community/tiny-qwen2-vl-bf16", tiny_vlm, downloads=310, likes=40,
                          pipeline_tag="image-text-to-text"),
-    ])
+    ], port=HUB_PORT)
     yield hub
     hub.close()
 

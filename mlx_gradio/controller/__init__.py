@@ -10,14 +10,17 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..downloads import Downloads
 from ..engine import Engine
 from ..hub import HubService
 from ..store import Store
 from ..system import machine_memory
 from .access import Access
 from .conversations import ConversationsPart
+from .downloads import DownloadsPart
 from .feedback import user_errors
 from .hub import HubPart
+from .library import LibraryPart
 from .models import ModelsPart
 from .replies import RepliesPart
 from .settings import SettingsPart
@@ -28,19 +31,25 @@ class Controller:
     """Everything the UI can do, wired to the engine, the store and the model folders."""
 
     def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access | None = None,
-                 upload_dir: Path | None = None, hub: HubService | None = None) -> None:
+                 upload_dir: Path | None = None, hub: HubService | None = None, cache_dir: Path | None = None) -> None:
+        from huggingface_hub import constants
+
         self.engine = engine
         self.store = store
         self.data_dir = Path(data_dir)
         self.images_dir = self.data_dir / "images"
         self.access = access or Access()
-        self.models = ModelsPart(engine, store, self.data_dir, self.access)
+        self.cache_dir = Path(cache_dir or constants.HF_HUB_CACHE)  # HF_HUB_CACHE / HF_HOME, as every HF tool
+        self.models = ModelsPart(engine, store, self.data_dir, self.access, self.cache_dir)
         self.conversations = ConversationsPart(engine, store, self.access, self.is_streaming,
                                                lambda conversation_id: self.replies.stop_conversation(conversation_id))
         self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,
                                    upload_dir or Path(gr.utils.get_upload_folder()))
         self.settings = SettingsPart(engine, store, self.access)
-        self.hub = HubPart(hub or HubService(), self.access, machine_memory)
+        hub = hub or HubService()
+        self.hub = HubPart(hub, self.access, machine_memory)
+        self.downloads = DownloadsPart(hub, Downloads(self.cache_dir, hub.endpoint, store.downloads), self.access)
+        self.library = LibraryPart(self.models, engine, store, self.access, self.cache_dir, machine_memory)
 
     def is_streaming(self, conversation_id: str) -> bool:
         """Whether a reply is being written into this conversation."""
@@ -73,6 +82,7 @@ class Controller:
         self.models.startup(model)
 
     def shutdown(self) -> None:
-        """Stop the replies in flight, unload the model, and write what is kept in memory."""
+        """Stop the downloads and the replies in flight, unload the model, and write what is kept in memory."""
+        self.downloads.shutdown()
         self.engine.shutdown()
         self.store.close()

@@ -26,6 +26,8 @@ ADVICE = {
     errors.HubUnreachable: "Check the internet connection; the models on this machine still work.",
     errors.HubRateLimited: "Try again in a minute; a token raises the limit.",
     errors.RepoNotFound: "Check the name, or set a token if it is a private repository.",
+    errors.NotEnoughSpace: "Free some disk space (delete a model under “On this machine”) and try again.",
+    errors.DownloadInProgress: "Its progress is under Downloads.",
 }
 
 

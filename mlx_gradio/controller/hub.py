@@ -63,3 +63,24 @@ class HubPart:
             details = self.hub.details(str(repo_id or ""))
         tokens = number(context, 0, 0, 10_000_000, int) or default_context(details.shape)
         return DetailsView(details, estimate(details.shape, tokens, self.memory()))
+
+    def sign_in(self, token: Any, request: gr.Request) -> str:
+        """Handler: keep a Hugging Face token for gated and private models; returns it masked."""
+        with user_errors("save the token"):
+            self.access.require_owner(self.access.caller(request), "set the Hugging Face token")
+            self.hub.sign_in(str(token or ""))
+        gr.Info("Token saved.")
+        return self.hub.token_hint()
+
+    def sign_out(self, request: gr.Request) -> str:
+        """Handler: forget the stored token; returns the token still in use (from HF_TOKEN), masked."""
+        with user_errors("remove the token"):
+            self.access.require_owner(self.access.caller(request), "remove the Hugging Face token")
+            self.hub.sign_out()
+        return self.hub.token_hint()
+
+    def token_hint(self, request: gr.Request) -> str:
+        """Handler: the token in use, masked."""
+        with user_errors("show the token"):
+            self.access.require_owner(self.access.caller(request), "see the Hugging Face token")
+        return self.hub.token_hint()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import demo, errors
+from .. import demo, errors, hf_cache
 from ..engine import Engine, EngineStatus
 from ..models import LocalModel, describe_folder, is_vision_model, list_models
 from ..store import Store
@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 class ModelsPart:
     """Handlers and helpers for the model picker, the status line and adding models."""
 
-    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access) -> None:
+    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access, cache_dir: Path) -> None:
         self.engine = engine
         self.store = store
         self.data_dir = Path(data_dir)
         self.access = access
+        self.cache_dir = Path(cache_dir)
         self._demo_job: Future | None = None
 
     # --- what is offered --------------------------------------------------------------------
@@ -45,7 +46,8 @@ class ModelsPart:
 
     def available(self) -> list[LocalModel]:
         """Every model the picker offers (the same for every user)."""
-        return list_models(self.demo_model(), self.store.settings.app()["model_folders"])
+        return list_models(self.demo_model(), self.store.settings.app()["model_folders"],
+                           hf_cache.loadable_models(self.cache_dir))
 
     def selected(self, caller: Caller) -> str:
         """The model this user picked last, else the owner's, else the demo model."""

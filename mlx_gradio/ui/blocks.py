@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..controller import Controller
 from .chat_tab import build_chat_tab
-from .models_tab import build_models_tab
+from .models_tab import ChatHandles, build_models_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_UPLOAD = "20mb"
@@ -20,11 +20,11 @@ def build_app(controller: Controller) -> gr.Blocks:
     """The whole mlx-gradio interface."""
     # No analytics: a local app does not report its use to anyone.
     with gr.Blocks(title="mlx-gradio", fill_height=True, analytics_enabled=False, delete_cache=DELETE_CACHE) as blocks:
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
-                build_chat_tab(controller, blocks)
+                model, status = build_chat_tab(controller, blocks)
             with gr.Tab("Models", id="models", visible=False) as models:  # owners only
-                build_models_tab(controller)
+                build_models_tab(controller, blocks, ChatHandles(tabs, model, status))
 
         def owners_tabs(request: gr.Request) -> dict:
             return gr.update(visible=controller.is_owner(request))

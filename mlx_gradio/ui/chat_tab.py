@@ -11,8 +11,11 @@ from .chat_events import ChatEvents
 PLACEHOLDER = "Ask anything, or attach images (drop, paste or the clip). Enter sends, Shift+Enter adds a line."
 
 
-def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
-    """Lay out the Chat tab inside the current Blocks context and wire it to the controller."""
+def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdown, gr.Markdown]:
+    """Lay out the Chat tab inside the current Blocks context and wire it to the controller.
+
+    Returns the model picker and its status line, which the Models tab updates too.
+    """
     events = ChatEvents(controller)
     conversation_id = gr.State("")
     list_limit = gr.State(PAGE_SIZE)
@@ -123,3 +126,4 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> None:
     gr.on([context_limit.blur, context_limit.submit, cache_budget.blur, cache_budget.submit],
           events.save_engine_settings, [context_limit, cache_budget], None, trigger_mode="always_last",
           api_name="save_engine_settings")
+    return model, status

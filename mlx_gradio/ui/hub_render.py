@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import html
+
+from ..controller.library import LocalEntry
+from ..downloads import DownloadProgress
 from ..fit import Fit, gb, tokens
 from ..hub import HubModel, ModelDetails
 
+LOCAL_COLUMNS = ["Model", "Where", "Size", "Last used", "Kind", "State", "Fits (weights)"]
+STATES = {"queued": "Waiting", "downloading": "Downloading", "cancelling": "Stopping", "done": "Done",
+          "failed": "Failed", "cancelled": "Cancelled", "interrupted": "Interrupted"}
 COLUMNS = ["Model", "Downloads", "Likes", "Updated", "Size", "Bits", "Parameters", "Badges", "Fits (weights)"]
 VERDICTS = {"fits": "✓ fits", "tight": "⚠ tight", "too large": "✗ too large"}
 
@@ -74,3 +81,40 @@ def fit_markdown(fit: Fit) -> str:
     longest = (f"Up to {fit.largest_context:,} tokens of context fit." if fit.largest_context
                else "No context length fits comfortably.")
     return f"**{verdict}** at {tokens(fit.context)} tokens: {fit.summary}.\n\n{longest}"
+
+
+def duration(seconds: float | None) -> str:
+    """Time left as "42 s", "3 min" or "1 h 5 min"; "" when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def downloads_html(downloads: list[DownloadProgress]) -> str:
+    """One line per download: name, state, a progress bar, bytes, speed and time left."""
+    if not downloads:
+        return "<p class='downloads-empty'>No downloads yet. Pick a model above and press Download.</p>"
+    rows = []
+    for d in downloads:
+        numbers = f"{gb(d.done_bytes)} of {gb(d.total_bytes)}"
+        if d.bytes_per_second:
+            numbers += f" · {d.bytes_per_second / 1e6:.1f} MB/s"
+        if left := duration(d.seconds_left):
+            numbers += f" · {left} left"
+        note = f"<div class='download-note'>{html.escape(d.message)}</div>" if d.message else ""
+        rows.append(
+            f"<div class='download {d.state}' data-repo='{html.escape(d.repo_id)}'>"
+            f"<div class='download-head'><b>{html.escape(d.repo_id)}</b> <span>{STATES.get(d.state, d.state)}"
+            f"</span></div><progress max='1000' value='{round(d.fraction * 1000)}'></progress>"
+            f"<div class='download-numbers'>{numbers} ({d.fraction:.0%})</div>{note}</div>")
+    return "".join(rows)
+
+
+def local_rows(entries: list[LocalEntry]) -> list[list[str]]:
+    """The table of models on this machine."""
+    return [[e.name, e.where, gb(e.size_bytes), e.last_used.strftime("%Y-%m-%d %H:%M") if e.last_used else "—",
+             "vision" if e.vision else "text", "ready" if e.complete else "incomplete", VERDICTS.get(e.fit, "—")]
+            for e in entries]

@@ -1,7 +1,9 @@
-"""The Models tab (owners only): search the Hub, see whether a model fits. Layout, wiring, adapters."""
+"""The Models tab (owners only): search the Hub, see whether a model fits, download it, manage what is
+on this machine. Layout, wiring, adapters."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -9,7 +11,17 @@ import gradio as gr
 from ..controller import Controller
 from ..controller.hub import TASKS
 from ..hub import SORTS
-from . import hub_render
+from . import hub_render, render
+from .chat_events import picker
+
+
+@dataclass(frozen=True)
+class ChatHandles:
+    """The Chat tab's components the Models tab updates: the tabs, the model picker and its status line."""
+
+    tabs: gr.Tabs
+    model: gr.Dropdown
+    status: gr.Markdown
 
 
 class ModelsEvents:
@@ -44,12 +56,16 @@ class ModelsEvents:
         return self.show(request, row[0] if row else "", 0)
 
     def show(self, request: gr.Request, repo_id: str, context: Any) -> tuple:
+        """Details, context slider, fit, the repo id, and the Download / Use in chat buttons."""
         view = self.controller.hub.details(repo_id, context, request)
         shape = view.details.shape
         slider = gr.update(visible=True, minimum=min(256, shape.context_length), maximum=shape.context_length,
                            value=view.fit.context)
+        on_disk = any(e.name == repo_id and e.complete for e in self.controller.library.list(request))
+        download = gr.update(visible=True, value=("Download again" if on_disk else "Download")
+                             + f" ({hub_render.gb(view.details.download_bytes)})")
         return (hub_render.details_markdown(view.details), slider, hub_render.fit_markdown(view.fit),
-                view.details.repo_id)
+                view.details.repo_id, download, gr.update(visible=on_disk))
 
     def refit(self, request: gr.Request, repo_id: str, context: Any) -> str:
         """The fit again at another context length."""
@@ -58,7 +74,111 @@ class ModelsEvents:
         return hub_render.fit_markdown(self.controller.hub.details(repo_id, context, request).fit)
 
 
-def build_models_tab(controller: Controller) -> None:
+    # --- downloads --------------------------------------------------------------------------
+
+    def download(self, request: gr.Request, repo_id: str) -> tuple:
+        """Start (or resume) a download; the timer then shows its progress."""
+        self.controller.downloads.start(repo_id, request)
+        return (*self.downloads(request), gr.Timer(active=True))
+
+    def cancel(self, request: gr.Request, repo_id: str) -> tuple:
+        self.controller.downloads.cancel(repo_id, request)
+        return self.downloads(request)
+
+    def resume(self, request: gr.Request, repo_id: str) -> tuple:
+        return self.download(request, repo_id)
+
+    def forget(self, request: gr.Request, repo_id: str) -> tuple:
+        self.controller.downloads.forget(repo_id, request)
+        return self.downloads(request)
+
+    def downloads(self, request: gr.Request) -> tuple:
+        """(downloads list, the download picker)."""
+        found = self.controller.downloads.list(request)
+        repo_ids = [d.repo_id for d in found]
+        return hub_render.downloads_html(found), gr.update(choices=repo_ids, value=repo_ids[0] if repo_ids else None)
+
+    def tick(self, request: gr.Request, was_active: list, shown: str) -> tuple:
+        """Every second while something downloads: progress; when one ends, the local list, the chat picker,
+        and Use in chat if it is the model shown in the details."""
+        found = self.controller.downloads.list(request)
+        active = sorted(d.repo_id for d in found if d.active)
+        ended = set(was_active or []) - set(active)
+        refresh = self.local(request) + (picker_choices(self.controller),) if ended else (gr.skip(),) * 3
+        done = {d.repo_id for d in found if d.state == "done"}
+        use = gr.update(visible=True) if shown in ended and shown in done else gr.skip()
+        return (hub_render.downloads_html(found), *refresh, use, gr.Timer(active=bool(active)), active)
+
+    # --- on this machine --------------------------------------------------------------------
+
+    def local(self, request: gr.Request) -> tuple:
+        """(local models table, their keys)."""
+        entries = self.controller.library.list(request)
+        return hub_render.local_rows(entries), [e.key for e in entries]
+
+    def pick_local(self, event: gr.SelectData, keys: list) -> tuple:
+        """A local model was picked: remember its key, name it, show its buttons."""
+        row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+        key = keys[row] if isinstance(row, int) and 0 <= row < len(keys) else ""
+        name = str((event.row_value or [""])[0])
+        return key, f"**{name}**" if key else "", gr.update(visible=bool(key)), gr.update(visible=False)
+
+    def use(self, request: gr.Request, key: str) -> tuple:
+        """Use a local model in the chat: select it there and switch to the Chat tab."""
+        path = self.controller.library.use(key, request)
+        return self._to_chat(request, path)
+
+    def use_download(self, request: gr.Request, repo_id: str) -> tuple:
+        """Use a model just downloaded (the one shown in the details) in the chat."""
+        return self.use(request, f"hf:{repo_id}")
+
+    def _to_chat(self, request: gr.Request, path: str) -> tuple:
+        models = self.controller.models.available()
+        return (gr.Tabs(selected="chat"), picker(models, path),
+                render.status_markdown(self.controller.models.status(request)))
+
+    def ask_delete(self, request: gr.Request, key: str) -> tuple:
+        """Say what Delete frees and ask to confirm."""
+        view = self.controller.library.plan_delete(key, request)
+        what = (f"Delete **{view.name}**? This frees {hub_render.gb(view.freed_bytes)} on disk." if view.removes_files
+                else f"Take **{view.name}** off the list? Its folder stays where it is.")
+        return what, gr.update(visible=True)
+
+    def delete(self, request: gr.Request, key: str) -> tuple:
+        """Delete after the confirmation; refresh the list and the chat picker."""
+        self.controller.library.delete(key, request)
+        return (*self.local(request), "", gr.update(visible=False), gr.update(visible=False), "",
+                picker_choices(self.controller))
+
+    # --- token ------------------------------------------------------------------------------
+
+    def save_token(self, request: gr.Request, token: str) -> tuple:
+        return "", token_line(self.controller.hub.sign_in(token, request))
+
+    def sign_out(self, request: gr.Request) -> str:
+        return token_line(self.controller.hub.sign_out(request))
+
+    def load(self, request: gr.Request) -> tuple:
+        """What the tab shows when the page opens (owners only; guests do not see the tab)."""
+        if not self.controller.is_owner(request):
+            return (gr.skip(),) * 7
+        found = self.controller.downloads.list(request)
+        active = sorted(d.repo_id for d in found if d.active)
+        return (*self.local(request), *self.downloads(request), token_line(self.controller.hub.token_hint(request)),
+                gr.Timer(active=bool(active)), active)
+
+
+def picker_choices(controller: Controller) -> dict:
+    """The chat's model picker with the models on disk now (its selection stays)."""
+    return gr.update(choices=[(m.label, m.path) for m in controller.models.available()])
+
+
+def token_line(hint: str) -> str:
+    return (f"A token is set: `{hint}`." if hint
+            else "No token set: public models only. Gated and private models need one.")
+
+
+def build_models_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandles) -> None:
     """Lay out the Models tab inside the current Blocks context and wire it to the controller."""
     events = ModelsEvents(controller)
     page = gr.State(0)
@@ -84,6 +204,41 @@ def build_models_tab(controller: Controller) -> None:
             context = gr.Slider(256, 32768, step=256, label="Context length (tokens)", visible=False,
                                 elem_id="hub-context")
             fit = gr.Markdown(elem_id="hub-fit")
+            with gr.Row():
+                download = gr.Button("Download", variant="primary", visible=False, elem_id="hub-download")
+                use_downloaded = gr.Button("Use in chat", visible=False, elem_id="hub-use")
+
+    gr.Markdown("### Downloads")
+    downloads = gr.HTML(elem_id="downloads")
+    with gr.Row(equal_height=True):
+        download_pick = gr.Dropdown(label="Download", choices=[], scale=3, elem_id="download-pick")
+        cancel = gr.Button("Cancel", size="sm", elem_id="download-cancel")
+        resume = gr.Button("Resume", size="sm", elem_id="download-resume")
+        forget = gr.Button("Remove from list", size="sm")
+    ticker = gr.Timer(1.0, active=False)
+    active = gr.State([])
+
+    gr.Markdown("### On this machine")
+    local = gr.Dataframe(headers=hub_render.LOCAL_COLUMNS, interactive=False, wrap=True, elem_id="local-models")
+    local_keys = gr.State([])
+    local_key = gr.State("")
+    with gr.Row(equal_height=True):
+        local_name = gr.Markdown(elem_id="local-selected")
+        with gr.Row(visible=False) as local_buttons:
+            use_local = gr.Button("Use in chat", size="sm", variant="primary", elem_id="local-use")
+            delete_local = gr.Button("Delete…", size="sm", variant="stop", elem_id="local-delete")
+    with gr.Row(visible=False, equal_height=True) as confirm_row:
+        confirm_text = gr.Markdown(elem_id="delete-question")
+        confirm = gr.Button("Delete", variant="stop", size="sm", elem_id="delete-confirm")
+        keep = gr.Button("Keep", size="sm")
+
+    with gr.Accordion("Hugging Face token", open=False):
+        token_status = gr.Markdown(elem_id="token-status")
+        token = gr.Textbox(label="Token (for gated and private models; kept where `hf auth login` keeps it)",
+                           type="password", placeholder="hf_…", max_lines=1)
+        with gr.Row():
+            save_token = gr.Button("Save token", size="sm")
+            sign_out = gr.Button("Remove token", size="sm")
 
     filters = [query, author, task, max_size, sort]
     paging = [results, page_label, previous, following, page]
@@ -93,5 +248,29 @@ def build_models_tab(controller: Controller) -> None:
     previous.click(events.previous_page, [*filters, page], paging, api_name="hub_previous_page",
                    show_progress="minimal")
     following.click(events.next_page, [*filters, page], paging, api_name="hub_next_page", show_progress="minimal")
-    results.select(events.select, None, [details, context, fit, selected], api_visibility="private")
+    detail_view = [details, context, fit, selected, download, use_downloaded]
+    results.select(events.select, None, detail_view, api_visibility="private")
     context.release(events.refit, [selected, context], fit, api_name="hub_fit")
+
+    listing = [downloads, download_pick]
+    to_chat = [chat.tabs, chat.model, chat.status]
+    download.click(events.download, selected, [*listing, ticker], api_name="download")
+    use_downloaded.click(events.use_download, selected, to_chat, api_name="use_downloaded")
+    cancel.click(events.cancel, download_pick, listing, api_name="cancel_download")
+    resume.click(events.resume, download_pick, [*listing, ticker], api_name="resume_download")
+    forget.click(events.forget, download_pick, listing, api_name="forget_download")
+    local_view = [local, local_keys]
+    ticker.tick(events.tick, [active, selected], [downloads, *local_view, chat.model, use_downloaded, ticker, active],
+                show_progress="hidden", api_visibility="private")
+
+    local.select(events.pick_local, local_keys, [local_key, local_name, local_buttons, confirm_row],
+                 api_visibility="private")
+    use_local.click(events.use, local_key, to_chat, api_name="use_local_model")
+    delete_local.click(events.ask_delete, local_key, [confirm_text, confirm_row], api_name="plan_delete")
+    confirm.click(events.delete, local_key,
+                  [*local_view, local_name, local_buttons, confirm_row, local_key, chat.model], api_name="delete_model")
+    keep.click(lambda: gr.update(visible=False), None, confirm_row, queue=False, api_visibility="private")
+
+    save_token.click(events.save_token, token, [token, token_status], api_name="save_token")
+    sign_out.click(events.sign_out, None, token_status, api_name="remove_token")
+    blocks.load(events.load, None, [*local_view, *listing, token_status, ticker, active], api_visibility="private")

@@ -1,0 +1,128 @@
+"""The models on this machine: a real Hugging Face cache on disk, listed, used and deleted through the controller."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from mlx_gradio import hf_cache
+from mlx_gradio.controller.access import Access
+from mlx_gradio.errors import ModelNotFound
+from mlx_gradio.hub import HubService
+
+TEXT = "mlx-community/SmolLM2-135M-Instruct-4bit"
+ANN, GUS = gr.Request(username="ann", session_hash="a"), gr.Request(username="gus", session_hash="g")
+
+
+def fill_cache(local_hub, cache: Path, repo_id: str = TEXT) -> Path:
+    """Download a repository from the local Hub with huggingface_hub itself, as `hf download` would."""
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, cache_dir=cache, endpoint=local_hub.url))
+
+
+def disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def test_the_cache_lists_complete_and_partial_downloads(local_hub, tmp_path):
+    cache = tmp_path / "hf"
+    snapshot = fill_cache(local_hub, cache)
+    partial = cache / "models--someone--half-done" / "blobs"
+    partial.mkdir(parents=True)
+    (partial / "abc.incomplete").write_bytes(b"\0" * 5000)
+    listed = {m.repo_id: m for m in hf_cache.scan(cache)}
+    assert listed[TEXT].complete and listed[TEXT].path == str(snapshot) and listed[TEXT].last_used
+    assert listed[TEXT].size_on_disk == disk_bytes(cache / f"models--{TEXT.replace('/', '--')}" / "blobs")
+    assert not listed["someone/half-done"].complete and listed["someone/half-done"].size_on_disk == 5000
+    assert [m.name for m in hf_cache.loadable_models(cache)] == [TEXT]  # only complete snapshots reach the picker
+    (snapshot / "model.safetensors").unlink()  # a weight file gone: no longer loadable
+    assert not {m.repo_id: m for m in hf_cache.scan(cache)}[TEXT].complete
+
+
+@pytest.mark.parametrize("repo_id", ["../etc", "a/../../b", "/etc/passwd", "a/b/c", "..", "a/..", "a\\..\\b", ""])
+def test_ids_that_are_not_owner_name_are_refused(tmp_path, repo_id):
+    with pytest.raises(ModelNotFound):
+        hf_cache.plan_delete(tmp_path, repo_id)
+
+
+def test_delete_frees_what_it_announced_and_the_model_leaves_the_picker(start_app, local_hub, tmp_path):
+    app = start_app(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}), hub=HubService(local_hub.url),
+                    cache_dir=tmp_path / "hf")
+    snapshot = fill_cache(local_hub, tmp_path / "hf")
+    library, models = app.controller.library, app.controller.models
+    assert str(snapshot) in {m.path for m in models.available()}
+    [entry] = [e for e in library.list(ANN) if e.where == "HF cache"]
+    assert entry.complete and entry.fit in ("fits", "tight") and entry.key == f"hf:{TEXT}"
+    # It is loaded and in use: delete unloads it first.
+    assert library.use(entry.key, ANN) == str(snapshot)
+    app.controller.engine.load(str(snapshot)).result()
+    plan = library.plan_delete(entry.key, ANN)
+    before = shutil.disk_usage(tmp_path).used
+    repo_bytes = disk_bytes(tmp_path / "hf" / f"models--{TEXT.replace('/', '--')}" / "blobs")
+    assert plan.freed_bytes == repo_bytes and plan.removes_files
+    library.delete(entry.key, ANN)
+    assert not (tmp_path / "hf" / f"models--{TEXT.replace('/', '--')}").exists()
+    assert before - shutil.disk_usage(tmp_path).used >= repo_bytes * 0.9
+    assert app.controller.engine.status().state == "empty"
+    assert str(snapshot) not in {m.path for m in models.available()}
+    assert app.store.settings.app()["model"] is None  # the owner's default no longer points at it
+
+
+def test_guests_cannot_list_use_or_delete(start_app, local_hub, tmp_path):
+    app = start_app(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}), hub=HubService(local_hub.url),
+                    cache_dir=tmp_path / "hf")
+    fill_cache(local_hub, tmp_path / "hf")
+    library, downloads = app.controller.library, app.controller.downloads
+    for call in (lambda: library.list(GUS), lambda: library.use(f"hf:{TEXT}", GUS),
+                 lambda: library.plan_delete(f"hf:{TEXT}", GUS), lambda: library.delete(f"hf:{TEXT}", GUS),
+                 lambda: downloads.start(TEXT, GUS), lambda: downloads.list(GUS),
+                 lambda: app.controller.hub.sign_in("hf_x" * 4, GUS)):
+        with pytest.raises(gr.Error, match="Only the owner"):
+            call()
+    assert hf_cache.scan(tmp_path / "hf")[0].complete  # nothing happened
+
+
+def test_only_the_apps_own_folders_are_deleted(start_app, local_hub, demo_model, tmp_path):
+    app = start_app(cache_dir=tmp_path / "hf")
+    local = gr.Request(session_hash="l")
+    outside = tmp_path / "elsewhere" / "my-model"
+    shutil.copytree(demo_model, outside)
+    app.controller.models.add_folder(str(outside), local)
+    library = app.controller.library
+    entry = next(e for e in library.list(local) if e.path == str(outside))
+    assert entry.where == "folder"
+    plan = library.plan_delete(entry.key, local)
+    assert not plan.removes_files and plan.freed_bytes == 0
+    library.delete(entry.key, local)
+    assert (outside / "model.safetensors").exists()  # only taken off the list
+    assert str(outside) not in {m.path for m in app.controller.models.available()}
+    for key in ("dir:/etc", f"dir:{tmp_path}", "dir:../../", "hf:../x", "other"):
+        with pytest.raises(gr.Error):
+            library.plan_delete(key, local)
+    # The demo model under the data dir is a link in the tests: deleting it removes the link, not the target.
+    demo = next(e for e in library.list(local) if e.where == "built-in demo")
+    library.delete(demo.key, local)
+    assert (demo_model / "model.safetensors").exists() and not Path(demo.path).exists()
+
+
+def test_a_token_is_checked_kept_in_huggingface_hubs_storage_masked_and_never_logged(start_app, local_hub, caplog):
+    from huggingface_hub import constants, get_token
+
+    caplog.set_level(logging.DEBUG)
+    app = start_app()
+    local = gr.Request(session_hash="l")
+    hub = app.controller.hub
+    with pytest.raises(gr.Error, match="did not accept"):
+        hub.sign_in("hf_wrongwrongwrong", local)
+    with pytest.raises(gr.Error, match="not a Hugging Face token"):
+        hub.sign_in("password123", local)
+    hint = hub.sign_in(f"  {local_hub.token}\n", local)
+    assert get_token() == local_hub.token and Path(constants.HF_TOKEN_PATH).read_text().strip() == local_hub.token
+    assert hint == f"hf_…{local_hub.token[-4:]}" and local_hub.token not in hint
+    assert caplog.records and local_hub.token not in caplog.text  # every logger, at debug level
+    assert hub.sign_out(local) == "" and get_token() is None
