@@ -1,18 +1,24 @@
 """Import a llama-architecture GGUF file as an ordinary mlx-lm model folder.
 
-MLX reads GGUF files itself and returns Q4_0, Q4_1 and Q8_0 tensors as MLX quantized triplets
-(weight, scales, biases, group size 32), so importing is renaming, undoing llama.cpp's RoPE row
-order for q/k, and writing `config.json`, `model.safetensors` and the tokenizer files.
+MLX reads GGUF files itself: it returns Q4_0, Q4_1 and Q8_0 tensors as MLX quantized triplets
+(weight, scales, biases, group size 32). The k-quants it can open (Q2_K, Q4_K, Q6_K) are decoded
+with llama.cpp's own `gguf` package instead (MLX's reader gets every second sub-block of Q4_K
+wrong), then quantized again to MLX 4-bit (8-bit for the embeddings and the output layer).
+Importing is then renaming, undoing llama.cpp's RoPE row order for q/k, turning Llama 3's
+`rope_freqs` back into the `rope_scaling` it came from, and writing `config.json`,
+`model.safetensors` and the tokenizer files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import struct
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,13 +30,17 @@ log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 GROUP_SIZE = 32
-# ggml tensor type ids (ggml.h); the importer converts the first five.
-SUPPORTED_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}
+# ggml tensor type ids (ggml.h): the ones MLX can read, and the rest (named in the error).
+SUPPORTED_TYPES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 8: "Q8_0", 10: "Q2_K", 12: "Q4_K", 14: "Q6_K",
+                   30: "BF16"}
 OTHER_TYPES = {
-    6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K",
-    15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S",
-    22: "IQ2_S", 23: "IQ4_XS", 29: "IQ1_M", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0",
+    6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 11: "Q3_K", 13: "Q5_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS",
+    18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 29: "IQ1_M", 34: "TQ1_0",
+    35: "TQ2_0",
 }
+K_QUANTS = {"Q2_K", "Q4_K", "Q6_K"}  # dequantized by MLX, quantized again to MLX's format
+WIDE_LAYERS = ("token_embd.weight", "output.weight")  # kept at 8 bits: they suffer most from 4
+LLAMA3_ORIGINAL_CONTEXT = 8192
 # GGUF metadata value types -> struct format of a scalar; 8 is a string, 9 an array.
 SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 STRING_TYPE, ARRAY_TYPE = 8, 9
@@ -47,12 +57,17 @@ LAYER_NAMES = {
     "ffn_norm": "post_attention_layernorm",
 }
 TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-# Tensors llama.cpp stores for its own kernels that an mlx-lm llama does not use.
-IGNORED_TENSORS = {"rope_freqs.weight"}
+ROPE_FREQS = "rope_freqs.weight"  # Llama 3's RoPE scaling, precomputed by llama.cpp's converter
 
 
 def read_tensor_types(path: Path) -> dict[str, str]:
     """Name -> ggml type name of every tensor in a GGUF file, read from its header only."""
+    return read_header(path)[1]
+
+
+def read_header(path: Path) -> tuple[str, dict[str, str]]:
+    """The architecture and the name -> ggml type of every tensor, read from the header only."""
+    architecture = ""
     with open(path, "rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise UnsupportedGGUF(f"{path.name} is not a GGUF file (it does not start with 'GGUF').")
@@ -60,8 +75,12 @@ def read_tensor_types(path: Path) -> dict[str, str]:
         if version < 2:
             raise UnsupportedGGUF(f"{path.name} is GGUF version {version}; only versions 2 and 3 can be read.")
         for _ in range(n_values):
-            _read_string(f)
-            _skip_value(f, _unpack(f, "I"))
+            key = _read_string(f)
+            value_type = _unpack(f, "I")
+            if key == "general.architecture" and value_type == STRING_TYPE:
+                architecture = _read_string(f)
+            else:
+                _skip_value(f, value_type)
         types = {}
         for _ in range(n_tensors):
             name = _read_string(f)
@@ -70,7 +89,7 @@ def read_tensor_types(path: Path) -> dict[str, str]:
             type_id = _unpack(f, "I")
             f.seek(8, 1)
             types[name] = SUPPORTED_TYPES.get(type_id) or OTHER_TYPES.get(type_id, f"type {type_id}")
-    return types
+    return architecture, types
 
 
 def _unpack(f: BinaryIO, fmt: str) -> int:
@@ -111,10 +130,19 @@ def check_convertible(path: Path) -> dict[str, str]:
     if unsupported:
         found = ", ".join(f"{n} tensors of type {t}" for t, n in unsupported.most_common())
         raise UnsupportedGGUF(
-            f"{path.name} has {found}. Only Q4_0, Q4_1, Q8_0, F16 and F32 tensors can be imported: "
-            "pick a file with one of those in its name (for example Q4_0 or Q8_0)."
+            f"{path.name} has {found}, which MLX cannot read. Q4_K, Q6_K, Q2_K, Q4_0, Q4_1, Q8_0, F16, BF16 and "
+            "F32 tensors can be imported: pick a file with one of those in its name (for example Q4_K_M or Q8_0)."
         )
     return types
+
+
+def check_importable(path: Path) -> None:
+    """Raise `UnsupportedGGUF` unless the header says the importer can convert the file (llama, known types)."""
+    architecture, _ = read_header(path)
+    if architecture != "llama":
+        raise UnsupportedGGUF(f"{path.name} is a {architecture or 'unnamed'!r} model; only llama-architecture "
+                              "GGUF files can be imported.")
+    check_convertible(path)
 
 
 def import_gguf(gguf_path: Path, out_dir: Path) -> Path:
@@ -126,9 +154,9 @@ def import_gguf(gguf_path: Path, out_dir: Path) -> Path:
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise UnsupportedGGUF(f"There is no file at {gguf_path}.")
-    check_convertible(gguf_path)
+    types = check_convertible(gguf_path)
     try:
-        tensors, metadata = mx.load(str(gguf_path), return_metadata=True)
+        tensors, metadata = mx.load(str(gguf_path), format="gguf", return_metadata=True)
     except (RuntimeError, ValueError) as exc:
         raise UnsupportedGGUF(f"MLX could not read {gguf_path.name}: {exc}") from exc
     arch = metadata.get("general.architecture")
@@ -137,7 +165,12 @@ def import_gguf(gguf_path: Path, out_dir: Path) -> Path:
             f"{gguf_path.name} is a {arch!r} model; only llama-architecture GGUF files can be imported."
         )
     config = _llama_config(metadata, tensors)
-    weights = _convert_weights(tensors, config)
+    tensors.update(_k_quant_readers(gguf_path, types))
+    if ROPE_FREQS in tensors:
+        scaling = llama3_rope_scaling(tensors.pop(ROPE_FREQS), config["rope_theta"], config["head_dim"])
+        if scaling:
+            config["rope_scaling"] = scaling
+    weights = _convert_weights(tensors, types, config)
     config.update(_quantization_config(weights))
     tokenizer, tokenizer_config = _tokenizer_files(metadata, config)
 
@@ -193,24 +226,91 @@ def _llama_config(metadata: dict, tensors: dict) -> dict:
     return config
 
 
-def _convert_weights(tensors: dict, config: dict) -> dict[str, mx.array]:
-    """Rename GGUF tensors to mlx-lm names, un-permute q/k rows, and settle dtypes."""
+def _k_quant_readers(path: Path, types: dict[str, str]) -> dict[str, Callable[[], mx.array]]:
+    """For each k-quant tensor, a function that decodes it as llama.cpp does (one tensor at a time)."""
+    if not any(t in K_QUANTS for t in types.values()):
+        return {}
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    def decoder(tensor) -> Callable[[], mx.array]:
+        return lambda: mx.array(dequantize(tensor.data, tensor.tensor_type))
+
+    return {t.name: decoder(t) for t in GGUFReader(path).tensors if types.get(t.name) in K_QUANTS}
+
+
+def _convert_weights(tensors: dict, types: dict[str, str], config: dict) -> dict[str, mx.array]:
+    """Rename GGUF tensors to mlx-lm names, un-permute q/k rows, quantize k-quants again, settle dtypes."""
     # MLX's CPU quantized matmul is far slower with float16 scales; GPUs prefer float16.
     float_dtype = mx.float32 if mx.default_device() == mx.cpu else mx.float16
     weights = {}
     for name, value in tensors.items():
-        if name in IGNORED_TENSORS:
-            log.warning("Skipping %s: mlx-lm's llama computes RoPE frequencies itself", name)
-            continue
+        if callable(value):
+            value = value()
         new_name = _mlx_name(name)
         base = name.rsplit(".", 1)[0]
         if base.endswith(("attn_q", "attn_k")):
             heads = config["num_attention_heads"] if base.endswith("attn_q") else config["num_key_value_heads"]
             value = _unpermute_rope_rows(value, heads)
+        if types.get(name) in K_QUANTS:
+            bits = 8 if name in WIDE_LAYERS else 4
+            packed, scales, biases = mx.quantize(value.astype(float_dtype), group_size=GROUP_SIZE, bits=bits)
+            stem = new_name.removesuffix(".weight")
+            weights.update({new_name: packed, f"{stem}.scales": scales, f"{stem}.biases": biases})
+            mx.eval(packed, scales, biases)  # one tensor at a time, so the float copies do not pile up
+            continue
         if value.dtype != mx.uint32:
             value = value.astype(float_dtype)
         weights[new_name] = value
     return weights
+
+
+def llama3_rope_scaling(rope_freqs: mx.array, base: float, head_dim: int) -> dict | None:
+    """The Llama 3 `rope_scaling` that llama.cpp's per-dimension `rope_freqs` factors were computed from.
+
+    The factors are 1 for short wavelengths, `factor` for long ones and a smooth blend between;
+    the blend is linear in 1/wavelength, so its two coefficients give the low and high frequency
+    factors (relative to 8192 tokens: the result is the same for any original length).
+    """
+    factors = [float(x) for x in rope_freqs.astype(mx.float32).tolist()]
+    wavelens = [2 * math.pi * base ** (2 * i / head_dim) for i in range(len(factors))]
+    factor = max(factors)
+    if factor <= 1.0 + 1e-6:
+        return None  # all ones: no scaling at all
+    guess = {"rope_type": "llama3", "factor": round(factor, 4), "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": LLAMA3_ORIGINAL_CONTEXT}
+    medium = [(1 / w, (1 / r - 1 / factor) / (1 - 1 / factor))
+              for r, w in zip(factors, wavelens, strict=True) if 1 + 1e-4 < r < factor - 1e-4]
+    if not _matches_llama3(factors, wavelens, guess) and len(medium) >= 2:
+        n = len(medium)
+        mean_x, mean_y = sum(x for x, _ in medium) / n, sum(y for _, y in medium) / n
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in medium) / sum((x - mean_x) ** 2 for x, _ in medium)
+        width = LLAMA3_ORIGINAL_CONTEXT / slope  # high_freq_factor - low_freq_factor
+        low = -(mean_y - slope * mean_x) * width
+        guess.update(low_freq_factor=round(low, 4), high_freq_factor=round(low + width, 4))
+    if not _matches_llama3(factors, wavelens, guess):
+        raise UnsupportedGGUF("The file's rope_freqs do not follow Llama 3's RoPE scaling, so the importer "
+                              "cannot tell how positions are scaled.")
+    return guess
+
+
+def _matches_llama3(factors: list[float], wavelens: list[float], scaling: dict) -> bool:
+    """Whether `scaling` reproduces llama.cpp's factors (its converter's formula, to float16 precision)."""
+    old = scaling["original_max_position_embeddings"]
+    low, high, factor = scaling["low_freq_factor"], scaling["high_freq_factor"], scaling["factor"]
+    if high <= low or low <= 0:
+        return False
+    for r, wavelen in zip(factors, wavelens, strict=True):
+        if wavelen < old / high:
+            expected = 1.0
+        elif wavelen > old / low:
+            expected = factor
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            expected = 1 / ((1 - smooth) / factor + smooth)
+        if abs(r - expected) > 2e-3 * expected:
+            return False
+    return True
 
 
 def _mlx_name(name: str) -> str:

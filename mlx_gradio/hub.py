@@ -343,7 +343,7 @@ def hub_error(exc: Exception, action: str) -> AppError | None:
             return HubRequestFailed(f"The Hub refused to {action} ({status}).")
         return HubUnreachable(f"The Hub could not be reached to {action} (it answered {status or exc}).")
     if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx", "httpx2"):
-        return HubUnreachable(f"The Hugging Face Hub cannot be reached: {exc}.")
+        return HubUnreachable(f"The Hugging Face Hub cannot be reached: {str(exc).rstrip('.')}.")
     return None
 
 

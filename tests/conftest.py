@@ -179,6 +179,23 @@ def chromium() -> str:
 
 
 @pytest.fixture
+def browser_page(chromium: str):
+    """A fresh chromium page (no downloads of Playwright's own browsers: Debian's chromium)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        context = browser.new_context(viewport={"width": 1400, "height": 950})
+        context.grant_permissions(["clipboard-read", "clipboard-write"])
+        yield context.new_page()
+        browser.close()
+
+
+@pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A folder on a tiny filesystem of its own (tmpfs, 256 kB) that a test can fill up.
 

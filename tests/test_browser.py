@@ -5,28 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pytest
 
 from mlx_gradio.store import LOCAL_USER
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-
-
-@pytest.fixture
-def browser_page(chromium: str):
-    """A fresh chromium page (no downloads of Playwright's own browsers: Debian's chromium)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
-        context = browser.new_context(viewport={"width": 1400, "height": 950})
-        context.grant_permissions(["clipboard-read", "clipboard-write"])
-        yield context.new_page()
-        browser.close()
 
 
 def bot_text(page) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ import gradio as gr
 from .. import errors, hf_cache
 from ..engine import Engine
 from ..fit import weights_verdict
+from ..gguf_sources import FoundGGUF, find_gguf_files
 from ..store import Store
 from ..system import MachineMemory
 from .access import Access
@@ -60,13 +61,14 @@ class LibraryPart:
     """Handlers for the models on this machine."""
 
     def __init__(self, models: ModelsPart, engine: Engine, store: Store, access: Access, cache_dir: Path,
-                 memory: Callable[[], MachineMemory]) -> None:
+                 memory: Callable[[], MachineMemory], home: Path | None = None) -> None:
         self.models = models
         self.engine = engine
         self.store = store
         self.access = access
         self.cache_dir = Path(cache_dir)
         self.memory = memory
+        self.home = Path(home or Path.home())  # where LM Studio and Ollama keep their models
 
     @property
     def imported_dir(self) -> Path:
@@ -90,6 +92,21 @@ class LibraryPart:
                                       cached.size_on_disk, cached.last_used, cached.complete, cached.vision,
                                       weights_verdict(cached.size_on_disk, memory) if cached.complete else "—"))
         return entries
+
+    def other_apps(self, request: gr.Request) -> list[FoundGGUF]:
+        """Handler: GGUF files LM Studio and Ollama downloaded, and whether each can be imported."""
+        with user_errors("look for LM Studio and Ollama models"):
+            self.access.require_owner(self.access.caller(request), "import models")
+        return find_gguf_files(self.home)
+
+    def import_found(self, path: Any, request: gr.Request) -> Iterator[tuple]:
+        """Handler: import one of the files `other_apps` lists (and no other path), named as that app names it."""
+        with user_errors("import that file"):
+            self.access.require_owner(self.access.caller(request), "import models")
+            found = next((f for f in find_gguf_files(self.home) if f.path == path), None)
+            if found is None:
+                raise errors.UnsupportedGGUF("That file is no longer there; press “Look again”.")
+        yield from self.models.import_gguf(found.path, request, name=found.name.replace(":", "-"))
 
     def use(self, key: Any, request: gr.Request) -> str:
         """Handler: make a model this owner's chat model and start loading it; returns its picker value."""

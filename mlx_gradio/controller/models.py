@@ -164,11 +164,10 @@ class ModelsPart:
         gr.Info(f"Added {model.name}.")
         return self.available(), model.path
 
-    def import_gguf(self, gguf_path: str,
-                    request: gr.Request) -> Iterator[tuple[list[LocalModel] | None, str | None, str]]:
-        """Handler: convert a GGUF file into an mlx-lm folder under the data dir and select it.
-
-        Yields (models or None, selected path or None, note).
+    def import_gguf(self, gguf_path: str, request: gr.Request,
+                    name: str = "") -> Iterator[tuple[list[LocalModel] | None, str | None, str]]:
+        """Handler: convert a GGUF file into an mlx-lm folder under the data dir (named `name`, else after the
+        file) and select it. Yields (models or None, selected path or None, note).
         """
         from ..gguf import check_convertible
 
@@ -179,7 +178,7 @@ class ModelsPart:
             if not source.is_file():
                 raise errors.UnsupportedGGUF(f"There is no file at {source}.")
             check_convertible(source)
-        target = self._import_target(source)
+        target = self._import_target(name or source.stem)
         yield None, None, f"Converting {source.name}… (this can take a minute for large files)"
         with user_errors("import that GGUF file"):
             self.engine.call(_import_gguf, source, target).result()
@@ -187,9 +186,9 @@ class ModelsPart:
         self.start_loading(str(target))
         yield self.available(), str(target), ""
 
-    def _import_target(self, source: Path) -> Path:
+    def _import_target(self, name: str) -> Path:
         """A new folder under the data dir's models for an imported file; never an existing model."""
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", source.stem).lstrip(".-") or "imported-model"
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).name.removesuffix(".gguf")).lstrip(".-") or "imported-model"
         target = self.data_dir / "models" / stem
         n = 1
         while target.exists():

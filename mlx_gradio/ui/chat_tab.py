@@ -73,7 +73,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
             with gr.Accordion("Add a model", open=False, visible=False) as add_model_box:
                 folder = gr.Textbox(label="Model folder on this machine", placeholder="/path/to/mlx-model")
                 add_folder = gr.Button("Add folder", size="sm")
-                gguf = gr.Textbox(label="GGUF file to import (llama; Q4_0, Q4_1, Q8_0, F16, F32)",
+                gguf = gr.Textbox(label="GGUF file to import (llama; Q4_K_M, Q6_K, Q4_0, Q8_0, F16 …)",
                                   placeholder="/path/to/model.Q4_0.gguf")
                 import_gguf = gr.Button("Import GGUF", size="sm")
                 import_status = gr.Markdown()

@@ -7,8 +7,10 @@ import html
 from ..controller.library import LocalEntry
 from ..downloads import DownloadProgress
 from ..fit import Fit, gb, tokens
+from ..gguf_sources import FoundGGUF
 from ..hub import HubModel, ModelDetails
 
+GGUF_COLUMNS = ["File", "App", "Size", "Import"]
 LOCAL_COLUMNS = ["Model", "Where", "Size", "Last used", "Kind", "State", "Fits (weights)"]
 STATES = {"queued": "Waiting", "downloading": "Downloading", "cancelling": "Stopping", "done": "Done",
           "failed": "Failed", "cancelled": "Cancelled", "interrupted": "Interrupted"}
@@ -118,3 +120,8 @@ def local_rows(entries: list[LocalEntry]) -> list[list[str]]:
     return [[e.name, e.where, gb(e.size_bytes), e.last_used.strftime("%Y-%m-%d %H:%M") if e.last_used else "—",
              "vision" if e.vision else "text", "ready" if e.complete else "incomplete", VERDICTS.get(e.fit, "—")]
             for e in entries]
+
+
+def gguf_rows(found: list[FoundGGUF]) -> list[list[str]]:
+    """The table of GGUF files from other apps."""
+    return [[f.name, f.app, gb(f.size_bytes), "✓ can import" if not f.problem else f"✗ {f.problem}"] for f in found]

@@ -3,6 +3,7 @@ on this machine. Layout, wiring, adapters."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,26 @@ class ModelsEvents:
         return (*self.local(request), "", gr.update(visible=False), gr.update(visible=False), "",
                 picker_choices(self.controller))
 
+    # --- GGUF files from LM Studio and Ollama ------------------------------------------------
+
+    def other_apps(self, request: gr.Request) -> tuple:
+        """(their table, their paths)."""
+        found = self.controller.library.other_apps(request)
+        return hub_render.gguf_rows(found), [f.path for f in found]
+
+    def pick_gguf(self, event: gr.SelectData, paths: list) -> tuple:
+        row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+        path = paths[row] if isinstance(row, int) and 0 <= row < len(paths) else ""
+        return path, gr.update(interactive=bool(path))
+
+    def import_gguf(self, request: gr.Request, path: str) -> Iterator[tuple]:
+        """Convert the picked file; then it is on the local list and picked in the chat."""
+        for models, selected, note in self.controller.library.import_found(path, request):
+            if models is None:
+                yield note, gr.skip(), gr.skip(), gr.skip()
+            else:
+                yield (f"Imported as {selected}.", picker(models, selected), *self.local(request))
+
     # --- token ------------------------------------------------------------------------------
 
     def save_token(self, request: gr.Request, token: str) -> tuple:
@@ -161,11 +182,11 @@ class ModelsEvents:
     def load(self, request: gr.Request) -> tuple:
         """What the tab shows when the page opens (owners only; guests do not see the tab)."""
         if not self.controller.is_owner(request):
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * 9
         found = self.controller.downloads.list(request)
         active = sorted(d.repo_id for d in found if d.active)
         return (*self.local(request), *self.downloads(request), token_line(self.controller.hub.token_hint(request)),
-                gr.Timer(active=bool(active)), active)
+                gr.Timer(active=bool(active)), active, *self.other_apps(request))
 
 
 def picker_choices(controller: Controller) -> dict:
@@ -232,6 +253,16 @@ def build_models_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandle
         confirm = gr.Button("Delete", variant="stop", size="sm", elem_id="delete-confirm")
         keep = gr.Button("Keep", size="sm")
 
+    with gr.Accordion("GGUF files from LM Studio and Ollama", open=False):
+        gguf_table = gr.Dataframe(headers=hub_render.GGUF_COLUMNS, interactive=False, wrap=True, elem_id="gguf-files")
+        gguf_paths = gr.State([])
+        gguf_path = gr.State("")
+        with gr.Row():
+            look = gr.Button("Look again", size="sm")
+            import_file = gr.Button("Import the picked file", size="sm", variant="primary", interactive=False,
+                                    elem_id="gguf-import")
+        import_note = gr.Markdown(elem_id="gguf-note")
+
     with gr.Accordion("Hugging Face token", open=False):
         token_status = gr.Markdown(elem_id="token-status")
         token = gr.Textbox(label="Token (for gated and private models; kept where `hf auth login` keeps it)",
@@ -271,6 +302,13 @@ def build_models_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandle
                   [*local_view, local_name, local_buttons, confirm_row, local_key, chat.model], api_name="delete_model")
     keep.click(lambda: gr.update(visible=False), None, confirm_row, queue=False, api_visibility="private")
 
+    gguf_view = [gguf_table, gguf_paths]
+    look.click(events.other_apps, None, gguf_view, api_name="other_apps_gguf")
+    gguf_table.select(events.pick_gguf, gguf_paths, [gguf_path, import_file], api_visibility="private")
+    import_file.click(events.import_gguf, gguf_path, [import_note, chat.model, *local_view],
+                      api_name="import_other_gguf")
+
     save_token.click(events.save_token, token, [token, token_status], api_name="save_token")
     sign_out.click(events.sign_out, None, token_status, api_name="remove_token")
-    blocks.load(events.load, None, [*local_view, *listing, token_status, ticker, active], api_visibility="private")
+    blocks.load(events.load, None, [*local_view, *listing, token_status, ticker, active, *gguf_view],
+                api_visibility="private")

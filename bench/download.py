@@ -1,0 +1,138 @@
+"""Download and search speed against the Hub served on 127.0.0.1: the app vs huggingface_hub's own download.
+
+Run `python bench/download.py`. Two repositories are served by `mlx_gradio.local_hub`: the demo
+model (one 115 MB weight file, real) and four 64 MB shards of random bytes. Each is downloaded
+into a fresh cache, alternately by the app (`Downloads`, with its progress hook, polled like the
+UI does) and by huggingface_hub's `snapshot_download` (what `hf download` runs) and by the
+`hf download` command itself, `--repeats` times each; the table gives median MB/s. Then search:
+one page of results, its time and the number of requests the Hub saw. The Hub sends `--mbps`
+per connection (40 MB/s by default, a fast home line; 0 for as fast as this machine can).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mlx_gradio.demo import prepare_demo_model  # noqa: E402
+from mlx_gradio.downloads import Downloads  # noqa: E402
+from mlx_gradio.hub import HubService  # noqa: E402
+from mlx_gradio.local_hub import HubRepo, LocalHub, repo_from_folder  # noqa: E402
+
+log = logging.getLogger("bench.download")
+DEMO = "mlx-community/SmolLM2-135M-Instruct-4bit"
+SHARDS = "bench/four-shards-4bit"
+
+
+class Records:
+    """Download records kept in memory (the store is not what is measured)."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, dict] = {}
+
+    def all(self) -> list[dict]:
+        return list(self.saved.values())
+
+    def save(self, record: dict) -> None:
+        self.saved[record["repo_id"]] = record
+
+    def remove(self, repo_id: str) -> None:
+        self.saved.pop(repo_id, None)
+
+
+def shards_repo() -> HubRepo:
+    """Four 64 MB weight files and a config: a model in several shards."""
+    size = 64 * 1024 * 1024
+    header = json.dumps({"weight": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+    shard = len(header).to_bytes(8, "little") + header
+    files = {f"model-0000{i}-of-00004.safetensors": shard + os.urandom(size) for i in range(1, 5)}
+    return HubRepo(SHARDS, {"config.json": b'{"model_type": "llama"}', **files})
+
+
+def app_seconds(hub: LocalHub, repo_id: str, cache: Path) -> float:
+    downloads = Downloads(cache, hub.url, Records())
+    details = HubService(hub.url).details(repo_id)
+    started = time.perf_counter()
+    downloads.start(details)
+    while (progress := downloads.get(repo_id)).active:
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    downloads.shutdown()
+    if progress.state != "done":
+        raise RuntimeError(f"the app's download failed: {progress.message}")
+    return elapsed
+
+
+def library_seconds(hub: LocalHub, repo_id: str, cache: Path) -> float:
+    from huggingface_hub import snapshot_download
+
+    started = time.perf_counter()
+    snapshot_download(repo_id, cache_dir=cache, endpoint=hub.url)
+    return time.perf_counter() - started
+
+
+def cli_seconds(hub: LocalHub, repo_id: str, cache: Path) -> float:
+    hf = Path(sys.executable).with_name("hf")
+    started = time.perf_counter()
+    subprocess.run([str(hf), "download", repo_id, "--cache-dir", str(cache)], check=True,
+                   env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def search_row(hub: LocalHub) -> tuple[float, int]:
+    """Milliseconds and Hub requests for the first page of a fresh search."""
+    service = HubService(hub.url)
+    service.search("")  # the first call also probes the Hub once
+    before = len(hub.requests)
+    started = time.perf_counter()
+    service.search("model")
+    return (time.perf_counter() - started) * 1000, len(hub.requests) - before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "mlx-gradio-bench")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mbps", type=float, default=40.0,
+                        help="the Hub's speed per connection in MB/s, like a fast home line (0: as fast as it goes)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    demo = prepare_demo_model(args.data_dir)
+    hub = LocalHub([repo_from_folder(DEMO, demo), shards_repo()])
+    hub.faults.bytes_per_second = args.mbps * 1e6
+    for i in range(60):  # enough results for a full page
+        hub.add(HubRepo(f"mlx-community/model-{i:02d}-4bit", {"config.json": b"{}"}, downloads=i))
+    ways = {"app (Downloads)": app_seconds, "snapshot_download": library_seconds, "hf download (CLI)": cli_seconds}
+    print("| Repository | Size | " + " | ".join(f"{w} MB/s" for w in ways) + " | app / snapshot_download |")
+    print("|---|---|" + "---|" * (len(ways) + 1))
+    for repo_id in (DEMO, SHARDS):
+        size = sum(len(d) for d in hub.repos[repo_id].files.values())
+        rates: dict[str, list[float]] = {w: [] for w in ways}
+        for _ in range(args.repeats):
+            for way, run in ways.items():  # alternated, so drift in the machine's speed hits all alike
+                with tempfile.TemporaryDirectory() as cache:
+                    rates[way].append(size / 1e6 / run(hub, repo_id, Path(cache)))
+        medians = {w: statistics.median(r) for w, r in rates.items()}
+        ratio = medians["app (Downloads)"] / medians["snapshot_download"]
+        print(f"| {repo_id} | {size / 1e6:.0f} MB | " + " | ".join(f"{m:.0f}" for m in medians.values())
+              + f" | {ratio:.2f} |")
+    ms, requests = search_row(hub)
+    print(f"\nThe Hub sends {args.mbps:g} MB/s per connection" if args.mbps else "\nThe Hub sends as fast as it can")
+    print(f"search: one page of 20 in {ms:.1f} ms, {requests} request(s) to the Hub")
+    hub.close()
+
+
+if __name__ == "__main__":
+    main()
