@@ -5,7 +5,10 @@ model (one 115 MB weight file, real) and four 64 MB shards of random bytes. Each
 into a fresh cache, alternately by the app (`Downloads`, with its progress hook, polled like the
 UI does) and by huggingface_hub's `snapshot_download` (what `hf download` runs) and by the
 `hf download` command itself, `--repeats` times each; the table gives median MB/s. Then search:
-one page of results, its time and the number of requests the Hub saw. The Hub sends `--mbps`
+one page of results, its time and the number of requests the Hub saw. Last, the demo model's
+decode speed while nothing downloads, while `snapshot_download` downloads and while the app
+downloads (the Hub at 10 MB/s, downloading again and again until the reply is done): the app's
+progress hooks must cost the chat nothing more than the download itself does. The Hub sends `--mbps`
 per connection (40 MB/s by default, a fast home line; 0 for as fast as this machine can).
 """
 
@@ -19,14 +22,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chat import engine_rate  # noqa: E402 - bench/chat.py, beside this file
+
 from mlx_gradio.demo import prepare_demo_model  # noqa: E402
 from mlx_gradio.downloads import Downloads  # noqa: E402
+from mlx_gradio.engine import Engine  # noqa: E402
 from mlx_gradio.hub import HubService  # noqa: E402
 from mlx_gradio.local_hub import HubRepo, LocalHub, repo_from_folder  # noqa: E402
 
@@ -60,13 +67,14 @@ def shards_repo() -> HubRepo:
     return HubRepo(SHARDS, {"config.json": b'{"model_type": "llama"}', **files})
 
 
-def app_seconds(hub: LocalHub, repo_id: str, cache: Path) -> float:
+def app_seconds(hub: LocalHub, repo_id: str, cache: Path, poll: float = 0.02) -> float:
+    """The app's download, its progress read every `poll` seconds (the page reads it once a second)."""
     downloads = Downloads(cache, hub.url, Records())
     details = HubService(hub.url).details(repo_id)
     started = time.perf_counter()
     downloads.start(details)
     while (progress := downloads.get(repo_id)).active:
-        time.sleep(0.02)
+        time.sleep(poll)
     elapsed = time.perf_counter() - started
     downloads.shutdown()
     if progress.state != "done":
@@ -89,6 +97,27 @@ def cli_seconds(hub: LocalHub, repo_id: str, cache: Path) -> float:
                    env={**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
+
+
+def decode_while(engine: Engine, model: Path, hub: LocalHub, fetch, run: int) -> float:
+    """Decode speed of one reply while `fetch` downloads the demo model over and over (None: idle)."""
+    done = threading.Event()
+
+    def keep_downloading() -> None:
+        while not done.is_set():
+            with tempfile.TemporaryDirectory() as cache:
+                fetch(hub, DEMO, Path(cache))
+
+    worker = threading.Thread(target=keep_downloading, daemon=True) if fetch else None
+    if worker:
+        worker.start()
+        time.sleep(1.0)  # the download is under way
+    try:
+        return engine_rate(engine, model, run)
+    finally:
+        done.set()
+        if worker:
+            worker.join()
 
 
 def search_row(hub: LocalHub) -> tuple[float, int]:
@@ -128,8 +157,26 @@ def main() -> None:
         ratio = medians["app (Downloads)"] / medians["snapshot_download"]
         print(f"| {repo_id} | {size / 1e6:.0f} MB | " + " | ".join(f"{m:.0f}" for m in medians.values())
               + f" | {ratio:.2f} |")
+    print(f"The Hub sends {args.mbps:g} MB/s per connection" if args.mbps else "The Hub sends as fast as it can")
+    hub.faults.bytes_per_second = 10e6
+    engine = Engine()
+    engine.load(str(demo)).result()
+    engine_rate(engine, demo, 0)  # warm-up
+    during = {"nothing": None, "snapshot_download": library_seconds,
+              "the app (Downloads), read once a second": lambda *a: app_seconds(*a, poll=1.0)}
+    rates = {name: [] for name in during}
+    for run in range(args.repeats):
+        for name, fetch in during.items():
+            rates[name].append(decode_while(engine, demo, hub, fetch, run))
+    engine.shutdown()
+    idle = statistics.median(rates["nothing"])
+    print("\n| While downloading (10 MB/s) | Decode tok/s | Ratio to idle |\n|---|---|---|")
+    for name, values in rates.items():
+        print(f"| {name} | {statistics.median(values):.2f} | {statistics.median(values) / idle:.3f} |")
+    app_vs_library = statistics.median(rates["the app (Downloads), read once a second"]) / statistics.median(
+        rates["snapshot_download"])
+    print(f"decode during the app's download / during snapshot_download: {app_vs_library:.3f}")
     ms, requests = search_row(hub)
-    print(f"\nThe Hub sends {args.mbps:g} MB/s per connection" if args.mbps else "\nThe Hub sends as fast as it can")
     print(f"search: one page of 20 in {ms:.1f} ms, {requests} request(s) to the Hub")
     hub.close()
 

@@ -226,3 +226,16 @@ def test_progress_updates_from_many_threads_add_up():
     for t in threads:
         t.join()
     assert tracker.snapshot().done_bytes == 40_000  # no update lost between threads
+
+
+def test_several_downloads_run_at_once(hub, tiny_vlm, tmp_path):
+    hub.add(repo_from_folder("mlx-community/tiny-qwen2-vl-bf16", tiny_vlm))
+    hub.faults.bytes_per_second = 20e6
+    service, downloads = HubService(hub.url), make(hub, tmp_path / "hf")
+    for repo_id in (TEXT, "mlx-community/tiny-qwen2-vl-bf16"):
+        downloads.start(service.details(repo_id))
+    both_moving = False
+    while any(p.active for p in downloads.list()):
+        both_moving |= all(p.state == "downloading" and p.done_bytes > 0 for p in downloads.list())
+        time.sleep(0.1)
+    assert both_moving and [p.state for p in downloads.list()] == [DONE, DONE]

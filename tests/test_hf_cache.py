@@ -126,3 +126,20 @@ def test_a_token_is_checked_kept_in_huggingface_hubs_storage_masked_and_never_lo
     assert hint == f"hf_…{local_hub.token[-4:]}" and local_hub.token not in hint
     assert caplog.records and local_hub.token not in caplog.text  # every logger, at debug level
     assert hub.sign_out(local) == "" and get_token() is None
+
+
+def test_offline_the_search_says_so_and_the_local_models_still_work(start_app, tmp_path):
+    from mlx_gradio.net import free_port
+
+    app = start_app(hub=HubService(f"http://127.0.0.1:{free_port()}"), cache_dir=tmp_path / "hf")  # nothing there
+    local = gr.Request(session_hash="l")
+    with pytest.raises(gr.Error, match="cannot be reached"):
+        app.controller.hub.search("smol", "", "any", 0, "downloads", 0, local)
+    with pytest.raises(gr.Error, match="cannot be reached"):
+        app.controller.downloads.start(TEXT, local)
+    assert [e.where for e in app.controller.library.list(local)] == ["built-in demo"]
+    assert app.controller.downloads.list(local) == [] and app.controller.hub.token_hint(local) == ""
+    demo = app.controller.models.demo_path
+    app.controller.models.select(demo, local)
+    app.controller.engine.load(demo).result()  # the chat's model loads as ever
+    assert app.controller.engine.status().state == "ready"
