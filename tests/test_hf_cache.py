@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -143,3 +144,19 @@ def test_offline_the_search_says_so_and_the_local_models_still_work(start_app, t
     app.controller.models.select(demo, local)
     app.controller.engine.load(demo).result()  # the chat's model loads as ever
     assert app.controller.engine.status().state == "ready"
+
+
+def test_a_model_that_is_downloading_cannot_be_deleted(start_app, local_hub, tmp_path):
+    app = start_app(hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
+    local = gr.Request(session_hash="l")
+    local_hub.faults.bytes_per_second = 10e6
+    try:
+        app.controller.downloads.start(TEXT, local)
+        folder = tmp_path / "hf" / f"models--{TEXT.replace('/', '--')}"
+        while not folder.exists():
+            time.sleep(0.05)
+        with pytest.raises(gr.Error, match="cancel it first"):
+            app.controller.library.plan_delete(f"hf:{TEXT}", local)
+        app.controller.downloads.cancel(TEXT, local)
+    finally:
+        local_hub.faults.bytes_per_second = 0

@@ -48,8 +48,9 @@ class Controller:
         self.settings = SettingsPart(engine, store, self.access)
         hub = hub or HubService()
         self.hub = HubPart(hub, self.access, machine_memory)
-        self.downloads = DownloadsPart(hub, Downloads(self.cache_dir, hub.endpoint, store.downloads), self.access)
-        self.library = LibraryPart(self.models, engine, store, self.access, self.cache_dir, machine_memory)
+        downloads = Downloads(self.cache_dir, hub.endpoint, store.downloads)
+        self.downloads = DownloadsPart(hub, downloads, self.access)
+        self.library = LibraryPart(self.models, engine, store, self.access, downloads, machine_memory)
 
     def is_streaming(self, conversation_id: str) -> bool:
         """Whether a reply is being written into this conversation."""

@@ -18,6 +18,7 @@ from typing import Any
 import gradio as gr
 
 from .. import errors, hf_cache
+from ..downloads import Downloads
 from ..engine import Engine
 from ..fit import weights_verdict
 from ..gguf_sources import FoundGGUF, find_gguf_files
@@ -60,13 +61,14 @@ class DeleteView:
 class LibraryPart:
     """Handlers for the models on this machine."""
 
-    def __init__(self, models: ModelsPart, engine: Engine, store: Store, access: Access, cache_dir: Path,
+    def __init__(self, models: ModelsPart, engine: Engine, store: Store, access: Access, downloads: Downloads,
                  memory: Callable[[], MachineMemory], home: Path | None = None) -> None:
         self.models = models
+        self.downloads = downloads
         self.engine = engine
         self.store = store
         self.access = access
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = downloads.cache_dir
         self.memory = memory
         self.home = Path(home or Path.home())  # where LM Studio and Ollama keep their models
 
@@ -148,6 +150,9 @@ class LibraryPart:
 
     def _plan(self, key: str) -> DeleteView:
         if key.startswith(HF_PREFIX):
+            download = self.downloads.get(key.removeprefix(HF_PREFIX))
+            if download is not None and download.active:
+                raise errors.DownloadInProgress(f"{download.repo_id} is downloading; cancel it first.")
             plan = hf_cache.plan_delete(self.cache_dir, key.removeprefix(HF_PREFIX))
             return DeleteView(key, plan.repo_id, plan.freed_bytes, True)
         path = self._listed_folder(key)

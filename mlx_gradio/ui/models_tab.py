@@ -11,6 +11,7 @@ import gradio as gr
 
 from ..controller import Controller
 from ..controller.hub import TASKS
+from ..controller.library import HF_PREFIX
 from ..hub import SORTS
 from . import hub_render, render
 from .chat_events import picker
@@ -119,8 +120,7 @@ class ModelsEvents:
 
     def pick_local(self, event: gr.SelectData, keys: list) -> tuple:
         """A local model was picked: remember its key, name it, show its buttons."""
-        row = event.index[0] if isinstance(event.index, list | tuple) else event.index
-        key = keys[row] if isinstance(row, int) and 0 <= row < len(keys) else ""
+        key = picked(event, keys)
         name = str((event.row_value or [""])[0])
         return key, f"**{name}**" if key else "", gr.update(visible=bool(key)), gr.update(visible=False)
 
@@ -131,7 +131,7 @@ class ModelsEvents:
 
     def use_download(self, request: gr.Request, repo_id: str) -> tuple:
         """Use a model just downloaded (the one shown in the details) in the chat."""
-        return self.use(request, f"hf:{repo_id}")
+        return self.use(request, f"{HF_PREFIX}{repo_id}")
 
     def _to_chat(self, request: gr.Request, path: str) -> tuple:
         models = self.controller.models.available()
@@ -159,8 +159,7 @@ class ModelsEvents:
         return hub_render.gguf_rows(found), [f.path for f in found]
 
     def pick_gguf(self, event: gr.SelectData, paths: list) -> tuple:
-        row = event.index[0] if isinstance(event.index, list | tuple) else event.index
-        path = paths[row] if isinstance(row, int) and 0 <= row < len(paths) else ""
+        path = picked(event, paths)
         return path, gr.update(interactive=bool(path))
 
     def import_gguf(self, request: gr.Request, path: str) -> Iterator[tuple]:
@@ -187,6 +186,12 @@ class ModelsEvents:
         active = sorted(d.repo_id for d in found if d.active)
         return (*self.local(request), *self.downloads(request), token_line(self.controller.hub.token_hint(request)),
                 gr.Timer(active=bool(active)), active, *self.other_apps(request))
+
+
+def picked(event: gr.SelectData, values: list) -> str:
+    """The value kept for the table row a click picked ("" if the table changed meanwhile)."""
+    row = event.index[0] if isinstance(event.index, list | tuple) else event.index
+    return values[row] if isinstance(row, int) and 0 <= row < len(values) else ""
 
 
 def picker_choices(controller: Controller) -> dict:
