@@ -6,24 +6,15 @@ Run `python app.py --help` for the options.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import signal
 import stat
 from pathlib import Path
 
+from mlx_gradio.net import is_loopback
+
 log = logging.getLogger("mlx_gradio.app")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_logins(pairs: list[str], files: list[Path], flag: str, parser: argparse.ArgumentParser) -> dict[str, str]:

@@ -91,3 +91,11 @@ class NotEnoughSpace(AppError):
 
 class TokenRejected(AppError):
     """The Hub did not accept a Hugging Face token."""
+
+
+class ProfileInvalid(AppError):
+    """A server profile that cannot run as it is (port taken, open host without a key, bad arguments)."""
+
+
+class ServerNotRunning(AppError):
+    """No server of this app runs for that profile."""

@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import (
@@ -163,11 +165,15 @@ def card_intro(text: str) -> str:
 class HubService:
     """Search and details against one Hub endpoint, with a short cache."""
 
-    def __init__(self, endpoint: str | None = None, token: str | bool | None = None) -> None:
+    def __init__(self, endpoint: str | None = None, token: str | bool | None = None,
+                 files_dir: Path | None = None) -> None:
         from huggingface_hub import HfApi, constants
 
         self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
         self.api = HfApi(endpoint=self.endpoint, token=token)
+        # Config, card and tokenizer config read for the details panel are kept apart from the shared
+        # cache: there they would make every model looked at show up as a half-downloaded one.
+        self.files_dir = Path(files_dir) if files_dir else Path(tempfile.mkdtemp(prefix="mlx-gradio-hub-files-"))
         self._cache: dict[tuple, tuple[float, Any]] = {}
         self._lock = threading.Lock()
         self._reached_at = 0.0
@@ -231,10 +237,10 @@ class HubService:
             return {}
 
     def _text_file(self, repo_id: str, revision: str, name: str) -> str:
-        """A small file of the repository (kept in the Hugging Face cache like any download)."""
+        """A small file of the repository (kept in `files_dir`, not in the shared cache)."""
         from huggingface_hub import hf_hub_download
 
-        path = self._call(lambda: hf_hub_download(repo_id, name, revision=revision or None,
+        path = self._call(lambda: hf_hub_download(repo_id, name, revision=revision or None, cache_dir=self.files_dir,
                                                   endpoint=self.endpoint, token=self.api.token), f"read {name}")
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read(2_000_000)

@@ -1,11 +1,22 @@
-"""Ports on this machine: a free one, and waiting for a local page to answer."""
+"""Addresses and ports on this machine: loopback or not, a free port, waiting for a local page to answer."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import time
 import urllib.request
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:

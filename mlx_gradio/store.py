@@ -123,20 +123,20 @@ class SettingsStore:
             self._db.table("users").upsert({"user": user, **changes}, Query().user == user)
             return self.user(user)
 
-    def downloads(self) -> list[dict]:
-        """Downloads that had not finished when last recorded."""
+    def documents(self, table: str) -> list[dict]:
+        """Every document of a table (copies)."""
         with self._lock:
-            return [dict(d) for d in self._db.table("downloads").all()]
+            return [copy.deepcopy(dict(d)) for d in self._db.table(table).all()]
 
-    def save_download(self, record: dict) -> None:
-        """Record a download's state (one document per repository); raises `StoreWriteFailed`."""
+    def upsert(self, table: str, key: str, document: dict) -> None:
+        """Save a document, replacing the one with the same `key` field; raises `StoreWriteFailed`."""
         with self._lock:
-            self._db.table("downloads").upsert(record, Query().repo_id == record["repo_id"])
+            self._db.table(table).upsert(document, Query()[key] == document[key])
 
-    def remove_download(self, repo_id: str) -> None:
-        """Forget a download (finished, or dismissed by the owner)."""
+    def remove(self, table: str, key: str, value: str) -> None:
+        """Delete the documents whose `key` field is `value`."""
         with self._lock:
-            self._db.table("downloads").remove(Query().repo_id == repo_id)
+            self._db.table(table).remove(Query()[key] == value)
 
     def legacy_tables(self) -> tuple[dict | None, list[dict]]:
         """The settings and conversations a database from before per-conversation files holds."""
@@ -158,11 +158,20 @@ class SettingsStore:
             self._db.close()
 
 
-class DownloadRecords:
-    """The downloads table as `downloads.Downloads` wants it."""
+class Records:
+    """One table of documents with an id field: unfinished downloads, server profiles, running servers."""
 
-    def __init__(self, settings: SettingsStore) -> None:
-        self.all, self.save, self.remove = settings.downloads, settings.save_download, settings.remove_download
+    def __init__(self, settings: SettingsStore, table: str, key: str) -> None:
+        self.settings, self.table, self.key = settings, table, key
+
+    def all(self) -> list[dict]:
+        return self.settings.documents(self.table)
+
+    def save(self, document: dict) -> None:
+        self.settings.upsert(self.table, self.key, document)
+
+    def remove(self, value: str) -> None:
+        self.settings.remove(self.table, self.key, value)
 
 
 class Store:
@@ -172,7 +181,9 @@ class Store:
         self.data_dir = Path(data_dir)
         self.settings = SettingsStore(self.data_dir / DB_NAME)
         self.conversations = ConversationStore(self.data_dir / CONVERSATIONS_DIR)
-        self.downloads = DownloadRecords(self.settings)
+        self.downloads = Records(self.settings, "downloads", "repo_id")
+        self.server_profiles = Records(self.settings, "server_profiles", "id")
+        self.running_servers = Records(self.settings, "running_servers", "profile_id")
         self._notices: list[str] = []
         if self.settings.recovered_from:
             self._notices.append(f"The saved settings could not be read, so they were moved to "

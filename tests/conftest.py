@@ -134,7 +134,10 @@ class RunningApp:
         return Client(self.url, auth=auth, verbose=False)
 
     def close(self) -> None:
-        """Stop the server, the engine and the store."""
+        """Stop the server, the engine and the store (once; a test may close it before the fixture does)."""
+        if getattr(self, "closed", False):
+            return
+        self.closed = True
         self.blocks.close()
         self.controller.shutdown()
 

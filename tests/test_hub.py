@@ -111,3 +111,12 @@ def test_small_helpers():
         "model.safetensors", "config.json"}
     assert needed_files(["pytorch_model.bin", "config.json"]) == {"pytorch_model.bin", "config.json"}
     assert card_intro("# Title\n\nFirst words\nhere.\n\nSecond.") == "First words here."
+
+
+def test_reading_details_leaves_the_shared_cache_alone(hub: LocalHub, tmp_path: Path):
+    from huggingface_hub import constants
+
+    HubService(hub.url, files_dir=tmp_path / "files").details(TEXT)
+    assert list((tmp_path / "files").rglob("config.json"))
+    # Otherwise every model looked at would be listed as half downloaded under "On this machine".
+    assert not (Path(constants.HF_HUB_CACHE) / f"models--{TEXT.replace('/', '--')}").exists()

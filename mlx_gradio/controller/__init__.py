@@ -13,6 +13,7 @@ import gradio as gr
 from ..downloads import Downloads
 from ..engine import Engine
 from ..hub import HubService
+from ..servers import Servers
 from ..store import Store
 from ..system import machine_memory
 from .access import Access
@@ -23,6 +24,7 @@ from .hub import HubPart
 from .library import LibraryPart
 from .models import ModelsPart
 from .replies import RepliesPart
+from .servers import ServersPart
 from .settings import SettingsPart
 from .views import PageView
 
@@ -46,11 +48,13 @@ class Controller:
         self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,
                                    upload_dir or Path(gr.utils.get_upload_folder()))
         self.settings = SettingsPart(engine, store, self.access)
-        hub = hub or HubService()
+        hub = hub or HubService(files_dir=self.data_dir / "hub-files")
         self.hub = HubPart(hub, self.access, machine_memory)
         downloads = Downloads(self.cache_dir, hub.endpoint, store.downloads)
         self.downloads = DownloadsPart(hub, downloads, self.access)
         self.library = LibraryPart(self.models, engine, store, self.access, downloads, machine_memory)
+        self.servers = ServersPart(Servers(self.data_dir / "servers", self.cache_dir, store.running_servers), store,
+                                   self.models, self.access)
 
     def is_streaming(self, conversation_id: str) -> bool:
         """Whether a reply is being written into this conversation."""
@@ -79,11 +83,13 @@ class Controller:
             return self.access.caller(request).is_owner
 
     def startup(self, model: str | None = None) -> None:
-        """Select the model to start with and load it in the background."""
+        """Select the model to start with and load it in the background; adopt or start the servers."""
+        self.servers.startup()
         self.models.startup(model)
 
     def shutdown(self) -> None:
         """Stop the downloads and the replies in flight, unload the model, and write what is kept in memory."""
         self.downloads.shutdown()
+        self.servers.shutdown()
         self.engine.shutdown()
         self.store.close()

@@ -1,0 +1,175 @@
+"""The Servers tab: server profiles and the servers they run. Owners only."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+import gradio as gr
+
+from .. import errors
+from ..server_profiles import ServerProfile, check_profile, model_kind, new_profile, next_free_port
+from ..servers import Servers, ServerStatus, Usage
+from ..store import Store
+from .access import Access
+from .feedback import user_errors
+from .models import ModelsPart
+
+log = logging.getLogger(__name__)
+
+
+class ServersPart:
+    """Handlers for profiles (create, edit, duplicate, delete) and servers (start, stop, restart, watch)."""
+
+    def __init__(self, servers: Servers, store: Store, models: ModelsPart, access: Access) -> None:
+        self.servers = servers
+        self.store = store
+        self.models = models
+        self.access = access
+
+    # --- profiles ---------------------------------------------------------------------------
+
+    def profiles(self, request: gr.Request) -> list[ServerProfile]:
+        """Handler: the saved profiles, by name."""
+        with user_errors("list the server profiles"):
+            self.access.require_owner(self.access.caller(request), "manage servers")
+        return sorted(self._saved().values(), key=lambda p: p.name.lower())
+
+    def draft(self, request: gr.Request) -> ServerProfile:
+        """Handler: a new profile for the model picked in the chat, on the next free port (not saved yet)."""
+        with user_errors("prepare a server"):
+            caller = self.access.caller(request)
+            self.access.require_owner(caller, "manage servers")
+            model = self.models.selected(caller)
+            name = next((m.name for m in self.models.available() if m.path == model), "server")
+            taken = {p.port for p in self._saved().values()} | self.servers.ports_in_use()
+            return new_profile(name, model, next_free_port(taken=taken))
+
+    def save(self, fields: dict[str, Any], request: gr.Request) -> ServerProfile:
+        """Handler: create or update a profile from the form's fields; the model must be one this app lists."""
+        with user_errors("save the server profile"):
+            self.access.require_owner(self.access.caller(request), "manage servers")
+            profile = self._from_fields(fields)
+            self.store.server_profiles.save(profile.record())
+        return profile
+
+    def duplicate(self, profile_id: Any, request: gr.Request) -> ServerProfile:
+        """Handler: a copy of a profile under a new name and the next free port."""
+        with user_errors("duplicate the server profile"):
+            self.access.require_owner(self.access.caller(request), "manage servers")
+            original = self._profile(profile_id)
+            taken = {p.port for p in self._saved().values()} | self.servers.ports_in_use()
+            copy = replace(new_profile(f"{original.name} (copy)", original.model, next_free_port(taken=taken)),
+                           **{k: v for k, v in original.record().items()
+                              if k not in ("id", "name", "port", "start_with_app")})
+            self.store.server_profiles.save(copy.record())
+        return copy
+
+    def delete(self, profile_id: Any, request: gr.Request) -> None:
+        """Handler: delete a profile (its server must be stopped first)."""
+        with user_errors("delete the server profile"):
+            self.access.require_owner(self.access.caller(request), "manage servers")
+            profile = self._profile(profile_id)
+            status = self.servers.get(profile.id)
+            if status is not None and status.running:
+                raise errors.ProfileInvalid(f"{profile.name} is running; stop it first.")
+            self.store.server_profiles.remove(profile.id)
+
+    # --- servers ----------------------------------------------------------------------------
+
+    def start(self, profile_id: Any, request: gr.Request) -> ServerStatus:
+        """Handler: check the profile (model, port, host, arguments) and start its server."""
+        with user_errors("start the server"):
+            self.access.require_owner(self.access.caller(request), "start servers")
+            profile = self._profile(profile_id)
+            checked = check_profile(profile, in_use=self.servers.ports_in_use(besides=profile.id))
+            return self.servers.start(checked)
+
+    def stop(self, profile_id: Any, request: gr.Request) -> ServerStatus:
+        """Handler: stop a server (SIGTERM to its process group, SIGKILL after ten seconds)."""
+        with user_errors("stop the server"):
+            self.access.require_owner(self.access.caller(request), "stop servers")
+            return self.servers.stop(str(profile_id or ""))
+
+    def restart(self, profile_id: Any, request: gr.Request) -> ServerStatus:
+        """Handler: stop the server if it runs, then start it from its profile as saved now."""
+        with user_errors("restart the server"):
+            self.access.require_owner(self.access.caller(request), "restart servers")
+            status = self.servers.get(str(profile_id or ""))
+            if status is not None and status.running:
+                self.servers.stop(status.profile_id)
+        return self.start(profile_id, request)
+
+    def watch(self, request: gr.Request) -> list[tuple[ServerStatus, Usage | None]]:
+        """Handler: every server's state with its CPU and memory now."""
+        with user_errors("show the servers"):
+            self.access.require_owner(self.access.caller(request), "see servers")
+        return [(status, self.servers.usage(status.profile_id)) for status in self.servers.list()]
+
+    def log_tail(self, profile_id: Any, request: gr.Request) -> str:
+        """Handler: the last lines of a server's log."""
+        with user_errors("show the server's log"):
+            self.access.require_owner(self.access.caller(request), "see server logs")
+            profile = self._profile(profile_id)
+        return self.servers.log_tail(profile.id)
+
+    # --- app start and exit -----------------------------------------------------------------
+
+    def startup(self) -> None:
+        """Adopt servers an earlier run left running; start the profiles marked to start with the app."""
+        saved = self._saved()
+        self.servers.adopt(saved)
+        for profile in saved.values():
+            if profile.start_with_app and self.servers.get(profile.id) is None:
+                try:
+                    self.servers.start(check_profile(profile, in_use=self.servers.ports_in_use()))
+                except errors.AppError as exc:
+                    log.error("Could not start %s with the app: %s", profile.name, exc)
+
+    def shutdown(self) -> None:
+        """Stop the servers this app started (but those whose profile keeps them running)."""
+        self.servers.shutdown()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _saved(self) -> dict[str, ServerProfile]:
+        profiles = {}
+        for record in self.store.server_profiles.all():
+            try:
+                profile = ServerProfile.from_record(record)
+            except TypeError as exc:
+                log.warning("Skipping an unreadable server profile %r: %s", record, exc)
+                continue
+            profiles[profile.id] = profile
+        return profiles
+
+    def _profile(self, profile_id: Any) -> ServerProfile:
+        profile = self._saved().get(str(profile_id or ""))
+        if profile is None:
+            raise errors.ProfileInvalid("There is no such server profile; pick one from the list.")
+        return profile
+
+    def _from_fields(self, fields: dict[str, Any]) -> ServerProfile:
+        """A profile from the form, its model one of the app's models and its values of the right types."""
+        model = str(fields.get("model") or "")
+        if model not in {m.path for m in self.models.available()}:
+            raise errors.ModelNotFound("Pick the server's model from the list of models on this machine.")
+        saved = self._saved().get(str(fields.get("id") or ""))
+        base = saved or new_profile(str(fields.get("name") or "server"), model)
+        try:
+            profile = replace(
+                base, name=str(fields.get("name") or "").strip(), model=model,
+                kind=str(fields.get("kind") or model_kind(model)), host=str(fields.get("host") or "127.0.0.1").strip(),
+                port=int(fields.get("port") or base.port), max_tokens=int(fields.get("max_tokens") or base.max_tokens),
+                temperature=float(fields.get("temperature", base.temperature)),
+                top_p=float(fields.get("top_p", base.top_p)),
+                prompt_cache_size=int(fields.get("prompt_cache_size", base.prompt_cache_size)),
+                api_key=str(fields.get("api_key") or ""), extra_args=str(fields.get("extra_args") or ""),
+                start_with_app=bool(fields.get("start_with_app")), keep_running=bool(fields.get("keep_running")),
+                network_ok=bool(fields.get("network_ok")))
+        except (TypeError, ValueError) as exc:
+            raise errors.ProfileInvalid(f"A number in the profile is not a number ({exc}).") from exc
+        if not profile.name:
+            raise errors.ProfileInvalid("Give the server a name.")
+        return profile

@@ -1,0 +1,170 @@
+"""Server profiles: what to run (model, kind, address, defaults), checked before anything starts.
+
+A profile becomes the command line of the real upstream server: `python -m mlx_lm server` for
+text models, `python -m mlx_vlm.server` for vision models, always with `--host`. mlx-vlm's API
+key travels in its environment variable, never on the command line where `ps` shows it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import shlex
+import socket
+import sys
+import uuid
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import ModelNotFound, ProfileInvalid
+from .models import read_config
+from .net import is_loopback
+
+log = logging.getLogger(__name__)
+
+TEXT, VISION = "text", "vision"
+FIRST_PORT = 8080
+RESERVED_FLAGS = {"--model", "--host", "--port", "--api-key"}  # set by the profile itself
+API_KEY_ENV = "MLX_VLM_SERVER_API_KEY"
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """How to run one server."""
+
+    id: str
+    name: str
+    model: str  # a model folder
+    kind: str = TEXT  # TEXT runs mlx_lm.server, VISION runs mlx_vlm.server
+    host: str = "127.0.0.1"
+    port: int = FIRST_PORT
+    max_tokens: int = 2048  # mlx-lm's own default of 512 cuts most answers short
+    temperature: float = 0.0
+    top_p: float = 1.0
+    prompt_cache_size: int = 4
+    api_key: str = ""  # mlx-vlm only: mlx-lm's server has no key
+    extra_args: str = ""
+    start_with_app: bool = False
+    keep_running: bool = False  # when the app quits
+    network_ok: bool = False  # the owner confirmed an open mlx-lm server on a network address
+
+    @property
+    def url(self) -> str:
+        """The OpenAI base URL other programs use."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> ServerProfile:
+        """A profile from the store, ignoring fields a later version may have added."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in known})
+
+
+def new_profile(name: str, model: str, port: int | None = None) -> ServerProfile:
+    """A profile for `model` with its kind read from its config and the next free port from 8080."""
+    return ServerProfile(uuid.uuid4().hex[:12], name, model, kind=model_kind(model), port=port or next_free_port())
+
+
+def model_kind(model: str) -> str:
+    """VISION for a model whose config has a `vision_config`, else TEXT (also for a folder not there yet:
+    starting checks that it is)."""
+    try:
+        return VISION if "vision_config" in read_config(model) else TEXT
+    except ModelNotFound:
+        return TEXT
+
+
+def next_free_port(start: int = FIRST_PORT, host: str = "127.0.0.1", taken: set[int] | None = None) -> int:
+    """The first port from `start` that nothing listens on (and no profile in `taken` uses)."""
+    for port in range(start, 65536):
+        if port not in (taken or set()) and port_holder(host, port) is None:
+            return port
+    raise ProfileInvalid("No free port from 8080 up.")
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """None if `port` can be listened on; else who holds it, as well as psutil can tell."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the servers themselves do: connections just closed (TIME_WAIT) do not keep a port from them.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            return None
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return "no network interface of this machine has that address"
+            if exc.errno != errno.EADDRINUSE:
+                return f"the system refuses it ({exc.strerror or exc})"
+    return _listener(port) or "another program"
+
+
+def _listener(port: int) -> str | None:
+    import psutil
+
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                process = psutil.Process(conn.pid)
+                return f"{process.name()} (pid {conn.pid})"
+    except (psutil.AccessDenied, psutil.NoSuchProcess) as exc:
+        log.debug("Cannot tell who listens on %s: %s", port, exc)
+    return None
+
+
+def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> ServerProfile:
+    """The profile with its fields checked; raises `ProfileInvalid` (or `ModelNotFound`) with what to fix."""
+    if not profile.name.strip() or len(profile.name) > 80:
+        raise ProfileInvalid("Give the server a name (up to 80 characters).")
+    read_config(profile.model)  # raises ModelNotFound with the reason
+    if profile.kind not in (TEXT, VISION):
+        raise ProfileInvalid(f"The kind must be “{TEXT}” or “{VISION}”.")
+    if not 1024 <= int(profile.port) <= 65535:
+        raise ProfileInvalid(f"Port {profile.port} is out of range: pick one from 1024 to 65535.")
+    if not (1 <= int(profile.max_tokens) <= 1_000_000 and 0 <= float(profile.temperature) <= 2
+            and 0 < float(profile.top_p) <= 1 and 0 <= int(profile.prompt_cache_size) <= 1000):
+        raise ProfileInvalid("Max tokens, temperature (0–2), top p (0–1] or the prompt cache size is out of range.")
+    extra_args(profile.extra_args)
+    if profile.api_key and profile.kind == TEXT:
+        raise ProfileInvalid("mlx-lm's server has no API key option: anyone who can reach the port can use it. "
+                             "Leave the key empty, or run a vision model (mlx-vlm's server takes a key).")
+    if not is_loopback(profile.host):
+        if profile.kind == VISION and not profile.api_key:
+            raise ProfileInvalid(f"{profile.host} is reachable from other machines: set an API key first.")
+        if profile.kind == TEXT and not profile.network_ok:
+            raise ProfileInvalid(f"{profile.host} is reachable from other machines and mlx-lm's server has no API "
+                                 "key: anyone on the network could use it. Confirm that this is what you want.")
+    if int(profile.port) in in_use:
+        raise ProfileInvalid(f"Port {profile.port} is used by another server of this app; pick another.")
+    holder = port_holder(profile.host, int(profile.port))
+    if holder is not None:
+        raise ProfileInvalid(f"Port {profile.port} on {profile.host} is not free: {holder}. Pick another port.")
+    return replace(profile, name=profile.name.strip(), port=int(profile.port))
+
+
+def extra_args(text: str) -> list[str]:
+    """The extra arguments as a list; raises `ProfileInvalid` for unbalanced quotes or flags the profile sets."""
+    try:
+        args = shlex.split(text or "")
+    except ValueError as exc:
+        raise ProfileInvalid(f"The extra arguments cannot be read ({exc}).") from exc
+    for arg in args:
+        if arg.split("=", 1)[0] in RESERVED_FLAGS:
+            raise ProfileInvalid(f"{arg.split('=', 1)[0]} is set by the profile's own fields, not the extra arguments.")
+    if args and not args[0].startswith("-"):
+        raise ProfileInvalid(f"Extra arguments start with a flag such as --kv-bits, not “{args[0]}”.")
+    return args
+
+
+def command(profile: ServerProfile) -> list[str]:
+    """The server's command line (with this app's own Python)."""
+    common = ["--model", profile.model, "--host", profile.host, "--port", str(profile.port),
+              "--max-tokens", str(profile.max_tokens)]
+    if profile.kind == VISION:
+        return [sys.executable, "-m", "mlx_vlm.server", *common, *extra_args(profile.extra_args)]
+    return [sys.executable, "-m", "mlx_lm", "server", *common, "--temp", str(profile.temperature),
+            "--top-p", str(profile.top_p), "--prompt-cache-size", str(profile.prompt_cache_size),
+            *extra_args(profile.extra_args)]
+

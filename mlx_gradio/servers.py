@@ -1,0 +1,408 @@
+"""Real OpenAI-compatible servers (mlx-lm's and mlx-vlm's) run as subprocesses, and watched honestly.
+
+A server is `starting` until the model has answered a one-token completion (mlx-lm's `/health`
+answers before the model is loaded, so it proves nothing), then `ready`; `stopping` and
+`stopped` when asked to end; `failed`, with the exit code and the last log lines, when it dies
+or never becomes ready. One watcher thread checks every running server twice a second with a
+`waitpid`, so a crash shows within a second and the watcher costs next to nothing. Each server
+runs in a process group of its own, logs to its own file in the data dir, and is recorded (pid
+and create time) so a later run of the app can adopt it or clean the record up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from .errors import AppError, ServerNotRunning
+from .server_profiles import API_KEY_ENV, TEXT, VISION, ServerProfile, command
+
+log = logging.getLogger(__name__)
+
+STARTING, READY, STOPPING, STOPPED, FAILED = "starting", "ready", "stopping", "stopped", "failed"
+RUNNING = (STARTING, READY, STOPPING)
+READY_TIMEOUT = 300.0  # seconds for the model to load and answer once
+STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
+WATCH_INTERVAL = 0.5
+LOG_ROTATE_BYTES = 5_000_000
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What the Servers tab shows about one server."""
+
+    profile_id: str
+    name: str
+    kind: str
+    model: str
+    url: str
+    state: str
+    pid: int | None = None
+    started_at: float = 0.0  # time.time()
+    ready_at: float = 0.0
+    deadline: float = 0.0  # time.time() by which it must be ready
+    exit_code: int | None = None
+    message: str = ""
+    adopted: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU and memory of a server's process and all its children."""
+
+    cpu_percent: float
+    rss_bytes: int
+
+
+class ServerRecords(Protocol):
+    """Where running servers are recorded between runs of the app (the store)."""
+
+    def all(self) -> list[dict]: ...
+
+    def save(self, record: dict) -> None: ...
+
+    def remove(self, profile_id: str) -> None: ...
+
+
+class Server:
+    """One running server: its process, its state and its log."""
+
+    def __init__(self, profile: ServerProfile, log_path: Path, status: ServerStatus) -> None:
+        self.profile = profile
+        self.log_path = log_path
+        self.status = status
+        self.popen: subprocess.Popen | None = None
+        self.process = None  # psutil.Process, for usage and for adopted servers
+        self.stop_requested = False
+
+
+class Servers:
+    """Start, watch, stop and adopt servers; safe to call from any thread."""
+
+    def __init__(self, log_dir: Path, cache_dir: Path, records: ServerRecords,
+                 ready_timeout: float = READY_TIMEOUT) -> None:
+        self.log_dir = Path(log_dir)
+        self.cache_dir = Path(cache_dir)
+        self.records = records
+        self.ready_timeout = ready_timeout
+        self._lock = threading.Lock()
+        self._servers: dict[str, Server] = {}
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="server-watch", daemon=True)
+        self._watcher.start()
+
+    # --- asking -----------------------------------------------------------------------------
+
+    def list(self) -> list[ServerStatus]:
+        with self._lock:
+            return [s.status for s in self._servers.values()]
+
+    def get(self, profile_id: str) -> ServerStatus | None:
+        with self._lock:
+            server = self._servers.get(profile_id)
+            return server.status if server else None
+
+    def ports_in_use(self, besides: str = "") -> set[int]:
+        """Ports of this app's running servers (but the one of `besides`)."""
+        with self._lock:
+            return {s.profile.port for pid, s in self._servers.items() if s.status.running and pid != besides}
+
+    def usage(self, profile_id: str) -> Usage | None:
+        """CPU % (since the last call) and resident memory, summed over the process and its children."""
+        import psutil
+
+        with self._lock:
+            server = self._servers.get(profile_id)
+        if server is None or server.process is None or not server.status.running:
+            return None
+        try:
+            processes = [server.process, *server.process.children(recursive=True)]
+        except psutil.Error:
+            return None
+        cpu = rss = 0
+        for process in processes:
+            try:
+                cpu += process.cpu_percent(interval=None)
+                rss += process.memory_info().rss
+            except psutil.Error:
+                continue
+        return Usage(cpu, rss)
+
+    def log_tail(self, profile_id: str, lines: int = 40, max_bytes: int = 64_000) -> str:
+        """The last lines of a server's log (read from the end of the file, not the whole of it)."""
+        path = self.log_dir / f"{profile_id}.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+                text = f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- starting ---------------------------------------------------------------------------
+
+    def start(self, profile: ServerProfile) -> ServerStatus:
+        """Run the profile's server and start waiting for it to be ready (the profile is checked already)."""
+        import psutil
+
+        with self._lock:
+            current = self._servers.get(profile.id)
+            if current is not None and current.status.running:
+                raise ServerNotRunning(f"{profile.name} is already running; stop it first.")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)  # mlx-lm's /v1/models fails without it
+        log_path = self._rotated_log(profile.id)
+        env = {**os.environ, "HF_HUB_CACHE": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
+        env.pop(API_KEY_ENV, None)
+        if profile.kind == VISION and profile.api_key:
+            env[API_KEY_ENV] = profile.api_key  # not on the command line, where `ps` would show it
+        args = command(profile)
+        with open(log_path, "ab") as out:
+            out.write(f"$ {' '.join(args)}\n".encode())
+            out.flush()
+            popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+        now = time.time()
+        server = Server(profile, log_path, ServerStatus(
+            profile.id, profile.name, profile.kind, profile.model, profile.url, STARTING, popen.pid,
+            started_at=now, deadline=now + self.ready_timeout, message="Loading the model…"))
+        server.popen = popen
+        server.process = psutil.Process(popen.pid)
+        server.process.cpu_percent(interval=None)  # the first reading is a baseline
+        with self._lock:
+            self._servers[profile.id] = server
+        self._record(server)
+        log.info("Started %s (pid %d): %s", profile.name, popen.pid, " ".join(args))
+        self._wake.set()
+        threading.Thread(target=self._wait_ready, args=(server,), name=f"server-ready-{profile.id}",
+                         daemon=True).start()
+        return server.status
+
+    def _rotated_log(self, profile_id: str) -> Path:
+        path = self.log_dir / f"{profile_id}.log"
+        if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
+            path.replace(path.with_suffix(".log.1"))
+        return path
+
+    def _wait_ready(self, server: Server) -> None:
+        """Ask for one token until the model answers, the process dies or the time is up."""
+        while not self._closed.is_set():
+            status = server.status
+            if status.state != STARTING:
+                return
+            if time.time() > status.deadline:
+                server.stop_requested = True
+                self._set(server, FAILED, f"It did not answer within {self.ready_timeout:.0f} s; stopped it.")
+                self._terminate(server)
+                self.records.remove(server.profile.id)
+                return
+            error, final = probe(server.profile, timeout=max(1.0, status.deadline - time.time()))
+            if error is None:
+                self._set(server, READY, "", ready_at=time.time())
+                log.info("%s is ready at %s", server.profile.name, server.profile.url)
+                return
+            if final:  # it runs but cannot answer (mlx-lm keeps serving errors after its model failed to load)
+                server.stop_requested = True
+                self._set(server, FAILED, f"The server answers with an error: {error}. Stopped it; see its log.")
+                log.warning("%s cannot answer (%s); last log lines:\n%s", server.profile.name, error,
+                            self.log_tail(server.profile.id, lines=12))
+                self._terminate(server)
+                self.records.remove(server.profile.id)
+                return
+            log.debug("%s not ready yet: %s", server.profile.name, error)
+            self._closed.wait(1.0)
+
+    # --- stopping ---------------------------------------------------------------------------
+
+    def stop(self, profile_id: str, timeout: float = STOP_TIMEOUT) -> ServerStatus:
+        """SIGTERM to the server's process group, SIGKILL after `timeout`; returns once it is gone."""
+        with self._lock:
+            server = self._servers.get(profile_id)
+        if server is None or not server.status.running:
+            raise ServerNotRunning("That server is not running.")
+        server.stop_requested = True
+        self._set(server, STOPPING, "Stopping…")
+        self._terminate(server, timeout)
+        self._set(server, STOPPED, "", exit_code=self._exit_code(server))
+        self.records.remove(profile_id)
+        log.info("Stopped %s", server.profile.name)
+        return server.status
+
+    def shutdown(self) -> None:
+        """Stop every server this app runs, but those whose profile says to keep them running."""
+        with self._lock:
+            servers = list(self._servers.values())
+        for server in servers:
+            if server.status.running and not server.profile.keep_running:
+                try:
+                    self.stop(server.profile.id)
+                except ServerNotRunning:
+                    continue
+            elif server.status.running:
+                log.info("Leaving %s running (pid %s), as its profile says", server.profile.name, server.status.pid)
+        self._closed.set()
+        self._wake.set()
+
+    def _terminate(self, server: Server, timeout: float = STOP_TIMEOUT) -> None:
+        import psutil
+
+        pid = server.status.pid
+        if pid is None:
+            return
+        try:
+            family = [server.process, *server.process.children(recursive=True)]
+        except psutil.Error:
+            family = []
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError) as exc:
+            log.debug("SIGTERM to group %s: %s", pid, exc)
+        _, alive = psutil.wait_procs(family, timeout=timeout)
+        if alive:
+            log.warning("%s did not stop within %.0f s; killing it", server.profile.name, timeout)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError) as exc:
+                log.debug("SIGKILL to group %s: %s", pid, exc)
+            for process in alive:
+                try:
+                    process.kill()
+                except psutil.Error:
+                    continue
+            psutil.wait_procs(alive, timeout=5)
+        if server.popen is not None:
+            try:
+                server.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log.error("%s (pid %s) is still there after SIGKILL", server.profile.name, pid)
+
+    # --- adopting ---------------------------------------------------------------------------
+
+    def adopt(self, profiles: dict[str, ServerProfile]) -> list[ServerStatus]:
+        """Take over servers an earlier run of the app left running; forget records of the ones gone."""
+        import psutil
+
+        adopted = []
+        for record in self.records.all():
+            if self.get(record.get("profile_id", "")) is not None:
+                continue  # already watched by this run
+            profile = profiles.get(record.get("profile_id", ""))
+            try:
+                process = psutil.Process(int(record["pid"]))
+                same = abs(process.create_time() - float(record["create_time"])) < 1.0 and process.is_running()
+            except (psutil.Error, KeyError, TypeError, ValueError):
+                same = False
+            if not same or profile is None:
+                log.info("Forgetting the record of a server that is gone: %s", record)
+                self.records.remove(record.get("profile_id", ""))
+                continue
+            profile = replace(profile, host=record["host"], port=int(record["port"]), model=record["model"],
+                              kind=record["kind"])
+            now = time.time()
+            server = Server(profile, self.log_dir / f"{profile.id}.log", ServerStatus(
+                profile.id, profile.name, profile.kind, profile.model, profile.url, STARTING, process.pid,
+                started_at=float(record["create_time"]), deadline=now + self.ready_timeout,
+                message="Found running from an earlier start of the app; checking that it answers…", adopted=True))
+            server.process = process
+            process.cpu_percent(interval=None)
+            with self._lock:
+                self._servers[profile.id] = server
+            threading.Thread(target=self._wait_ready, args=(server,), daemon=True).start()
+            adopted.append(server.status)
+            log.info("Adopted %s (pid %d) from an earlier run", profile.name, process.pid)
+        self._wake.set()
+        return adopted
+
+    # --- watching ---------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Notice servers that exit on their own (a crash, a kill, a bad model) within half a second."""
+        while not self._closed.is_set():
+            with self._lock:
+                running = [s for s in self._servers.values() if s.status.state in (STARTING, READY)]
+            if not running:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            for server in running:
+                if not server.stop_requested and not self._alive(server):
+                    self._died(server)
+            self._closed.wait(WATCH_INTERVAL)
+
+    def _alive(self, server: Server) -> bool:
+        import psutil
+
+        if server.popen is not None:
+            return server.popen.poll() is None
+        try:
+            return server.process.is_running() and server.process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def _died(self, server: Server) -> None:
+        code = self._exit_code(server)
+        how = f"exit code {code}" if code is not None and code >= 0 else (
+            f"killed by signal {-code}" if code is not None else "exit code unknown (started by an earlier run)")
+        tail = self.log_tail(server.profile.id, lines=12)
+        self._set(server, FAILED, f"The server stopped on its own ({how}).", exit_code=code)
+        self.records.remove(server.profile.id)
+        log.warning("%s failed (%s); last log lines:\n%s", server.profile.name, how, tail)
+
+    @staticmethod
+    def _exit_code(server: Server) -> int | None:
+        return server.popen.poll() if server.popen is not None else None
+
+    # --- state ------------------------------------------------------------------------------
+
+    def _set(self, server: Server, state: str, message: str, **changes) -> None:
+        with self._lock:
+            if server.status.state in (STOPPED, FAILED) and state not in (STOPPED,):
+                return  # an end state stays (a late "ready" must not revive a dead server)
+            server.status = replace(server.status, state=state, message=message, **changes)
+
+    def _record(self, server: Server) -> None:
+        try:
+            self.records.save({"profile_id": server.profile.id, "pid": server.status.pid,
+                               "create_time": server.process.create_time(), "host": server.profile.host,
+                               "port": server.profile.port, "model": server.profile.model,
+                               "kind": server.profile.kind})
+        except (AppError, OSError) as exc:  # the server runs anyway; only a later adoption would miss it
+            log.error("Could not record server %s: %s", server.profile.name, exc)
+
+
+def probe(profile: ServerProfile, timeout: float = 30.0) -> tuple[str | None, bool]:
+    """(None, _) if the server answers a one-token chat completion; else (what went wrong, whether waiting
+    longer cannot help: an error answer rather than no answer yet)."""
+    body = {"model": "default_model" if profile.kind == TEXT else profile.model, "max_tokens": 1,
+            "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+    headers = {"Content-Type": "application/json"}
+    if profile.api_key:
+        headers["Authorization"] = f"Bearer {profile.api_key}"
+    request = urllib.request.Request(f"{profile.url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        body = exc.read(2000).decode("utf-8", errors="replace").strip()
+        return f"HTTP {exc.code} {body}".strip(), exc.code not in (408, 425, 429, 502, 503, 504)
+    except (OSError, ValueError) as exc:
+        return str(exc), False
+    if answer.get("choices"):
+        return None, False
+    return f"an answer without choices: {str(answer)[:200]}", True

@@ -1,0 +1,187 @@
+"""Real mlx-lm servers on 127.0.0.1, started, probed, crashed, stopped and adopted by the supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlx_gradio.errors import ProfileInvalid
+from mlx_gradio.server_profiles import ServerProfile, check_profile, command, extra_args, new_profile, port_holder
+from mlx_gradio.servers import FAILED, READY, STOPPED, Servers
+
+
+class MemoryRecords:
+    """The store's running-servers table, in memory (the store has tests of its own)."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+
+    def all(self) -> list[dict]:
+        return list(self.records.values())
+
+    def save(self, record: dict) -> None:
+        self.records[record["profile_id"]] = dict(record)
+
+    def remove(self, profile_id: str) -> None:
+        self.records.pop(profile_id, None)
+
+
+@pytest.fixture
+def servers(tmp_path: Path):
+    supervisor = Servers(tmp_path / "logs", tmp_path / "hf", MemoryRecords(), ready_timeout=240)
+    yield supervisor
+    supervisor.shutdown()
+
+
+def wait_state(servers: Servers, profile_id: str, states: tuple[str, ...], timeout: float = 240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = servers.get(profile_id)
+        if status.state in states:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"still {servers.get(profile_id)} after {timeout} s; log:\n{servers.log_tail(profile_id)}")
+
+
+def test_a_text_server_answers_paris_streamed_through_openai_and_stops(servers, demo_model):
+    from openai import OpenAI
+
+    profile = check_profile(new_profile("demo", str(demo_model)))
+    assert profile.kind == "text" and profile.port >= 8080
+    status = servers.start(profile)
+    assert status.state == "starting" and status.deadline > time.time()
+    ready = wait_state(servers, profile.id, (READY, FAILED))
+    assert ready.state == READY, servers.log_tail(profile.id)
+    client = OpenAI(base_url=profile.url, api_key="not-needed")
+    stream = client.chat.completions.create(model="default_model", stream=True, max_tokens=12, temperature=0,
+                                            messages=[{"role": "user", "content": "What is the capital of France?"}])
+    pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+    assert len([p for p in pieces if p]) > 1 and "Paris" in "".join(pieces)
+    usage = servers.usage(profile.id)
+    assert usage.rss_bytes > 50_000_000  # the model's weights live in the server's processes
+    assert "$ " in servers.log_tail(profile.id) and "--host 127.0.0.1" in servers.log_tail(profile.id)
+    pid = ready.pid
+    stopped = servers.stop(profile.id)
+    assert stopped.state == STOPPED and not psutil.pid_exists(pid)
+    assert port_holder("127.0.0.1", profile.port) is None  # the port is free again
+
+
+def test_a_killed_server_is_failed_within_two_seconds_with_its_log(servers, demo_model):
+    profile = check_profile(new_profile("demo", str(demo_model)))
+    servers.start(profile)
+    time.sleep(1.0)
+    killed_at = time.monotonic()
+    os.kill(servers.get(profile.id).pid, signal.SIGKILL)
+    failed = wait_state(servers, profile.id, (FAILED,), timeout=10)
+    assert time.monotonic() - killed_at < 2.0
+    assert failed.exit_code == -signal.SIGKILL and "signal 9" in failed.message
+    assert servers.records.all() == []
+
+
+def test_a_bad_model_fails_with_the_servers_own_error(servers, tmp_path):
+    import mlx.core as mx
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    mx.save_safetensors(str(broken / "model.safetensors"), {"w": mx.zeros((2, 2))})
+    profile = check_profile(new_profile("broken", str(broken)))
+    servers.start(profile)
+    # mlx-lm's server keeps running with a model it could not load: the probe's error answer tells.
+    failed = wait_state(servers, profile.id, (FAILED,), timeout=120)
+    assert "answers with an error" in failed.message
+    assert "no-such-architecture" in servers.log_tail(profile.id)  # the server's own error, shown
+    assert not psutil.pid_exists(failed.pid) and servers.records.all() == []
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(demo_model):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(ProfileInvalid, match=f"Port {port} on 127.0.0.1 is not free: python"):
+            check_profile(new_profile("demo", str(demo_model), port=port))
+    with pytest.raises(ProfileInvalid, match="out of range"):
+        check_profile(new_profile("demo", str(demo_model), port=80))
+
+
+def test_profiles_are_checked_before_anything_starts(demo_model, tiny_vlm):
+    text = new_profile("demo", str(demo_model))
+    assert new_profile("vlm", str(tiny_vlm)).kind == "vision"
+    with pytest.raises(ProfileInvalid, match="has no API key"):
+        check_profile(ServerProfile(**{**text.record(), "api_key": "secret"}))
+    with pytest.raises(ProfileInvalid, match="anyone on the network"):
+        check_profile(ServerProfile(**{**text.record(), "host": "0.0.0.0"}))
+    with pytest.raises(ProfileInvalid, match="set an API key"):
+        check_profile(ServerProfile(**{**new_profile("vlm", str(tiny_vlm)).record(), "host": "0.0.0.0"}))
+    with pytest.raises(ProfileInvalid, match="--port is set by the profile"):
+        extra_args("--kv-bits 8 --port=9000")
+    with pytest.raises(ProfileInvalid, match="cannot be read"):
+        extra_args("--chat-template 'unclosed")
+    with pytest.raises(Exception, match="no model folder"):
+        check_profile(ServerProfile(**{**text.record(), "model": "/nowhere"}))
+    vision = ServerProfile(**{**new_profile("vlm", str(tiny_vlm)).record(), "api_key": "k3y"})
+    assert "k3y" not in " ".join(command(vision)) and "--host" in command(vision)  # the key goes by environment
+    assert command(text)[1:4] == ["-m", "mlx_lm", "server"] and "--max-tokens" in command(text)
+
+
+def test_an_app_run_that_died_leaves_a_server_the_next_run_adopts(tmp_path, demo_model):
+    records = MemoryRecords()
+    first = Servers(tmp_path / "logs", tmp_path / "hf", records, ready_timeout=240)
+    profile = check_profile(new_profile("demo", str(demo_model)))
+    first.start(profile)
+    wait_state(first, profile.id, (READY,))
+    pid = first.get(profile.id).pid
+    # The app dies without stopping anything: its records stay, the server keeps running.
+    first._closed.set()
+    second = Servers(tmp_path / "logs", tmp_path / "hf", records, ready_timeout=240)
+    try:
+        [adopted] = second.adopt({profile.id: profile})
+        assert adopted.adopted and adopted.pid == pid
+        assert wait_state(second, profile.id, (READY,)).state == READY
+        records.save({**records.all()[0], "profile_id": "gone", "pid": 999_999_999})
+        second.adopt({profile.id: profile, "gone": profile})
+        assert "gone" not in records.records  # a stale record is cleaned up
+        second.stop(profile.id)
+        assert not psutil.pid_exists(pid)
+    finally:
+        second.shutdown()
+
+
+def test_the_servers_tab_one_click_path_and_the_apps_exit_stops_its_servers(start_app, demo_model):
+    import gradio as gr
+
+    from mlx_gradio.controller.access import Access
+
+    app = start_app(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}))
+    ann, gus = gr.Request(username="ann", session_hash="a"), gr.Request(username="gus", session_hash="g")
+    part = app.controller.servers
+    for call in (lambda: part.draft(gus), lambda: part.profiles(gus), lambda: part.start("x", gus),
+                 lambda: part.watch(gus), lambda: part.log_tail("x", gus)):
+        with pytest.raises(gr.Error, match="Only the owner"):
+            call()
+    draft = part.draft(ann)  # the chat's model, a free port: Start is one click away
+    assert draft.model == app.controller.models.selected(app.controller.access.caller(ann)) and draft.port >= 8080
+    profile = part.save({**draft.record(), "name": "demo server"}, ann)
+    assert [p.name for p in part.profiles(ann)] == ["demo server"]
+    with pytest.raises(gr.Error, match="Pick the server's model"):
+        part.save({**draft.record(), "model": "/etc"}, ann)
+    part.start(profile.id, ann)
+    status = wait_state(part.servers, profile.id, (READY, FAILED))
+    assert status.state == READY, part.log_tail(profile.id, ann)
+    [(watched, usage)] = part.watch(ann)
+    assert watched.url == f"http://127.0.0.1:{profile.port}/v1" and usage.rss_bytes > 0
+    with pytest.raises(gr.Error, match="running; stop it first"):
+        part.delete(profile.id, ann)
+    copy = part.duplicate(profile.id, ann)
+    assert copy.port != profile.port and copy.model == profile.model and copy.name == "demo server (copy)"
+    family = [psutil.Process(status.pid), *psutil.Process(status.pid).children(recursive=True)]
+    app.close()  # the app quits: its servers go with it
+    gone, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive and port_holder("127.0.0.1", profile.port) is None
