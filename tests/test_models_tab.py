@@ -51,7 +51,7 @@ def test_the_models_tab_is_for_owners_only(start_app, local_hub, browser_page):
     page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#chatbot", timeout=30_000)
     page.wait_for_function("document.querySelector('#account')?.innerText.includes('gus')", timeout=30_000)
-    assert page.get_by_role("tab", name="Models").count() == 0
+    assert page.get_by_role("tab", name="Models").count() == 0 and page.get_by_role("tab", name="Servers").count() == 0
 
 
 def progress_value(page) -> int | None:

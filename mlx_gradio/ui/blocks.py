@@ -10,6 +10,7 @@ import gradio as gr
 from ..controller import Controller
 from .chat_tab import build_chat_tab
 from .models_tab import ChatHandles, build_models_tab
+from .servers_tab import build_servers_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_UPLOAD = "20mb"
@@ -25,11 +26,14 @@ def build_app(controller: Controller) -> gr.Blocks:
                 model, status = build_chat_tab(controller, blocks)
             with gr.Tab("Models", id="models", visible=False) as models:  # owners only
                 build_models_tab(controller, blocks, ChatHandles(tabs, model, status))
+            with gr.Tab("Servers", id="servers", visible=False) as servers:  # owners only
+                build_servers_tab(controller, blocks, tabs)
 
-        def owners_tabs(request: gr.Request) -> dict:
-            return gr.update(visible=controller.is_owner(request))
+        def owners_tabs(request: gr.Request) -> tuple[dict, dict]:
+            owner = controller.is_owner(request)
+            return gr.update(visible=owner), gr.update(visible=owner)
 
-        blocks.load(owners_tabs, None, models, api_visibility="private")
+        blocks.load(owners_tabs, None, [models, servers], api_visibility="private")
     return blocks
 
 

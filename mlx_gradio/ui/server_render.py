@@ -1,0 +1,72 @@
+"""What the Servers tab shows: the servers' live state, and how to call a ready one."""
+
+from __future__ import annotations
+
+import html
+import time
+
+from ..fit import gb
+from ..servers import READY, STARTING, ServerStatus, Usage
+
+STATE_LABELS = {"starting": "◌ starting", "ready": "● ready", "stopping": "◌ stopping", "stopped": "○ stopped",
+                "failed": "✗ failed"}
+
+
+def uptime(seconds: float) -> str:
+    """"42 s", "5 min", "3 h 20 min"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def servers_html(watched: list[tuple[ServerStatus, Usage | None]], now: float | None = None) -> str:
+    """One block per server: state (with the time left to become ready), model, URL, uptime, pid, CPU, memory."""
+    if not watched:
+        return "<p class='servers-empty'>No server runs. Fill in a profile on the left and press Start.</p>"
+    now = now or time.time()
+    blocks = []
+    for status, usage in watched:
+        state = STATE_LABELS.get(status.state, status.state)
+        if status.state == STARTING:
+            state += f" · ready check, {max(0, status.deadline - now):.0f} s left"
+        facts = [f"<code>{html.escape(status.url)}</code>" if status.state == READY else html.escape(status.url)]
+        if status.running:
+            facts.append(f"up {uptime(now - status.started_at)}")
+            facts.append(f"pid {status.pid}")
+        if usage is not None:
+            facts.append(f"CPU {usage.cpu_percent:.0f} %")
+            facts.append(f"memory {gb(usage.rss_bytes)}")
+        if status.exit_code is not None and not status.running:
+            facts.append(f"exit code {status.exit_code}")
+        message = f"<div class='server-message'>{html.escape(status.message)}</div>" if status.message else ""
+        blocks.append(
+            f"<div class='server {status.state}' data-profile='{html.escape(status.profile_id)}'>"
+            f"<div class='server-head'><b>{html.escape(status.name)}</b> <span class='server-state'>{state}</span>"
+            f"</div><div class='server-facts'>{html.escape(status.kind)} · {html.escape(status.model)}</div>"
+            f"<div class='server-facts'>{' · '.join(facts)}</div>{message}</div>")
+    return "".join(blocks)
+
+
+def snippets(status: ServerStatus | None, has_key: bool) -> str:
+    """"Copy as curl" and "copy as Python (openai)" for a ready server (Gradio's code blocks have a copy button)."""
+    if status is None or status.state != READY:
+        return "*When the server is ready, how to call it from other programs appears here.*"
+    model = "default_model" if status.kind == "text" else status.model
+    auth = ' -H "Authorization: Bearer $API_KEY"' if has_key else ""
+    key = 'os.environ["API_KEY"]' if has_key else '"not-needed"'
+    return (
+        f"**{status.url}** — OpenAI-compatible.\n\n"
+        "```bash\n"
+        f"curl {status.url}/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
+        f"  -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n"
+        "```\n\n"
+        "```python\n"
+        + ("import os\n" if has_key else "")
+        + "from openai import OpenAI\n\n"
+        f"client = OpenAI(base_url=\"{status.url}\", api_key={key})\n"
+        f"reply = client.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", "
+        "\"content\": \"Hello\"}])\n"
+        "print(reply.choices[0].message.content)\n"
+        "```"
+    )

@@ -1,0 +1,152 @@
+"""The Servers tab (owners only): a profile form, Start / Stop / Restart, and a live view of the servers.
+
+The live view refreshes once a second only while this tab is the one shown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ..controller import Controller
+from ..server_profiles import TEXT, VISION, ServerProfile
+from . import server_render
+
+FIELDS = ("name", "model", "kind", "host", "port", "max_tokens", "temperature", "top_p", "prompt_cache_size",
+          "api_key", "extra_args", "start_with_app", "keep_running", "network_ok")
+TAB_ID = "servers"
+
+
+class ServersEvents:
+    """Handlers for the Servers tab; `gr.Request` and event data come first (Gradio fills them in there)."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def form(self, profile: ServerProfile) -> tuple:
+        """(profile id, its fields...)."""
+        return (profile.id, *(getattr(profile, name) for name in FIELDS))
+
+    def choices(self, request: gr.Request, selected: str) -> dict:
+        profiles = self.controller.servers.profiles(request)
+        return gr.update(choices=[(p.name, p.id) for p in profiles], value=selected or None)
+
+    def models(self) -> dict:
+        return gr.update(choices=[(m.label, m.path) for m in self.controller.models.available()])
+
+    def load(self, request: gr.Request) -> tuple:
+        """The first saved profile, or a new one for the chat's model on a free port (Start is one click)."""
+        if not self.controller.is_owner(request):
+            return (gr.skip(),) * (len(FIELDS) + 3)
+        profiles = self.controller.servers.profiles(request)
+        profile = profiles[0] if profiles else self.controller.servers.draft(request)
+        return (self.choices(request, profile.id if profiles else ""), self.models(), *self.form(profile))
+
+    def pick(self, request: gr.Request, profile_id: str) -> tuple:
+        profile = next((p for p in self.controller.servers.profiles(request) if p.id == profile_id), None)
+        return self.form(profile) if profile else (gr.skip(),) * (len(FIELDS) + 1)
+
+    def new(self, request: gr.Request) -> tuple:
+        return (gr.update(value=None), *self.form(self.controller.servers.draft(request)))
+
+    def save(self, request: gr.Request, profile_id: str, *values: Any) -> tuple:
+        profile = self.controller.servers.save({"id": profile_id, **dict(zip(FIELDS, values, strict=True))}, request)
+        gr.Info(f"Saved {profile.name}.")
+        return self.choices(request, profile.id), profile.id
+
+    def start(self, request: gr.Request, profile_id: str, *values: Any) -> tuple:
+        """Save the form, then start its server; the live view takes over."""
+        choices, profile_id = self.save(request, profile_id, *values)
+        self.controller.servers.start(profile_id, request)
+        return choices, profile_id, *self.watch(request, profile_id)
+
+    def stop(self, request: gr.Request, profile_id: str) -> tuple:
+        self.controller.servers.stop(profile_id, request)
+        return self.watch(request, profile_id)
+
+    def restart(self, request: gr.Request, profile_id: str, *values: Any) -> tuple:
+        choices, profile_id = self.save(request, profile_id, *values)
+        self.controller.servers.restart(profile_id, request)
+        return choices, profile_id, *self.watch(request, profile_id)
+
+    def duplicate(self, request: gr.Request, profile_id: str) -> tuple:
+        copy = self.controller.servers.duplicate(profile_id, request)
+        return (self.choices(request, copy.id), *self.form(copy))
+
+    def delete(self, request: gr.Request, profile_id: str) -> tuple:
+        self.controller.servers.delete(profile_id, request)
+        return self.new(request)[1:] + (self.choices(request, ""),)
+
+    def watch(self, request: gr.Request, profile_id: str) -> tuple:
+        """(the servers' live view, the picked server's log tail, how to call it)."""
+        watched = self.controller.servers.watch(request)
+        status = next((s for s, _ in watched if s.profile_id == profile_id), None)
+        log = self.controller.servers.log_tail(profile_id, request) if profile_id else ""
+        has_key = bool(status and status.kind == VISION and any(
+            p.api_key for p in self.controller.servers.profiles(request) if p.id == profile_id))
+        return server_render.servers_html(watched), log, server_render.snippets(status, has_key)
+
+    def tab_selected(self, event: gr.SelectData) -> gr.Timer:
+        """The live view ticks only while the Servers tab is shown."""
+        return gr.Timer(active=event.value == "Servers" or getattr(event, "id", None) == TAB_ID)
+
+
+def build_servers_tab(controller: Controller, blocks: gr.Blocks, tabs: gr.Tabs) -> None:
+    """Lay out the Servers tab inside the current Blocks context and wire it to the controller."""
+    events = ServersEvents(controller)
+    profile_id = gr.State("")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=360):
+            profile = gr.Dropdown(label="Profile", choices=[], elem_id="server-profile")
+            with gr.Row():
+                new = gr.Button("New", size="sm", min_width=60)
+                duplicate = gr.Button("Duplicate", size="sm", min_width=60)
+                delete = gr.Button("Delete profile", variant="stop", size="sm", min_width=60)
+            name = gr.Textbox(label="Name", max_lines=1, elem_id="server-name")
+            model = gr.Dropdown(label="Model", choices=[], elem_id="server-model")
+            kind = gr.Radio([TEXT, VISION], label="Server (text: mlx_lm.server, vision: mlx_vlm.server)")
+            with gr.Row():
+                host = gr.Textbox(label="Host", max_lines=1, info="127.0.0.1: this machine only")
+                port = gr.Number(label="Port", precision=0, minimum=1024, maximum=65535, elem_id="server-port")
+            with gr.Accordion("Defaults, key and arguments", open=False):
+                max_tokens = gr.Number(label="Max tokens per reply", precision=0, minimum=1)
+                temperature = gr.Slider(0, 2, step=0.05, label="Temperature (mlx-lm)")
+                top_p = gr.Slider(0.01, 1, step=0.01, label="Top p (mlx-lm)")
+                prompt_cache_size = gr.Number(label="Prompt caches kept (mlx-lm)", precision=0, minimum=0)
+                api_key = gr.Textbox(label="API key (mlx-vlm only; mlx-lm's server has none)", type="password",
+                                     max_lines=1)
+                extra_args = gr.Textbox(label="Extra arguments", placeholder="--kv-bits 8", max_lines=1)
+                network_ok = gr.Checkbox(label="I understand that on a network address, without a key, anyone "
+                                               "who can reach this machine can use the server")
+            with gr.Row():
+                start_with_app = gr.Checkbox(label="Start with the app")
+                keep_running = gr.Checkbox(label="Keep running when the app quits")
+            with gr.Row():
+                start = gr.Button("▶ Start", variant="primary", size="sm", min_width=60, elem_id="server-start")
+                stop = gr.Button("■ Stop", size="sm", min_width=60, elem_id="server-stop")
+                restart = gr.Button("↻ Restart", size="sm", min_width=60)
+                save = gr.Button("Save", size="sm", min_width=60)
+        with gr.Column(scale=3, min_width=420):
+            live = gr.HTML(elem_id="servers-live")
+            calling = gr.Markdown(elem_id="server-snippets")
+            log = gr.Code(label="Log (the picked profile's server)", language=None, lines=14, interactive=False,
+                          elem_id="server-log")
+    ticker = gr.Timer(1.0, active=False)
+
+    fields = [name, model, kind, host, port, max_tokens, temperature, top_p, prompt_cache_size, api_key,
+              extra_args, start_with_app, keep_running, network_ok]
+    form = [profile_id, *fields]
+    view = [live, log, calling]
+    blocks.load(events.load, None, [profile, model, *form], api_visibility="private")
+    profile.input(events.pick, profile, form, api_visibility="private").then(
+        events.watch, profile_id, view, api_visibility="private")
+    new.click(events.new, None, [profile, *form], api_name="server_draft")
+    duplicate.click(events.duplicate, profile_id, [profile, *form], api_name="duplicate_server_profile")
+    save.click(events.save, form, [profile, profile_id], api_name="save_server_profile")
+    start.click(events.start, form, [profile, profile_id, *view], api_name="start_server")
+    stop.click(events.stop, profile_id, view, api_name="stop_server")
+    restart.click(events.restart, form, [profile, profile_id, *view], api_name="restart_server")
+    delete.click(events.delete, profile_id, [*form, profile], api_name="delete_server_profile")
+    ticker.tick(events.watch, profile_id, view, show_progress="hidden", api_visibility="private")
+    tabs.select(events.tab_selected, None, ticker, api_visibility="private")

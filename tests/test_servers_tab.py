@@ -1,0 +1,40 @@
+"""The Servers tab in a real browser: one click starts the chat's model as a server, it becomes ready, Stop."""
+
+from __future__ import annotations
+
+import psutil
+
+from mlx_gradio.server_profiles import port_holder
+from tests.test_browser import ARTIFACTS
+
+
+def test_start_watch_call_and_stop_a_server_from_the_tab(start_app, browser_page):
+    from openai import OpenAI
+
+    app = start_app()
+    page = browser_page
+    page.goto(app.url)
+    page.get_by_role("tab", name="Servers").click()
+    # The quick path: the chat's model and a free port are filled in already.
+    page.wait_for_function("document.querySelector('#server-name input')?.value.includes('SmolLM2')", timeout=30_000)
+    port = int(page.locator("#server-port input").input_value())
+    assert port >= 8080 and port_holder("127.0.0.1", port) is None
+    page.locator("#server-start").click()
+    page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('starting')", timeout=30_000)
+    page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('● ready')", timeout=240_000)
+    live = page.locator("#servers-live").inner_text()
+    assert f"http://127.0.0.1:{port}/v1" in live and "memory" in live and "pid" in live
+    snippets = page.locator("#server-snippets").inner_text()
+    assert f"curl http://127.0.0.1:{port}/v1/chat/completions" in snippets and "OpenAI(base_url=" in snippets
+    page.wait_for_function("document.querySelector('#server-log')?.innerText.includes('mlx_lm')", timeout=30_000)
+    # Another program calls it.
+    reply = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x").chat.completions.create(
+        model="default_model", max_tokens=10, temperature=0,
+        messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in reply.choices[0].message.content
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "servers.png"), full_page=True)
+    [status] = app.controller.servers.servers.list()
+    page.locator("#server-stop").click()
+    page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('stopped')", timeout=60_000)
+    assert not psutil.pid_exists(status.pid) and port_holder("127.0.0.1", port) is None
