@@ -185,3 +185,30 @@ def test_the_servers_tab_one_click_path_and_the_apps_exit_stops_its_servers(star
     app.close()  # the app quits: its servers go with it
     gone, alive = psutil.wait_procs(family, timeout=15)
     assert not alive and port_holder("127.0.0.1", profile.port) is None
+
+
+def test_a_vision_server_reads_an_image(servers, tiny_vlm, images):
+    import base64
+
+    from openai import OpenAI
+
+    from mlx_gradio.server_profiles import ServerProfile
+
+    profile = check_profile(ServerProfile(**{**new_profile("vlm", str(tiny_vlm)).record(), "api_key": "s3cret"}))
+    assert profile.kind == "vision"
+    servers.start(profile)
+    status = wait_state(servers, profile.id, (READY, FAILED))
+    assert status.state == READY, servers.log_tail(profile.id)
+    image = f"data:image/png;base64,{base64.b64encode(images['red'].read_bytes()).decode()}"
+    text = {"type": "text", "text": "What color is this?"}
+    message = {"role": "user", "content": [text, {"type": "image_url", "image_url": {"url": image}}]}
+    with pytest.raises(Exception, match="401|Unauthorized|API key"):
+        OpenAI(base_url=profile.url, api_key="wrong").chat.completions.create(
+            model=profile.model, max_tokens=4, messages=[message])
+    client = OpenAI(base_url=profile.url, api_key="s3cret")
+    with_image = client.chat.completions.create(model=profile.model, max_tokens=4, messages=[message])
+    text_only = client.chat.completions.create(model=profile.model, max_tokens=4,
+                                               messages=[{"role": "user", "content": [text]}])
+    # The image's tokens were read (random weights: the words themselves are noise).
+    assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens + 4
+    assert "s3cret" not in " ".join(psutil.Process(status.pid).cmdline())

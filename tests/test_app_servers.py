@@ -1,0 +1,80 @@
+"""`python app.py` as a person runs it, with a server that starts with the app: quitting stops it, a killed
+app's server is adopted by the next start, and no process is left behind."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from mlx_gradio.net import free_port, wait_for_page
+from mlx_gradio.server_profiles import ServerProfile, new_profile
+from mlx_gradio.servers import probe
+from mlx_gradio.store import Store
+from tests.conftest import seed_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    wait_for_page(url, proc)
+    return proc, url
+
+
+def wait_ready(profile: ServerProfile, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while probe(profile, timeout=30)[0] is not None:
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.5)
+
+
+def server_processes(port: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "server" in " ".join(cmdline) and str(port) in cmdline:
+            found.append(process)
+    return found
+
+
+def test_quitting_stops_the_servers_and_a_killed_apps_server_is_adopted(tmp_path, demo_model):
+    data_dir = seed_data_dir(tmp_path / "data", demo_model)
+    store = Store(data_dir)
+    profile = ServerProfile(**{**new_profile("demo", str(data_dir / "models" / demo_model.name)).record(),
+                               "start_with_app": True})
+    store.server_profiles.save(profile.record())
+    store.close()
+
+    # 1. The server starts with the app; SIGTERM to the app stops it too.
+    app, _ = launch(data_dir)
+    wait_ready(profile)
+    [server] = server_processes(profile.port)
+    family = [server, *server.children(recursive=True)]
+    app.send_signal(signal.SIGTERM)
+    assert app.wait(60) == 0
+    _, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive, "the app left its server running"
+
+    # 2. The app is killed: its server keeps running, and the next start adopts it instead of starting another.
+    app, _ = launch(data_dir)
+    wait_ready(profile)
+    [server] = server_processes(profile.port)
+    app.kill()
+    app.wait(30)
+    assert server.is_running()
+    app, _ = launch(data_dir)
+    wait_ready(profile)
+    assert [p.pid for p in server_processes(profile.port)] == [server.pid]  # adopted, not started twice
+    family = [server, *server.children(recursive=True)]
+    app.send_signal(signal.SIGTERM)
+    assert app.wait(60) == 0
+    _, alive = psutil.wait_procs(family, timeout=15)
+    assert not alive and not server_processes(profile.port)
