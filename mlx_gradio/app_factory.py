@@ -25,7 +25,9 @@ def create_controller(data_dir: Path, access: Access | None = None, upload_dir: 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(data_dir)
-    engine = Engine(cache_budget=cache_budget_bytes(store.settings.app()["cache_budget_gb"]))
+    app = store.settings.app()
+    engine = Engine(cache_budget=cache_budget_bytes(app["cache_budget_gb"]),
+                    idle_unload_s=60 * app["idle_unload_minutes"])
     return Controller(engine, store, data_dir, access, upload_dir, hub, cache_dir)
 
 

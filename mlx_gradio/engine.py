@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -36,12 +37,19 @@ class EngineStatus:
     vision: bool = False
     message: str = ""
     generating: bool = False
+    memory_bytes: int = 0  # MLX's active memory, after the last job
+    peak_bytes: int = 0
+    cached_conversations: int = 0  # conversations whose prompt cache is kept
+    cache_bytes: int = 0
+    last_used: float = 0.0  # time.time() of the last reply or load
 
 
 class Engine:
     """Owns the MLX worker thread, the loaded model and the per-conversation prompt caches."""
 
-    def __init__(self, cache_limit: int = DEFAULT_LIMIT, cache_budget: int | None = None) -> None:
+    def __init__(self, cache_limit: int = DEFAULT_LIMIT, cache_budget: int | None = None,
+                 idle_unload_s: float = 0.0) -> None:
+        self._idle_unload_s = idle_unload_s
         self._jobs: queue.Queue = queue.Queue()
         self._status = EngineStatus()
         self._status_lock = threading.Lock()
@@ -78,6 +86,11 @@ class Engine:
         """Bound the bytes the prompt caches may hold (the least recently used go first)."""
         self._cache_budget = budget_bytes
         return self.call(lambda: self._worker.caches.set_budget(budget_bytes))
+
+    def set_idle_unload(self, seconds: float) -> None:
+        """Unload the model after `seconds` without a reply (0: never); the next message loads it again."""
+        self._idle_unload_s = max(0.0, float(seconds))
+        self._jobs.put((lambda: None, (), Future()))  # wake the thread so the new timeout applies now
 
     def forget_conversation(self, conversation_id: str) -> Future:
         """Drop a conversation's prompt cache (it was deleted)."""
@@ -120,8 +133,25 @@ class Engine:
                 self._run_generation(job)
             else:
                 self._run_call(*job)
-            job = self._jobs.get()
+            self.set_status(**self._worker.usage())
+            job = self._next_job()
         self._worker.close()
+
+    def _next_job(self) -> Any:
+        """The next job; with idle unloading on, unload the model when none comes in time."""
+        while True:
+            timeout = None
+            if self._idle_unload_s and self._worker.loaded is not None:
+                timeout = max(0.1, self.status().last_used + self._idle_unload_s - time.time())
+            try:
+                return self._jobs.get(timeout=timeout)
+            except queue.Empty:
+                if self._worker.loaded is not None and time.time() - self.status().last_used >= self._idle_unload_s:
+                    name = self._worker.loaded.path
+                    self._worker.unload()
+                    log.info("Unloaded %s after %.0f s without a reply", name, self._idle_unload_s)
+                    self.set_status(**self._worker.usage(), message="Unloaded while idle; the next message "
+                                                                    "loads it again.")
 
     def _run_call(self, fn: Callable[..., Any], args: tuple, future: Future) -> None:
         """Run one call job and settle its future."""
@@ -150,5 +180,6 @@ class Engine:
         finally:
             with self._replies_lock:
                 self._replies.discard(generation)
+            self._worker.last_used = time.time()
             self.set_status(generating=False)
 

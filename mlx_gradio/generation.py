@@ -165,6 +165,7 @@ class Worker:
         self.caches = ConversationCaches(cache_limit, cache_budget)
         self.vision_features: Any = None  # mlx-vlm's VisionFeatureCache for the loaded vision model
         self.prefill_tps: float | None = None  # the loaded model's prompt reading speed, once measured
+        self.last_used = 0.0  # time.time() of the last load or reply: idle unloading counts from it
 
     def ensure_model(self, path: str) -> LoadedModel:
         """Load `path` unless it is already loaded; the previous model is unloaded first."""
@@ -181,6 +182,7 @@ class Worker:
             self.set_status(state="error", message=str(exc) or type(exc).__name__)
             raise
         self.prefill_tps = None
+        self.last_used = time.time()
         log.info("Loaded %s (%s) in %.1f s", path, "vision" if self.loaded.vision else "text",
                  time.perf_counter() - started)
         self.set_status(state="ready", vision=self.loaded.vision, message="")
@@ -197,6 +199,12 @@ class Worker:
         gc.collect()
         mx.clear_cache()
         self.set_status(state="empty", model_path=None, model_name=None, vision=False, message="")
+
+    def usage(self) -> dict:
+        """Memory, caches and last use, for the engine's status (read on this thread)."""
+        return {"memory_bytes": int(mx.get_active_memory()), "peak_bytes": int(mx.get_peak_memory()),
+                "cached_conversations": len(self.caches), "cache_bytes": self.caches.nbytes,
+                "last_used": self.last_used}
 
     def close(self) -> None:
         """Unload, then release this thread's MLX streams (MLX aborts at exit if a thread still owns one)."""

@@ -228,3 +228,27 @@ def test_a_message_longer_than_the_context_is_refused_before_reading(engine, dem
         for event in generation.events():
             statuses.append(event.status)
     assert not any(statuses)
+
+
+def test_the_status_tells_memory_and_caches_and_an_idle_model_is_unloaded_then_loaded_again(demo_model: Path):
+    from mlx_gradio.engine import Engine
+
+    engine = Engine()
+    try:
+        text, _ = ask(engine, "idle", demo_model, [FRANCE])
+        status = engine.status()
+        assert status.state == "ready" and status.memory_bytes > 50_000_000 and status.peak_bytes >= status.memory_bytes
+        assert status.cached_conversations == 1 and status.cache_bytes > 0 and status.last_used > 0
+        engine.set_idle_unload(1.0)
+        deadline = time.monotonic() + 30
+        while engine.status().state != "empty":
+            assert time.monotonic() < deadline, "the idle model was not unloaded"
+            time.sleep(0.1)
+        idle = engine.status()
+        assert "next message loads it again" in idle.message and idle.cached_conversations == 0
+        assert idle.memory_bytes < status.memory_bytes / 2
+        engine.set_idle_unload(0)
+        again, _ = ask(engine, "idle-2", demo_model, [FRANCE])  # loads it again by itself
+        assert again == text and engine.status().state == "ready"
+    finally:
+        engine.shutdown()

@@ -162,8 +162,11 @@ def test_the_servers_tab_one_click_path_and_the_apps_exit_stops_its_servers(star
     app = start_app(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}))
     ann, gus = gr.Request(username="ann", session_hash="a"), gr.Request(username="gus", session_hash="g")
     part = app.controller.servers
+    models, settings = app.controller.models, app.controller.settings
     for call in (lambda: part.draft(gus), lambda: part.profiles(gus), lambda: part.start("x", gus),
-                 lambda: part.watch(gus), lambda: part.log_tail("x", gus)):
+                 lambda: part.watch(gus), lambda: part.log_tail("x", gus), lambda: models.engine_status(gus),
+                 lambda: models.load_selected(gus), lambda: models.unload(gus),
+                 lambda: settings.save_idle_unload(5, gus)):
         with pytest.raises(gr.Error, match="Only the owner"):
             call()
     draft = part.draft(ann)  # the chat's model, a free port: Start is one click away

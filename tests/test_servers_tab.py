@@ -38,3 +38,9 @@ def test_start_watch_call_and_stop_a_server_from_the_tab(start_app, browser_page
     page.locator("#server-stop").click()
     page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('stopped')", timeout=60_000)
     assert not psutil.pid_exists(status.pid) and port_holder("127.0.0.1", port) is None
+    # The in-process engine: what it holds, and Unload.
+    page.wait_for_function("document.querySelector('#engine-status')?.innerText.includes('memory')", timeout=60_000)
+    page.locator("#engine-unload").click()
+    page.wait_for_function("document.querySelector('#engine-status')?.innerText.includes('no model loaded')",
+                           timeout=60_000)
+    assert app.controller.engine.status().state == "empty"

@@ -142,6 +142,28 @@ class ModelsPart:
             self.access.caller(request)
         return self.engine.status()
 
+    def engine_status(self, request: gr.Request) -> EngineStatus:
+        """Handler: what the in-process engine holds (memory, caches) for the Servers tab; owners only."""
+        with user_errors("show the engine"):
+            self.access.require_owner(self.access.caller(request), "see the engine")
+        return self.engine.status()
+
+    def load_selected(self, request: gr.Request) -> EngineStatus:
+        """Handler: load this owner's chat model into the engine now."""
+        with user_errors("load the model"):
+            caller = self.access.caller(request)
+            self.access.require_owner(caller, "load models")
+            path = self.selected(caller)
+        self.start_loading(path)
+        return self.engine.status()
+
+    def unload(self, request: gr.Request) -> EngineStatus:
+        """Handler: free the engine's model and caches (the next message loads it again)."""
+        with user_errors("unload the model"):
+            self.access.require_owner(self.access.caller(request), "unload models")
+            self.engine.unload().result()
+        return self.engine.status()
+
     def select(self, path: str, request: gr.Request) -> EngineStatus:
         """Handler: the user picked a model; remember it, start loading it."""
         with user_errors("load that model"):

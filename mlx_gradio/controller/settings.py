@@ -27,8 +27,10 @@ LIMITS: dict[str, tuple[type, float, float]] = {
     "max_tokens": (int, 1, 1_000_000),
     "context_limit": (int, 0, 10_000_000),
     "cache_budget_gb": (float, 0.0, 100_000.0),
+    "idle_unload_minutes": (float, 0.0, 7 * 24 * 60),
 }
-DEFAULTS: dict[str, Any] = {**vars(SamplingParams()), "context_limit": 0, "cache_budget_gb": 0.0}
+DEFAULTS: dict[str, Any] = {**vars(SamplingParams()), "context_limit": 0, "cache_budget_gb": 0.0,
+                            "idle_unload_minutes": 0.0}
 
 
 def number(raw: Any, default: float, low: float, high: float, kind: type = float) -> int | float:
@@ -87,6 +89,15 @@ class SettingsPart:
             app = self.store.settings.update_app(context_limit=clamp("context_limit", context_limit),
                                                  cache_budget_gb=clamp("cache_budget_gb", cache_budget_gb))
         self.engine.set_cache_budget(cache_budget_bytes(app["cache_budget_gb"]))
+
+
+    def save_idle_unload(self, minutes: Any, request: gr.Request) -> float:
+        """Handler: unload the engine's model after this many minutes without a reply (0: never)."""
+        with user_errors("save the idle unload time"):
+            self.access.require_owner(self.access.caller(request), "change the engine settings")
+            app = self.store.settings.update_app(idle_unload_minutes=clamp("idle_unload_minutes", minutes))
+        self.engine.set_idle_unload(60 * app["idle_unload_minutes"])
+        return app["idle_unload_minutes"]
 
 
 def cache_budget_bytes(budget_gb: float) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import time
 
+from ..engine import EngineStatus
 from ..fit import gb
 from ..servers import READY, STARTING, ServerStatus, Usage
 
@@ -70,3 +71,16 @@ def snippets(status: ServerStatus | None, has_key: bool) -> str:
         "print(reply.choices[0].message.content)\n"
         "```"
     )
+
+
+def engine_markdown(status: EngineStatus) -> str:
+    """What the in-process engine holds: model, kind, memory now and at the last reply's peak, caches."""
+    if status.state != "ready" or not status.model_name:
+        what = {"loading": f"Loading {status.model_name or 'a model'}…", "error": f"Failed: {status.message}"}
+        return f"**Engine:** {what.get(status.state, 'no model loaded')}" + (
+            f" ({status.message})" if status.state == "empty" and status.message else "")
+    kind = "vision" if status.vision else "text"
+    busy = " · answering now" if status.generating else ""
+    return (f"**Engine:** {status.model_name} ({kind}){busy} · memory {gb(status.memory_bytes)}, "
+            f"peak {gb(status.peak_bytes)} · prompt caches for {status.cached_conversations} "
+            f"conversation{'s' if status.cached_conversations != 1 else ''} ({gb(status.cache_bytes)})")

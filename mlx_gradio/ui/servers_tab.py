@@ -1,4 +1,5 @@
-"""The Servers tab (owners only): a profile form, Start / Stop / Restart, and a live view of the servers.
+"""The Servers tab (owners only): the in-process engine, a profile form, Start / Stop / Restart, and a live
+view of the servers.
 
 The live view refreshes once a second only while this tab is the one shown.
 """
@@ -38,10 +39,14 @@ class ServersEvents:
     def load(self, request: gr.Request) -> tuple:
         """The first saved profile, or a new one for the chat's model on a free port (Start is one click)."""
         if not self.controller.is_owner(request):
-            return (gr.skip(),) * (len(FIELDS) + 3)
+            return (gr.skip(),) * (len(FIELDS) + 5)
         profiles = self.controller.servers.profiles(request)
         profile = profiles[0] if profiles else self.controller.servers.draft(request)
-        return (self.choices(request, profile.id if profiles else ""), self.models(), *self.form(profile))
+        return (self.choices(request, profile.id if profiles else ""), self.models(), *self.form(profile),
+                self.engine(request), self.controller.store.settings.app()["idle_unload_minutes"])
+
+    def save_idle(self, request: gr.Request, minutes: Any) -> float:
+        return self.controller.settings.save_idle_unload(minutes, request)
 
     def pick(self, request: gr.Request, profile_id: str) -> tuple:
         profile = next((p for p in self.controller.servers.profiles(request) if p.id == profile_id), None)
@@ -87,6 +92,18 @@ class ServersEvents:
             p.api_key for p in self.controller.servers.profiles(request) if p.id == profile_id))
         return server_render.servers_html(watched), log, server_render.snippets(status, has_key)
 
+    def engine(self, request: gr.Request) -> str:
+        return server_render.engine_markdown(self.controller.models.engine_status(request))
+
+    def load_engine(self, request: gr.Request) -> str:
+        return server_render.engine_markdown(self.controller.models.load_selected(request))
+
+    def unload_engine(self, request: gr.Request) -> str:
+        return server_render.engine_markdown(self.controller.models.unload(request))
+
+    def tick(self, request: gr.Request, profile_id: str) -> tuple:
+        return (*self.watch(request, profile_id), self.engine(request))
+
     def tab_selected(self, event: gr.SelectData) -> gr.Timer:
         """The live view ticks only while the Servers tab is shown."""
         return gr.Timer(active=event.value == "Servers" or getattr(event, "id", None) == TAB_ID)
@@ -96,6 +113,12 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, tabs: gr.Tabs) 
     """Lay out the Servers tab inside the current Blocks context and wire it to the controller."""
     events = ServersEvents(controller)
     profile_id = gr.State("")
+    with gr.Row(equal_height=True, elem_id="engine-panel"):
+        engine = gr.Markdown(elem_id="engine-status")
+        load_engine = gr.Button("Load", size="sm", min_width=60, scale=0)
+        unload_engine = gr.Button("Unload", size="sm", min_width=60, scale=0, elem_id="engine-unload")
+        idle = gr.Number(label="Unload after idle minutes (0 = never)", minimum=0, scale=0, min_width=200,
+                         elem_id="engine-idle")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             profile = gr.Dropdown(label="Profile", choices=[], elem_id="server-profile")
@@ -138,7 +161,7 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, tabs: gr.Tabs) 
               extra_args, start_with_app, keep_running, network_ok]
     form = [profile_id, *fields]
     view = [live, log, calling]
-    blocks.load(events.load, None, [profile, model, *form], api_visibility="private")
+    blocks.load(events.load, None, [profile, model, *form, engine, idle], api_visibility="private")
     profile.input(events.pick, profile, form, api_visibility="private").then(
         events.watch, profile_id, view, api_visibility="private")
     new.click(events.new, None, [profile, *form], api_name="server_draft")
@@ -148,5 +171,8 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, tabs: gr.Tabs) 
     stop.click(events.stop, profile_id, view, api_name="stop_server")
     restart.click(events.restart, form, [profile, profile_id, *view], api_name="restart_server")
     delete.click(events.delete, profile_id, [*form, profile], api_name="delete_server_profile")
-    ticker.tick(events.watch, profile_id, view, show_progress="hidden", api_visibility="private")
+    ticker.tick(events.tick, profile_id, [*view, engine], show_progress="hidden", api_visibility="private")
+    load_engine.click(events.load_engine, None, engine, api_name="load_engine")
+    unload_engine.click(events.unload_engine, None, engine, api_name="unload_engine")
+    gr.on([idle.blur, idle.submit], events.save_idle, idle, idle, api_name="save_idle_unload")
     tabs.select(events.tab_selected, None, ticker, api_visibility="private")
