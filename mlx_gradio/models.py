@@ -21,7 +21,7 @@ class LocalModel:
 
     name: str
     path: str
-    source: str  # "demo", "hf-cache" or "folder"
+    source: str  # "demo", "hf-cache", "folder", or "server" / "endpoint" (replies from an OpenAI-compatible URL)
     vision: bool
     size_bytes: int
 
@@ -29,6 +29,8 @@ class LocalModel:
     def label(self) -> str:
         """The picker's text: name, kind and size."""
         kind = "vision" if self.vision else "text"
+        if self.source in ("server", "endpoint"):
+            return f"{self.name} · {kind} · {'server of this app' if self.source == 'server' else 'OpenAI endpoint'}"
         where = {"demo": "built-in demo", "hf-cache": "HF cache", "folder": "folder"}[self.source]
         size = f"{self.size_bytes / 1e9:.1f} GB" if self.size_bytes >= 1e9 else f"{self.size_bytes / 1e6:.0f} MB"
         return f"{self.name} · {kind} · {size} · {where}"

@@ -185,6 +185,7 @@ class Store:
         self.downloads = Records(self.settings, "downloads", "repo_id")
         self.server_profiles = Records(self.settings, "server_profiles", "id")
         self.running_servers = Records(self.settings, "running_servers", "profile_id")
+        self.endpoints = Records(self.settings, "endpoints", "id")
         self._notices: list[str] = []
         if self.settings.recovered_from:
             self._notices.append(f"The saved settings could not be read, so they were moved to "

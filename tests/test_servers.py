@@ -215,3 +215,78 @@ def test_a_vision_server_reads_an_image(servers, tiny_vlm, images):
     # The image's tokens were read (random weights: the words themselves are noise).
     assert with_image.usage.prompt_tokens > text_only.usage.prompt_tokens + 4
     assert "s3cret" not in " ".join(psutil.Process(status.pid).cmdline())
+
+
+def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_app, tiny_vlm, images):
+    import gradio as gr
+
+    from mlx_gradio import chat
+    from tests.test_app import GREEDY
+
+    app = start_app()
+    local = gr.Request(session_hash="chat-through")
+    part, models, replies = app.controller.servers, app.controller.models, app.controller.replies
+    profile = part.save({**part.draft(local).record(), "name": "demo server"}, local)
+    part.start(profile.id, local)
+    assert wait_state(part.servers, profile.id, (READY, FAILED)).state == READY
+    endpoint = part.add_endpoint("plain URL", profile.url, "", "default_model", False, local)
+    with pytest.raises(gr.Error, match="http://"):
+        part.add_endpoint("bad", "file:///etc/passwd", "", "m", False, local)
+    offered = {m.path: m for m in models.available()}
+    assert f"server:{profile.id}" in offered and "server of this app" in offered[f"server:{profile.id}"].label
+    for key in (f"server:{profile.id}", f"endpoint:{endpoint['id']}"):
+        status = models.select(key, local)
+        assert status.state == "ready" and profile.url in status.message  # nothing loads in the engine
+        views = list(replies.send("", {"text": "What is the capital of France?"}, key, *GREEDY, request=local))
+        conversation = views[-1].conversation
+        reply = chat.current_version(conversation["messages"][-1])
+        assert "Paris" in reply["content"], reply
+        assert reply["stats"]["time_to_first_token"] > 0 and reply["stats"]["generation_tps"] > 0
+        assert len(views) > 3  # it streamed
+    # Stop ends a reply through the server after the current chunk; what came stays.
+    sending = replies.send("", {"text": "Write a long story about a dragon."}, f"server:{profile.id}",
+                           *GREEDY[:-1], 400, request=local)
+    views = []
+    for view in sending:
+        views.append(view)
+        message = view.conversation["messages"][-1] if view.conversation else {}
+        if message.get("role") == "assistant" and len(chat.current_version(message)["content"]) > 20:
+            replies.stop(view.conversation_id, local)
+    stopped = chat.current_version(views[-1].conversation["messages"][-1])
+    assert 20 < len(stopped["content"]) and stopped["stats"]["generation_tokens"] < 100
+    with pytest.raises(gr.Error, match="reads text only"):
+        list(replies.send("", {"text": "What is this?", "files": [str(images["red"])]}, f"server:{profile.id}",
+                          *GREEDY, request=local))
+    part.stop(profile.id, local)
+    with pytest.raises(gr.Error, match="not running"):
+        list(replies.send("", {"text": "Hello?"}, f"server:{profile.id}", *GREEDY, request=local))
+    with pytest.raises(gr.Error, match="plain URL .* cannot be reached"):
+        list(replies.send("", {"text": "Hello?"}, f"endpoint:{endpoint['id']}", *GREEDY, request=local))
+    app.store.settings.update_user("local", model=f"server:{profile.id}")
+    assert models.status(local).state == "error"  # the status line says the server is gone
+
+
+def test_an_image_reaches_a_vision_server_from_the_chat(start_app, tiny_vlm, images):
+    import gradio as gr
+
+    from tests.test_app import send
+
+    app = start_app()
+    local = gr.Request(session_hash="vision-through")
+    part = app.controller.servers
+    app.store.settings.update_app(model_folders=[str(tiny_vlm)])  # the owner added the folder
+    draft = new_profile("tiny vlm", str(tiny_vlm))
+    profile = part.save({**draft.record(), "api_key": "k3y", "max_tokens": 4}, local)
+    part.start(profile.id, local)
+    assert wait_state(part.servers, profile.id, (READY, FAILED)).state == READY, part.log_tail(profile.id, local)
+    from mlx_gradio import chat
+
+    def prompt_tokens(files) -> int:
+        assert send(app.client(), "What color is this?", f"server:{profile.id}", files=files)
+        summaries, _ = app.store.conversations.list("local")
+        stored = app.store.conversations.get(summaries[0].id)
+        assert bool(stored["messages"][-2]["images"]) == bool(files)
+        return chat.current_version(stored["messages"][-1])["stats"]["prompt_tokens"]
+
+    # The image's tokens were read by the server (random weights: the words themselves are noise).
+    assert prompt_tokens([images["red"]]) > prompt_tokens([]) + 4

@@ -42,7 +42,8 @@ class Controller:
         self.images_dir = self.data_dir / "images"
         self.access = access or Access()
         self.cache_dir = Path(cache_dir or constants.HF_HUB_CACHE)  # HF_HUB_CACHE / HF_HOME, as every HF tool
-        self.models = ModelsPart(engine, store, self.data_dir, self.access, self.cache_dir)
+        self.models = ModelsPart(engine, store, self.data_dir, self.access, self.cache_dir,
+                                 remote_targets=lambda: self.servers.targets())
         self.conversations = ConversationsPart(engine, store, self.access, self.is_streaming,
                                                lambda conversation_id: self.replies.stop_conversation(conversation_id))
         self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,

@@ -12,7 +12,9 @@ import gradio as gr
 
 from .. import demo, errors, hf_cache
 from ..engine import Engine, EngineStatus
+from ..jobs import ChatRequest, Generation
 from ..models import LocalModel, describe_folder, is_vision_model, list_models
+from ..remote import RemoteTarget, is_remote, start_remote
 from ..store import Store
 from .access import Access, Caller
 from .feedback import message_for, user_errors
@@ -23,8 +25,10 @@ log = logging.getLogger(__name__)
 class ModelsPart:
     """Handlers and helpers for the model picker, the status line and adding models."""
 
-    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access, cache_dir: Path) -> None:
+    def __init__(self, engine: Engine, store: Store, data_dir: Path, access: Access, cache_dir: Path,
+                 remote_targets: Callable[[], list[RemoteTarget]] = list) -> None:
         self.engine = engine
+        self.remote_targets = remote_targets  # ready servers of this app and endpoints the owners added
         self.store = store
         self.data_dir = Path(data_dir)
         self.access = access
@@ -46,8 +50,27 @@ class ModelsPart:
 
     def available(self) -> list[LocalModel]:
         """Every model the picker offers (the same for every user)."""
+        remote = [LocalModel(t.name, t.key, t.key.split(":")[0], t.vision, 0) for t in self.remote_targets()]
         return list_models(self.demo_model(), self.store.settings.app()["model_folders"],
-                           hf_cache.loadable_models(self.cache_dir))
+                           hf_cache.loadable_models(self.cache_dir)) + remote
+
+    def target(self, key: str) -> RemoteTarget:
+        """The server or endpoint a picker value names; raises `ModelNotFound` if it is gone or not ready."""
+        found = next((t for t in self.remote_targets() if t.key == key), None)
+        if found is None:
+            raise errors.ModelNotFound("That server is not running (or that endpoint was removed); pick another "
+                                       "model, or start the server in the Servers tab.")
+        return found
+
+    def name_of(self, path: str) -> str:
+        """What to call a model in a sentence: a server's or endpoint's name, else the folder's."""
+        return self.target(path).name if is_remote(path) else Path(path).name
+
+    def generate(self, request: ChatRequest) -> Generation:
+        """A reply from the engine, or from the server or endpoint the request names."""
+        if is_remote(request.model_path):
+            return start_remote(self.target(request.model_path), request)
+        return self.engine.generate(request)
 
     def selected(self, caller: Caller) -> str:
         """The model this user picked last, else the owner's, else the demo model."""
@@ -63,18 +86,25 @@ class ModelsPart:
             return path
         if path in {m.path for m in self.available()}:  # scans the Hugging Face cache: only when needed
             return path
+        if is_remote(path):
+            return self.target(path).key  # says the server is not running
         if not caller.is_owner:
             raise errors.AccessDenied("That model is not offered here; pick one from the list.")
         return describe_folder(path, "folder").path
 
     def is_vision(self, path: str) -> bool:
         """Whether a model reads images (the demo model does not, even before it exists)."""
+        if is_remote(path):
+            return self.target(path).vision
         return path != self.demo_path and is_vision_model(path)
 
     # --- loading ----------------------------------------------------------------------------
 
     def start_loading(self, path: str) -> None:
-        """Queue the load of `path` on the engine (fetching the demo model first if needed)."""
+        """Queue the load of `path` on the engine (fetching the demo model first if needed); a server or
+        endpoint has nothing to load."""
+        if is_remote(path):
+            return
         if path == self.demo_path and not demo.demo_model_ready(self.data_dir):
             if self._demo_job is None or self._demo_job.done():
                 self._demo_job = self.engine.call(self._prepare_demo)
@@ -137,10 +167,21 @@ class ModelsPart:
     # --- handlers ---------------------------------------------------------------------------
 
     def status(self, request: gr.Request) -> EngineStatus:
-        """Handler: the engine's state for the status line."""
+        """Handler: the state of this user's model for the status line (a server's, or the engine's)."""
         with user_errors("show the model's status"):
-            self.access.caller(request)
-        return self.engine.status()
+            caller = self.access.caller(request)
+        return self.remote_status(self.selected(caller)) or self.engine.status()
+
+    def remote_status(self, path: str) -> EngineStatus | None:
+        """For a server or endpoint: ready if it is offered, else an error; None for a model folder."""
+        if not is_remote(path):
+            return None
+        try:
+            target = self.target(path)
+        except errors.ModelNotFound as exc:
+            return EngineStatus(state="error", message=str(exc))
+        return EngineStatus(state="ready", model_path=path, model_name=target.name, vision=target.vision,
+                            message=f"answers from {target.base_url}")
 
     def engine_status(self, request: gr.Request) -> EngineStatus:
         """Handler: what the in-process engine holds (memory, caches) for the Servers tab; owners only."""
@@ -173,7 +214,7 @@ class ModelsPart:
             path = self.model_for(caller, path)
             self.remember(caller, path)
         self.start_loading(path)
-        return self.engine.status()
+        return self.remote_status(path) or self.engine.status()
 
     def add_folder(self, folder: str, request: gr.Request) -> tuple[list[LocalModel], str]:
         """Handler: add a model folder by path and select it; returns the models and the selection."""

@@ -134,7 +134,7 @@ class RepliesPart:
             values = parse_user_settings(settings)
             model = self.models.model_for(caller, model_path)
             if uploads and not self.models.is_vision(model):
-                raise errors.ImageNeedsVisionModel(f"{Path(model).name} reads text only.")
+                raise errors.ImageNeedsVisionModel(f"{self.models.name_of(model)} reads text only.")
             images = [str(_ingest(self._uploaded(upload), self.images_dir)) for upload in uploads]
             conversation = (self.conversations.own(caller, conversation_id) if conversation_id
                             else chat.new_conversation(caller.user, model))
@@ -239,7 +239,7 @@ class RepliesPart:
         try:
             for status in self.models.wait_for_demo(model):
                 yield ChatView(base, Draft(slot, "", status), streaming=True)
-            generation = self.engine.generate(request)
+            generation = self.models.generate(request)
             active.attach(generation)
             last_yield = last_save = time.monotonic()
             for event in generation.events():

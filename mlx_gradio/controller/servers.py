@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 
 from .. import errors
-from ..server_profiles import ServerProfile, check_profile, model_kind, new_profile, next_free_port
-from ..servers import Servers, ServerStatus, Usage
+from ..remote import ENDPOINT_PREFIX, SERVER_PREFIX, RemoteTarget
+from ..server_profiles import TEXT, VISION, ServerProfile, check_profile, model_kind, new_profile, next_free_port
+from ..servers import READY, Servers, ServerStatus, Usage
 from ..store import Store
 from .access import Access
 from .feedback import user_errors
@@ -113,6 +116,57 @@ class ServersPart:
             self.access.require_owner(self.access.caller(request), "see server logs")
             profile = self._profile(profile_id)
         return self.servers.log_tail(profile.id)
+
+    # --- chatting through servers and endpoints ---------------------------------------------
+
+    def targets(self) -> list[RemoteTarget]:
+        """What the chat's picker offers besides model folders: ready servers, and the endpoints owners added."""
+        saved = self._saved()
+        targets = []
+        for status in self.servers.list():
+            profile = saved.get(status.profile_id)
+            if status.state == READY and profile is not None:
+                targets.append(RemoteTarget(f"{SERVER_PREFIX}{profile.id}", profile.name, status.url, profile.api_key,
+                                            "default_model" if profile.kind == TEXT else profile.model,
+                                            profile.kind == VISION))
+        for record in self.store.endpoints.all():
+            try:
+                targets.append(RemoteTarget(f"{ENDPOINT_PREFIX}{record['id']}", str(record["name"]),
+                                            str(record["base_url"]), str(record.get("api_key", "")),
+                                            str(record["model"]), bool(record.get("vision"))))
+            except KeyError as exc:
+                log.warning("Skipping an unreadable endpoint %r: %s", record, exc)
+        return targets
+
+    def endpoints(self, request: gr.Request) -> list[dict]:
+        """Handler: the OpenAI-compatible endpoints the owners added (keys left out)."""
+        with user_errors("list the endpoints"):
+            self.access.require_owner(self.access.caller(request), "manage endpoints")
+        return [{k: v for k, v in e.items() if k != "api_key"} | {"has_key": bool(e.get("api_key"))}
+                for e in self.store.endpoints.all()]
+
+    def add_endpoint(self, name: Any, base_url: Any, api_key: Any, model: Any, vision: Any,
+                     request: gr.Request) -> dict:
+        """Handler: offer any OpenAI-compatible URL in the chat's model picker (with an optional key)."""
+        with user_errors("add the endpoint"):
+            self.access.require_owner(self.access.caller(request), "manage endpoints")
+            name, base_url, model = str(name or "").strip(), str(base_url or "").strip().rstrip("/"), \
+                str(model or "").strip()
+            if not name or not model:
+                raise errors.ProfileInvalid("Give the endpoint a name and the model name it expects.")
+            if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", base_url):
+                raise errors.ProfileInvalid("The URL must start with http:// or https://, like "
+                                            "http://127.0.0.1:8080/v1.")
+            endpoint = {"id": uuid.uuid4().hex[:12], "name": name, "base_url": base_url,
+                        "api_key": str(api_key or "").strip(), "model": model, "vision": bool(vision)}
+            self.store.endpoints.save(endpoint)
+        return endpoint
+
+    def remove_endpoint(self, endpoint_id: Any, request: gr.Request) -> None:
+        """Handler: take an endpoint out of the chat's model picker."""
+        with user_errors("remove the endpoint"):
+            self.access.require_owner(self.access.caller(request), "manage endpoints")
+            self.store.endpoints.remove(str(endpoint_id or ""))
 
     # --- app start and exit -----------------------------------------------------------------
 

@@ -9,7 +9,8 @@ import gradio as gr
 
 from ..controller import Controller
 from .chat_tab import build_chat_tab
-from .models_tab import ChatHandles, build_models_tab
+from .chat_events import ChatHandles
+from .models_tab import build_models_tab
 from .servers_tab import build_servers_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -24,10 +25,11 @@ def build_app(controller: Controller) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat"):
                 model, status = build_chat_tab(controller, blocks)
+            chat = ChatHandles(tabs, model, status)
             with gr.Tab("Models", id="models", visible=False) as models:  # owners only
-                build_models_tab(controller, blocks, ChatHandles(tabs, model, status))
+                build_models_tab(controller, blocks, chat)
             with gr.Tab("Servers", id="servers", visible=False) as servers:  # owners only
-                build_servers_tab(controller, blocks, tabs)
+                build_servers_tab(controller, blocks, chat)
 
         def owners_tabs(request: gr.Request) -> tuple[dict, dict]:
             owner = controller.is_owner(request)

@@ -6,6 +6,7 @@ Each handler passes Gradio's request on, so the controller knows who is asking.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -50,6 +51,20 @@ def list_outputs(page: ConversationPage) -> tuple[dict, dict]:
 def picker(models: list[LocalModel], selected: str) -> dict:
     """The model dropdown."""
     return gr.update(choices=[(m.label, m.path) for m in models], value=selected)
+
+
+def picker_choices(controller: Controller) -> dict:
+    """The chat's model picker with the models on disk now (its selection stays)."""
+    return gr.update(choices=[(m.label, m.path) for m in controller.models.available()])
+
+
+@dataclass(frozen=True)
+class ChatHandles:
+    """The Chat tab's components the Models tab updates: the tabs, the model picker and its status line."""
+
+    tabs: gr.Tabs
+    model: gr.Dropdown
+    status: gr.Markdown
 
 
 class ChatEvents:

@@ -4,7 +4,6 @@ on this machine. Layout, wiring, adapters."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -14,16 +13,7 @@ from ..controller.hub import TASKS
 from ..controller.library import HF_PREFIX
 from ..hub import SORTS
 from . import hub_render, render
-from .chat_events import picker
-
-
-@dataclass(frozen=True)
-class ChatHandles:
-    """The Chat tab's components the Models tab updates: the tabs, the model picker and its status line."""
-
-    tabs: gr.Tabs
-    model: gr.Dropdown
-    status: gr.Markdown
+from .chat_events import ChatHandles, picker, picker_choices
 
 
 class ModelsEvents:
@@ -192,11 +182,6 @@ def picked(event: gr.SelectData, values: list) -> str:
     """The value kept for the table row a click picked ("" if the table changed meanwhile)."""
     row = event.index[0] if isinstance(event.index, list | tuple) else event.index
     return values[row] if isinstance(row, int) and 0 <= row < len(values) else ""
-
-
-def picker_choices(controller: Controller) -> dict:
-    """The chat's model picker with the models on disk now (its selection stays)."""
-    return gr.update(choices=[(m.label, m.path) for m in controller.models.available()])
 
 
 def token_line(hint: str) -> str:

@@ -121,6 +121,8 @@ def status_markdown(status: EngineStatus) -> str:
     if status.state == "ready":
         kind = "vision" if status.vision else "text"
         busy = " · generating" if status.generating else ""
+        if status.message:  # a server or an endpoint: nothing is loaded here
+            return f'{_dot("ready")} **{status.model_name}** ({kind}) · {status.message}'
         return f'{_dot("ready")} **{status.model_name}** loaded ({kind}){busy}'
     if status.state == "loading":
         return f"{_dot('loading')} {status.message or 'Loading…'}"

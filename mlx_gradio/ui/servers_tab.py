@@ -13,6 +13,7 @@ import gradio as gr
 from ..controller import Controller
 from ..server_profiles import TEXT, VISION, ServerProfile
 from . import server_render
+from .chat_events import ChatHandles, picker_choices
 
 FIELDS = ("name", "model", "kind", "host", "port", "max_tokens", "temperature", "top_p", "prompt_cache_size",
           "api_key", "extra_args", "start_with_app", "keep_running", "network_ok")
@@ -39,11 +40,12 @@ class ServersEvents:
     def load(self, request: gr.Request) -> tuple:
         """The first saved profile, or a new one for the chat's model on a free port (Start is one click)."""
         if not self.controller.is_owner(request):
-            return (gr.skip(),) * (len(FIELDS) + 5)
+            return (gr.skip(),) * (len(FIELDS) + 7)
         profiles = self.controller.servers.profiles(request)
         profile = profiles[0] if profiles else self.controller.servers.draft(request)
         return (self.choices(request, profile.id if profiles else ""), self.models(), *self.form(profile),
-                self.engine(request), self.controller.store.settings.app()["idle_unload_minutes"])
+                self.engine(request), self.controller.store.settings.app()["idle_unload_minutes"],
+                *self.endpoints(request))
 
     def save_idle(self, request: gr.Request, minutes: Any) -> float:
         return self.controller.settings.save_idle_unload(minutes, request)
@@ -101,15 +103,37 @@ class ServersEvents:
     def unload_engine(self, request: gr.Request) -> str:
         return server_render.engine_markdown(self.controller.models.unload(request))
 
-    def tick(self, request: gr.Request, profile_id: str) -> tuple:
-        return (*self.watch(request, profile_id), self.engine(request))
+    def tick(self, request: gr.Request, profile_id: str, offered: list) -> tuple:
+        """The live view and the engine; when a server became ready or went away, the chat's picker too."""
+        ready = sorted(t.key for t in self.controller.servers.targets())
+        picker = picker_choices(self.controller) if ready != sorted(offered or []) else gr.skip()
+        return (*self.watch(request, profile_id), self.engine(request), picker, ready)
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    def endpoints(self, request: gr.Request) -> tuple:
+        """(the endpoints as text, the picker to remove one)."""
+        found = self.controller.servers.endpoints(request)
+        lines = [f"- **{e['name']}** · `{e['base_url']}` · model `{e['model']}`"
+                 + (" · vision" if e.get("vision") else "") + (" · key set" if e["has_key"] else "") for e in found]
+        return ("\n".join(lines) or "*No endpoints yet.*",
+                gr.update(choices=[(e["name"], e["id"]) for e in found], value=None))
+
+    def add_endpoint(self, request: gr.Request, name: str, url: str, key: str, model: str, vision: bool) -> tuple:
+        endpoint = self.controller.servers.add_endpoint(name, url, key, model, vision, request)
+        gr.Info(f"{endpoint['name']} is in the chat's model list.")
+        return ("", "", "", "", False, *self.endpoints(request), picker_choices(self.controller))
+
+    def remove_endpoint(self, request: gr.Request, endpoint_id: str) -> tuple:
+        self.controller.servers.remove_endpoint(endpoint_id, request)
+        return (*self.endpoints(request), picker_choices(self.controller))
 
     def tab_selected(self, event: gr.SelectData) -> gr.Timer:
         """The live view ticks only while the Servers tab is shown."""
         return gr.Timer(active=event.value == "Servers" or getattr(event, "id", None) == TAB_ID)
 
 
-def build_servers_tab(controller: Controller, blocks: gr.Blocks, tabs: gr.Tabs) -> None:
+def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandles) -> None:
     """Lay out the Servers tab inside the current Blocks context and wire it to the controller."""
     events = ServersEvents(controller)
     profile_id = gr.State("")
@@ -155,13 +179,30 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, tabs: gr.Tabs) 
             calling = gr.Markdown(elem_id="server-snippets")
             log = gr.Code(label="Log (the picked profile's server)", language=None, lines=14, interactive=False,
                           elem_id="server-log")
+    with gr.Accordion("OpenAI-compatible endpoints for the chat", open=False):
+        gr.Markdown("Ready servers are in the Chat tab's model list by themselves. Add any other "
+                    "OpenAI-compatible URL here (another machine, another app) to chat through it too.")
+        endpoint_list = gr.Markdown(elem_id="endpoint-list")
+        with gr.Row():
+            endpoint_name = gr.Textbox(label="Name", max_lines=1)
+            endpoint_url = gr.Textbox(label="Base URL", placeholder="http://127.0.0.1:8080/v1", max_lines=1)
+            endpoint_model = gr.Textbox(label="Model name it expects", placeholder="default_model", max_lines=1)
+        with gr.Row():
+            endpoint_key = gr.Textbox(label="API key (optional)", type="password", max_lines=1)
+            endpoint_vision = gr.Checkbox(label="Reads images")
+            add_endpoint = gr.Button("Add endpoint", size="sm")
+        with gr.Row():
+            endpoint_pick = gr.Dropdown(label="Endpoint", choices=[])
+            remove_endpoint = gr.Button("Remove endpoint", size="sm")
     ticker = gr.Timer(1.0, active=False)
+    offered = gr.State([])
 
     fields = [name, model, kind, host, port, max_tokens, temperature, top_p, prompt_cache_size, api_key,
               extra_args, start_with_app, keep_running, network_ok]
     form = [profile_id, *fields]
     view = [live, log, calling]
-    blocks.load(events.load, None, [profile, model, *form, engine, idle], api_visibility="private")
+    blocks.load(events.load, None, [profile, model, *form, engine, idle, endpoint_list, endpoint_pick],
+                api_visibility="private")
     profile.input(events.pick, profile, form, api_visibility="private").then(
         events.watch, profile_id, view, api_visibility="private")
     new.click(events.new, None, [profile, *form], api_name="server_draft")
@@ -171,8 +212,14 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, tabs: gr.Tabs) 
     stop.click(events.stop, profile_id, view, api_name="stop_server")
     restart.click(events.restart, form, [profile, profile_id, *view], api_name="restart_server")
     delete.click(events.delete, profile_id, [*form, profile], api_name="delete_server_profile")
-    ticker.tick(events.tick, profile_id, [*view, engine], show_progress="hidden", api_visibility="private")
+    ticker.tick(events.tick, [profile_id, offered], [*view, engine, chat.model, offered], show_progress="hidden",
+                api_visibility="private")
+    endpoint_fields = [endpoint_name, endpoint_url, endpoint_key, endpoint_model, endpoint_vision]
+    add_endpoint.click(events.add_endpoint, endpoint_fields, [*endpoint_fields, endpoint_list, endpoint_pick,
+                                                              chat.model], api_name="add_endpoint")
+    remove_endpoint.click(events.remove_endpoint, endpoint_pick, [endpoint_list, endpoint_pick, chat.model],
+                          api_name="remove_endpoint")
     load_engine.click(events.load_engine, None, engine, api_name="load_engine")
     unload_engine.click(events.unload_engine, None, engine, api_name="unload_engine")
     gr.on([idle.blur, idle.submit], events.save_idle, idle, idle, api_name="save_idle_unload")
-    tabs.select(events.tab_selected, None, ticker, api_visibility="private")
+    chat.tabs.select(events.tab_selected, None, ticker, api_visibility="private")
