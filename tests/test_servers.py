@@ -182,6 +182,10 @@ def test_the_servers_tab_one_click_path_and_the_apps_exit_stops_its_servers(star
     assert watched.url == f"http://127.0.0.1:{profile.port}/v1" and usage.rss_bytes > 0
     with pytest.raises(gr.Error, match="running; stop it first"):
         part.delete(profile.id, ann)
+    restarted = part.restart(profile.id, ann)  # a new process, ready again
+    assert restarted.pid != status.pid and not psutil.pid_exists(status.pid)
+    status = wait_state(part.servers, profile.id, (READY, FAILED))
+    assert status.state == READY
     copy = part.duplicate(profile.id, ann)
     assert copy.port != profile.port and copy.model == profile.model and copy.name == "demo server (copy)"
     family = [psutil.Process(status.pid), *psutil.Process(status.pid).children(recursive=True)]
