@@ -13,7 +13,7 @@ import logging
 import mimetypes
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GenerationFailed
@@ -33,7 +33,7 @@ class RemoteTarget:
     key: str  # the picker's value: "server:<profile id>" or "endpoint:<id>"
     name: str
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     model: str  # the `model` field of the request
     vision: bool
 

@@ -13,7 +13,7 @@ import shlex
 import socket
 import sys
 import uuid
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import ModelNotFound, ProfileInvalid
 from .models import read_config
@@ -41,7 +41,7 @@ class ServerProfile:
     temperature: float = 0.0
     top_p: float = 1.0
     prompt_cache_size: int = 4
-    api_key: str = ""  # mlx-vlm only: mlx-lm's server has no key
+    api_key: str = field(default="", repr=False)  # mlx-vlm only: mlx-lm's server has no key
     extra_args: str = ""
     start_with_app: bool = False
     keep_running: bool = False  # when the app quits

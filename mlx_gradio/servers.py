@@ -206,10 +206,7 @@ class Servers:
             if status.state != STARTING:
                 return
             if time.time() > status.deadline:
-                server.stop_requested = True
-                self._set(server, FAILED, f"It did not answer within {self.ready_timeout:.0f} s; stopped it.")
-                self._terminate(server)
-                self.records.remove(server.profile.id)
+                self._give_up(server, f"It did not answer within {self.ready_timeout:.0f} s; stopped it.")
                 return
             error, final = probe(server.profile, timeout=max(1.0, status.deadline - time.time()))
             if error is None:
@@ -217,15 +214,20 @@ class Servers:
                 log.info("%s is ready at %s", server.profile.name, server.profile.url)
                 return
             if final:  # it runs but cannot answer (mlx-lm keeps serving errors after its model failed to load)
-                server.stop_requested = True
-                self._set(server, FAILED, f"The server answers with an error: {error}. Stopped it; see its log.")
                 log.warning("%s cannot answer (%s); last log lines:\n%s", server.profile.name, error,
                             self.log_tail(server.profile.id, lines=12))
-                self._terminate(server)
-                self.records.remove(server.profile.id)
+                self._give_up(server, f"The server answers with an error: {error}. Stopped it; see its log.")
                 return
             log.debug("%s not ready yet: %s", server.profile.name, error)
             self._closed.wait(1.0)
+
+    def _give_up(self, server: Server, reason: str) -> None:
+        """Stop a server that will not become ready; it is shown failed once its processes are gone."""
+        server.stop_requested = True
+        self._set(server, STOPPING, "Stopping it: it cannot answer…")
+        self._terminate(server)
+        self.records.remove(server.profile.id)
+        self._set(server, FAILED, reason, exit_code=self._exit_code(server))
 
     # --- stopping ---------------------------------------------------------------------------
 

@@ -236,6 +236,7 @@ def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_
     endpoint = part.add_endpoint("plain URL", profile.url, "", "default_model", False, local)
     with pytest.raises(gr.Error, match="http://"):
         part.add_endpoint("bad", "file:///etc/passwd", "", "m", False, local)
+    assert all(e.where != "folder" for e in app.controller.library.list(local))  # servers are not on disk
     offered = {m.path: m for m in models.available()}
     assert f"server:{profile.id}" in offered and "server of this app" in offered[f"server:{profile.id}"].label
     for key in (f"server:{profile.id}", f"endpoint:{endpoint['id']}"):

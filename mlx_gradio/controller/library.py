@@ -83,7 +83,7 @@ class LibraryPart:
         memory = self.memory()
         entries = []
         for model in self.models.available():
-            if model.source == "hf-cache":
+            if model.source not in ("demo", "folder"):  # the cache is listed below; servers are not on disk
                 continue
             where = {"demo": "built-in demo"}.get(model.source) or (
                 "imported" if Path(model.path).parent == self.imported_dir else "folder")
@@ -163,7 +163,8 @@ class LibraryPart:
     def _listed_folder(self, key: str) -> str:
         """The folder a "dir:" key names, if the app lists it; never any other path."""
         path = key.removeprefix(DIR_PREFIX)
-        if not key.startswith(DIR_PREFIX) or path not in {m.path for m in self.models.available()}:
+        folders = {m.path for m in self.models.available() if m.source in ("demo", "folder")}
+        if not key.startswith(DIR_PREFIX) or path not in folders:
             raise errors.ModelNotFound("That model is not in the list any more; refresh the list.")
         return path
 

@@ -134,8 +134,8 @@ class ServersPart:
                 targets.append(RemoteTarget(f"{ENDPOINT_PREFIX}{record['id']}", str(record["name"]),
                                             str(record["base_url"]), str(record.get("api_key", "")),
                                             str(record["model"]), bool(record.get("vision"))))
-            except KeyError as exc:
-                log.warning("Skipping an unreadable endpoint %r: %s", record, exc)
+            except KeyError as exc:  # the record is not logged: it may hold a key
+                log.warning("Skipping an endpoint without %s (id %s)", exc, record.get("id"))
         return targets
 
     def endpoints(self, request: gr.Request) -> list[dict]:
@@ -192,8 +192,8 @@ class ServersPart:
         for record in self.store.server_profiles.all():
             try:
                 profile = ServerProfile.from_record(record)
-            except TypeError as exc:
-                log.warning("Skipping an unreadable server profile %r: %s", record, exc)
+            except TypeError as exc:  # the record is not logged: it may hold a key
+                log.warning("Skipping an unreadable server profile (id %s): %s", record.get("id"), exc)
                 continue
             profiles[profile.id] = profile
         return profiles
