@@ -36,26 +36,11 @@ from mlx_gradio.downloads import Downloads  # noqa: E402
 from mlx_gradio.engine import Engine  # noqa: E402
 from mlx_gradio.hub import HubService  # noqa: E402
 from mlx_gradio.local_hub import HubRepo, LocalHub, repo_from_folder  # noqa: E402
+from mlx_gradio.store import MemoryRecords  # noqa: E402
 
 log = logging.getLogger("bench.download")
 DEMO = "mlx-community/SmolLM2-135M-Instruct-4bit"
 SHARDS = "bench/four-shards-4bit"
-
-
-class Records:
-    """Download records kept in memory (the store is not what is measured)."""
-
-    def __init__(self) -> None:
-        self.saved: dict[str, dict] = {}
-
-    def all(self) -> list[dict]:
-        return list(self.saved.values())
-
-    def save(self, record: dict) -> None:
-        self.saved[record["repo_id"]] = record
-
-    def remove(self, repo_id: str) -> None:
-        self.saved.pop(repo_id, None)
 
 
 def shards_repo() -> HubRepo:
@@ -69,7 +54,7 @@ def shards_repo() -> HubRepo:
 
 def app_seconds(hub: LocalHub, repo_id: str, cache: Path, poll: float = 0.02) -> float:
     """The app's download, its progress read every `poll` seconds (the page reads it once a second)."""
-    downloads = Downloads(cache, hub.url, Records())
+    downloads = Downloads(cache, hub.url, MemoryRecords("repo_id"))
     details = HubService(hub.url).details(repo_id)
     started = time.perf_counter()
     downloads.start(details)

@@ -28,24 +28,9 @@ from chat import PROMPT, TOKENS, decode_rate, raw_rate  # noqa: E402 - bench/cha
 from mlx_gradio.demo import prepare_demo_model  # noqa: E402
 from mlx_gradio.server_profiles import ServerProfile, check_profile, new_profile  # noqa: E402
 from mlx_gradio.servers import READY, Servers  # noqa: E402
+from mlx_gradio.store import MemoryRecords  # noqa: E402
 
 IDLE_SECONDS = 30
-
-
-class Records:
-    """Running-server records kept in memory (the store is not what is measured)."""
-
-    def __init__(self) -> None:
-        self.saved: dict[str, dict] = {}
-
-    def all(self) -> list[dict]:
-        return list(self.saved.values())
-
-    def save(self, record: dict) -> None:
-        self.saved[record["profile_id"]] = record
-
-    def remove(self, profile_id: str) -> None:
-        self.saved.pop(profile_id, None)
 
 
 def start_ready(servers: Servers, profile: ServerProfile) -> float:
@@ -93,7 +78,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     model = prepare_demo_model(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        servers = Servers(Path(tmp) / "logs", Path(tmp) / "hf", Records())
+        servers = Servers(Path(tmp) / "logs", Path(tmp) / "hf", MemoryRecords("profile_id"))
         profile = check_profile(new_profile("bench", str(model)))
         try:
             ready_times = []

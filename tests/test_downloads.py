@@ -13,26 +13,11 @@ from mlx_gradio.downloads import CANCELLED, DONE, FAILED, INTERRUPTED, DownloadP
 from mlx_gradio.errors import NotEnoughSpace
 from mlx_gradio.hub import HubService
 from mlx_gradio.local_hub import LocalHub, repo_from_folder
+from mlx_gradio.store import MemoryRecords
 
 TEXT = "mlx-community/SmolLM2-135M-Instruct-4bit"
 WEIGHTS = "model.safetensors"
 FAST_RETRIES = (0.2, 0.2, 0.2)
-
-
-class MemoryRecords:
-    """The store's downloads table, in memory (the store itself is tested in test_store.py)."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, dict] = {}
-
-    def all(self) -> list[dict]:
-        return list(self.records.values())
-
-    def save(self, record: dict) -> None:
-        self.records[record["repo_id"]] = dict(record)
-
-    def remove(self, repo_id: str) -> None:
-        self.records.pop(repo_id, None)
 
 
 @pytest.fixture
@@ -44,7 +29,7 @@ def hub(demo_model: Path):
 
 
 def make(hub: LocalHub, cache: Path, records: MemoryRecords | None = None, retries=FAST_RETRIES) -> Downloads:
-    return Downloads(cache, hub.url, records or MemoryRecords(), retry_delays=retries)
+    return Downloads(cache, hub.url, records or MemoryRecords("repo_id"), retry_delays=retries)
 
 
 def wait_for(downloads: Downloads, repo_id: str, until, timeout: float = 120) -> DownloadProgress:
@@ -121,7 +106,7 @@ def test_cancel_keeps_the_partial_file_and_resume_fetches_only_the_rest(hub, tmp
 
 def test_a_restart_lists_the_interrupted_download_and_resumes_it(hub, tmp_path):
     hub.faults.bytes_per_second = 20e6
-    records = MemoryRecords()
+    records = MemoryRecords("repo_id")
     details = HubService(hub.url).details(TEXT)
     first = make(hub, tmp_path / "hf", records)
     first.start(details)

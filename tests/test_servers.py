@@ -14,27 +14,12 @@ import pytest
 from mlx_gradio.errors import ProfileInvalid
 from mlx_gradio.server_profiles import ServerProfile, check_profile, command, extra_args, new_profile, port_holder
 from mlx_gradio.servers import FAILED, READY, STOPPED, Servers
-
-
-class MemoryRecords:
-    """The store's running-servers table, in memory (the store has tests of its own)."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, dict] = {}
-
-    def all(self) -> list[dict]:
-        return list(self.records.values())
-
-    def save(self, record: dict) -> None:
-        self.records[record["profile_id"]] = dict(record)
-
-    def remove(self, profile_id: str) -> None:
-        self.records.pop(profile_id, None)
+from mlx_gradio.store import MemoryRecords
 
 
 @pytest.fixture
 def servers(tmp_path: Path):
-    supervisor = Servers(tmp_path / "logs", tmp_path / "hf", MemoryRecords(), ready_timeout=240)
+    supervisor = Servers(tmp_path / "logs", tmp_path / "hf", MemoryRecords("profile_id"), ready_timeout=240)
     yield supervisor
     supervisor.shutdown()
 
@@ -132,7 +117,7 @@ def test_profiles_are_checked_before_anything_starts(demo_model, tiny_vlm):
 
 
 def test_an_app_run_that_died_leaves_a_server_the_next_run_adopts(tmp_path, demo_model):
-    records = MemoryRecords()
+    records = MemoryRecords("profile_id")
     first = Servers(tmp_path / "logs", tmp_path / "hf", records, ready_timeout=240)
     profile = check_profile(new_profile("demo", str(demo_model)))
     first.start(profile)
