@@ -79,7 +79,8 @@ def test_guests_cannot_list_use_or_delete(start_app, local_hub, tmp_path):
                     cache_dir=tmp_path / "hf")
     fill_cache(local_hub, tmp_path / "hf")
     library, downloads = app.controller.library, app.controller.downloads
-    for call in (lambda: library.list(GUS), lambda: library.use(f"hf:{TEXT}", GUS),
+    for call in (lambda: library.list(GUS), lambda: library.downloaded(TEXT, GUS),
+                 lambda: library.use(f"hf:{TEXT}", GUS),
                  lambda: library.plan_delete(f"hf:{TEXT}", GUS), lambda: library.delete(f"hf:{TEXT}", GUS),
                  lambda: downloads.start(TEXT, GUS), lambda: downloads.list(GUS),
                  lambda: app.controller.hub.sign_in("hf_x" * 4, GUS)):

@@ -95,6 +95,12 @@ class LibraryPart:
                                       weights_verdict(cached.size_on_disk, memory) if cached.complete else "—"))
         return entries
 
+    def downloaded(self, repo_id: Any, request: gr.Request) -> bool:
+        """Handler: whether the cache holds a complete snapshot of `repo_id` (one scan of the cache)."""
+        with user_errors("look at the models on this machine"):
+            self.access.require_owner(self.access.caller(request), "manage models")
+        return any(m.repo_id == repo_id and m.complete for m in hf_cache.scan(self.cache_dir))
+
     def other_apps(self, request: gr.Request) -> list[FoundGGUF]:
         """Handler: GGUF files LM Studio and Ollama downloaded, and whether each can be imported."""
         with user_errors("look for LM Studio and Ollama models"):

@@ -53,7 +53,7 @@ class ModelsEvents:
         shape = view.details.shape
         slider = gr.update(visible=True, minimum=min(256, shape.context_length), maximum=shape.context_length,
                            value=view.fit.context)
-        on_disk = any(e.name == repo_id and e.complete for e in self.controller.library.list(request))
+        on_disk = self.controller.library.downloaded(view.details.repo_id, request)
         download = gr.update(visible=True, value=("Download again" if on_disk else "Download")
                              + f" ({hub_render.gb(view.details.download_bytes)})")
         return (hub_render.details_markdown(view.details), slider, hub_render.fit_markdown(view.fit),

@@ -105,9 +105,10 @@ class ServersEvents:
 
     def tick(self, request: gr.Request, profile_id: str, offered: list) -> tuple:
         """The live view and the engine; when a server became ready or went away, the chat's picker too."""
+        view = self.watch(request, profile_id)  # the owner check comes first
         ready = sorted(t.key for t in self.controller.servers.targets())
         picker = picker_choices(self.controller) if ready != sorted(offered or []) else gr.skip()
-        return (*self.watch(request, profile_id), self.engine(request), picker, ready)
+        return (*view, self.engine(request), picker, ready)
 
     # --- endpoints --------------------------------------------------------------------------
 
