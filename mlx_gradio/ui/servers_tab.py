@@ -138,7 +138,7 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     """Lay out the Servers tab inside the current Blocks context and wire it to the controller."""
     events = ServersEvents(controller)
     profile_id = gr.State("")
-    with gr.Row(equal_height=True, elem_id="engine-panel"):
+    with gr.Row(equal_height=False, elem_id="engine-panel"):
         engine = gr.Markdown(elem_id="engine-status")
         load_engine = gr.Button("Load", size="sm", min_width=60, scale=0)
         unload_engine = gr.Button("Unload", size="sm", min_width=60, scale=0, elem_id="engine-unload")
