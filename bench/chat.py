@@ -31,7 +31,7 @@ from mlx_gradio.net import free_port, wait_for_page  # noqa: E402
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 TOKENS = 128
 GREEDY = SamplingParams(temperature=0.0, max_tokens=TOKENS)
-GREEDY_SETTINGS = ["", 0.0, 1.0, 0, 0.0, 1.0, -1, TOKENS]
+GREEDY_SETTINGS = ["", 0.0, 1.0, 0, 0.0, 1.0, -1, TOKENS, True]
 HISTORY_WORDS = 420  # about 600 tokens of history with the chat template
 
 

@@ -3,7 +3,8 @@
 A conversation is a plain dict as the store keeps it: `id`, `owner`, `title`, `model`,
 `created`, `updated` and `messages`. A user message is `{"role": "user", "content", "images"}`
 (plus `"error"` when no reply came); an assistant message keeps every version of the reply,
-`{"role": "assistant", "versions": [{"content", "stats", "model", "created"}], "current": i}`.
+`{"role": "assistant", "versions": [{"content", "stats", "model", "created"}], "current": i}`;
+a version of a reasoning model's reply adds `"reasoning"` (its thinking) and `"thought_s"`.
 """
 
 from __future__ import annotations
@@ -79,10 +80,13 @@ def reply_slot(conversation: dict) -> int:
     return len(messages) - 1 if messages[-1]["role"] == "assistant" else len(messages)
 
 
-def add_reply_version(conversation: dict, slot: int, content: str, stats: dict | None, model: str | None) -> None:
+def add_reply_version(conversation: dict, slot: int, content: str, stats: dict | None, model: str | None,
+                      reasoning: str = "", thought_s: float | None = None) -> None:
     """Put a reply at `slot`: a new version of the reply there, or a new assistant message."""
     messages = conversation["messages"]
     version = {"content": content, "stats": stats, "model": model, "created": time.time()}
+    if reasoning:
+        version.update(reasoning=reasoning, thought_s=thought_s)
     if slot < len(messages) and messages[slot]["role"] == "assistant":
         messages[slot]["versions"].append(version)
         messages[slot]["current"] = len(messages[slot]["versions"]) - 1
@@ -92,11 +96,14 @@ def add_reply_version(conversation: dict, slot: int, content: str, stats: dict |
         messages[slot - 1].pop("error", None)
 
 
-def update_reply_version(conversation: dict, slot: int, content: str, stats: dict | None) -> None:
-    """Replace the text and stats of the version just added at `slot` (as the reply streams on)."""
+def update_reply_version(conversation: dict, slot: int, content: str, stats: dict | None,
+                         reasoning: str = "", thought_s: float | None = None) -> None:
+    """Replace the text, thinking and stats of the version just added at `slot` (as the reply streams on)."""
     version = conversation["messages"][slot]["versions"][-1]
     version["content"] = content
     version["stats"] = stats
+    if reasoning:
+        version.update(reasoning=reasoning, thought_s=thought_s)
 
 
 def mark_unanswered(conversation: dict, slot: int, error: str) -> None:
@@ -113,6 +120,15 @@ def has_notice(messages: list[dict], index: int) -> bool:
             and (index + 1 == len(messages) or messages[index + 1]["role"] == "user"))
 
 
+def shown_count(messages: list[dict], index: int) -> int:
+    """How many chat messages message `index` takes on screen: a notice or a thinking block adds one."""
+    message = messages[index]
+    if message["role"] == "user":
+        return 2 if has_notice(messages, index) else 1
+    version = current_version(message)
+    return 2 if version.get("reasoning") and version.get("content") else 1
+
+
 def message_at(conversation: dict, shown_index: int) -> int:
     """The stored index of the message the chat shows at `shown_index` (notices take a place too)."""
     messages = conversation["messages"]
@@ -120,7 +136,7 @@ def message_at(conversation: dict, shown_index: int) -> int:
     for index in range(len(messages)):
         if shown == shown_index:
             return index
-        shown += 2 if has_notice(messages, index) else 1
+        shown += shown_count(messages, index)
     raise ChatEditError("Only your own messages can be edited.")
 
 
@@ -161,7 +177,8 @@ def model_messages(conversation: dict, slot: int, system_prompt: str) -> tuple[C
                 continue
             messages.append(ChatMessage("user", message["content"], tuple(message.get("images") or ())))
         else:
-            messages.append(ChatMessage("assistant", current_version(message)["content"]))
+            version = current_version(message)
+            messages.append(ChatMessage("assistant", version["content"], reasoning=version.get("reasoning") or ""))
     return tuple(messages)
 
 

@@ -21,6 +21,7 @@ from .errors import ImageNeedsVisionModel, ModelLoadFailed
 from .jobs import ChatMessage, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .models import read_config
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
+from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,24 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     return {"sampler": sampler, "logits_processors": processors}
 
 
-def _relay(responses: Iterator[Any], generation: Generation) -> Relayed:
-    """Hand each piece of text to the reader, stopping between tokens if asked.
+def thinking_splitter(tokenizer: Any, prompt_tail: str) -> ThinkSplitter:
+    """A splitter for this tokenizer's thinking markers (mlx-lm knows them), starting inside the
+    block when the prompt opened one."""
+    start = getattr(tokenizer, "think_start", None) or THINK_START
+    end = getattr(tokenizer, "think_end", None) or THINK_END
+    return ThinkSplitter(start, end, thinking=opens_thinking(prompt_tail, start, end))
+
+
+def template_message(tokenizer: Any, message: ChatMessage) -> dict:
+    """A text message for a chat template; earlier thinking only for templates that read it."""
+    entry = {"role": message.role, "content": message.content}
+    if message.reasoning and "reasoning_content" in (getattr(tokenizer, "chat_template", None) or ""):
+        entry["reasoning_content"] = message.reasoning
+    return entry
+
+
+def _relay(responses: Iterator[Any], generation: Generation, splitter: ThinkSplitter) -> Relayed:
+    """Hand each piece of text to the reader (thinking apart from the answer), stopping between tokens if asked.
 
     Works for mlx-lm's and mlx-vlm's stream responses alike (`.text`, `.token`, `.finish_reason`).
     """
@@ -94,14 +111,20 @@ def _relay(responses: Iterator[Any], generation: Generation) -> Relayed:
         if relayed.first_token_at is None:
             relayed.first_token_at = time.perf_counter()
         if response.text:
-            generation.put(GenerationEvent(text=response.text))
+            _put_text(generation, *splitter.feed(response.text))
         if response.finish_reason:
             relayed.finish = response.finish_reason
         elif generation.stop_requested:
             relayed.finish = "stopped"
             break
     responses.close()
+    _put_text(generation, *splitter.flush())
     return relayed
+
+
+def _put_text(generation: Generation, reasoning: str, answer: str) -> None:
+    if reasoning or answer:
+        generation.put(GenerationEvent(text=answer, reasoning=reasoning))
 
 
 def _final_event(generation: Generation, relayed: Relayed, prompt_tokens: int, cached_tokens: int,
@@ -245,8 +268,9 @@ class Worker:
         tokenizer = loaded.processor
 
         def encode(messages: Sequence[ChatMessage]) -> list[int]:
-            chat = [{"role": m.role, "content": m.content} for m in messages]
-            return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True))
+            chat = [template_message(tokenizer, m) for m in messages]
+            return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True,
+                                                      enable_thinking=request.thinking))
 
         entry = self.caches.take(request.conversation_id)
         context = context_length(loaded.config, request.context_limit)
@@ -270,7 +294,7 @@ class Worker:
                 prefill_step_size=self.prefill_step(),
                 prompt_progress_callback=PrefillProgress(generation, reused, len(tokens)),
                 **sampling_kwargs(request.params),
-            ), generation)
+            ), generation, thinking_splitter(tokenizer, tokenizer.decode(tokens[-16:])))
         except PrefillStopped as stopped:
             # The cache holds every chunk read so far: the next turn goes on from there.
             self.caches.put(request.conversation_id,
@@ -299,7 +323,8 @@ class Worker:
 
         def template(messages: Sequence[ChatMessage]) -> str:
             return apply_chat_template(loaded.processor, loaded.config, [_vision_message(m) for m in messages],
-                                       num_images=sum(len(m.images) for m in messages))
+                                       num_images=sum(len(m.images) for m in messages),
+                                       enable_thinking=request.thinking)
 
         entry = self.caches.take(request.conversation_id)
         context = context_length(loaded.config, request.context_limit)
@@ -313,15 +338,16 @@ class Worker:
             self.vision_features = VisionFeatureCache()
         generation.put(GenerationEvent(status="Reading the prompt…"))
 
+        prompt = template(kept)
         chunks = stream_generate(
-            loaded.model, loaded.processor, template(kept), image=images or None, max_tokens=fitted.max_tokens,
+            loaded.model, loaded.processor, prompt, image=images or None, max_tokens=fitted.max_tokens,
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
             repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
             prompt_cache_state=state, vision_cache=self.vision_features,
         )
         # mlx-vlm records the turn's tokens only at the end; it trims by the cache's real length,
         # so a turn stopped early leaves the state safe to reuse.
-        relayed = _relay(chunks, generation)
+        relayed = _relay(chunks, generation, thinking_splitter(tokenizer, prompt[-200:]))
         self.caches.put(request.conversation_id, CachedPrompt(list(state.token_ids or []), state, fitted.dropped))
         last = relayed.last
         generation.put(_final_event(generation, relayed, last.prompt_tokens if last else 0,

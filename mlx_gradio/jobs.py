@@ -27,11 +27,15 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class ChatMessage:
-    """One turn of a conversation as the model sees it; `images` are local file paths."""
+    """One turn of a conversation as the model sees it; `images` are local file paths.
+
+    `reasoning` is an earlier reply's thinking, given to templates that ask for it (`reasoning_content`).
+    """
 
     role: str
     content: str
     images: tuple[str, ...] = ()
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     params: SamplingParams = SamplingParams()
     context_limit: int = 0  # tokens; 0 means the model's own context length
+    thinking: bool = True  # the template's `enable_thinking` (a template without one ignores it)
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,10 @@ class GenerationStats:
 
 @dataclass(frozen=True)
 class GenerationEvent:
-    """A piece of a streaming reply: new text, a status line, or (last) the stats."""
+    """A piece of a streaming reply: new answer text, thinking text, a status line, or (last) the stats."""
 
     text: str = ""
+    reasoning: str = ""
     status: str = ""
     stats: GenerationStats | None = None
 

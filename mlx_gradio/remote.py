@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .errors import GenerationFailed
 from .jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
+from .reasoning import ThinkSplitter
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,15 @@ def _stream(target: RemoteTarget, generation: Generation) -> None:
     started = time.perf_counter()
     first = last = 0.0
     chunks, finish, usage = 0, "stop", None
+    splitter = ThinkSplitter()  # for servers that leave `<think>` in the text
+    # The servers of this app (mlx-lm's, mlx-vlm's) take the Think switch; other endpoints may refuse unknown fields.
+    think = ({"chat_template_kwargs": {"enable_thinking": request.thinking}, "enable_thinking": request.thinking}
+             if target.key.startswith(SERVER_PREFIX) else {})
     try:
         stream = client.chat.completions.create(
             model=target.model, messages=openai_messages(request), stream=True, max_tokens=params.max_tokens,
             temperature=params.temperature, top_p=params.top_p, stream_options={"include_usage": True},
-            **({"seed": params.seed} if params.seed >= 0 else {}))
+            extra_body=think or None, **({"seed": params.seed} if params.seed >= 0 else {}))
         with stream:
             for chunk in stream:
                 if generation.stop_requested:
@@ -91,12 +96,19 @@ def _stream(target: RemoteTarget, generation: Generation) -> None:
                     continue
                 choice = chunk.choices[0]
                 finish = choice.finish_reason or finish
-                text = choice.delta.content or "" if choice.delta else ""
-                if text:
+                delta = choice.delta
+                text = delta.content or "" if delta else ""
+                # mlx-lm's server sends the thinking as `reasoning`, others as `reasoning_content`.
+                reasoning = getattr(delta, "reasoning", None) or getattr(delta, "reasoning_content", None) or ""
+                if text or reasoning:
                     last = time.perf_counter()
                     first = first or last
                     chunks += 1
-                    generation.put(GenerationEvent(text=text))
+                    split_reasoning, answer = splitter.feed(text)
+                    generation.put(GenerationEvent(text=answer, reasoning=reasoning + split_reasoning))
+            rest_reasoning, rest = splitter.flush()
+            if rest_reasoning or rest:
+                generation.put(GenerationEvent(text=rest, reasoning=rest_reasoning))
     except openai.APIStatusError as exc:
         generation.put(GenerationFailed(f"{target.name} answered with an error ({exc.status_code}): "
                                         f"{_detail(exc)}"))

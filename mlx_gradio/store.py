@@ -34,8 +34,9 @@ CONVERSATIONS_DIR = "conversations"
 LOCAL_USER = "local"  # the one owner when the app runs without a login
 
 USER_SETTING_FIELDS = ("system_prompt", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-                       "seed", "max_tokens")
-DEFAULT_USER_SETTINGS: dict[str, Any] = {"model": None, "system_prompt": "", **asdict(SamplingParams())}
+                       "seed", "max_tokens", "thinking")
+DEFAULT_USER_SETTINGS: dict[str, Any] = {"model": None, "system_prompt": "", **asdict(SamplingParams()),
+                                         "thinking": True}
 DEFAULT_APP_SETTINGS: dict[str, Any] = {
     "model": None,  # the model an owner picked last: where a new user starts
     "model_folders": [],

@@ -60,6 +60,34 @@ def demo_model(demo_gguf: Path) -> Path:
     return folder
 
 
+# Two worked examples teach the demo model to close its thinking block; the generation prompt opens one
+# (as Qwen3's template does), or, with `enable_thinking=False`, gives an empty one as Qwen3's does.
+EXAMPLE = ("<|im_start|>user\nWhat is the capital of {0}?<|im_end|>\n<|im_start|>assistant\n<think>\n"
+           "Capital of {0}.\n</think>\nThe capital of {0} is {1}.<|im_end|>\n")
+THINKING_TEMPLATE = (
+    "{{ '" + (EXAMPLE.format("Italy", "Rome") + EXAMPLE.format("Spain", "Madrid")).replace("\n", "\\n") + "' }}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n' }}"
+    "{% else %}{{ '<think>\\n' }}{% endif %}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def thinking_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model with a reasoning model's chat template: its replies begin with a thinking block."""
+    import json
+
+    folder = tmp_path_factory.mktemp("models") / "smollm2-thinking"
+    folder.mkdir()
+    for item in demo_model.iterdir():
+        if item.name != "tokenizer_config.json":
+            (folder / item.name).symlink_to(item)
+    config = json.loads((demo_model / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": THINKING_TEMPLATE}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen2-VL folder."""

@@ -139,7 +139,7 @@ def test_a_guest_cannot_use_server_paths_and_errors_reveal_nothing(shared_app, t
 
 def test_guests_keep_their_own_settings_and_cannot_change_the_owners(shared_app):
     gus, gia = shared_app.client(auth=GUS), shared_app.client(auth=GIA)
-    gus.predict("Talk like a pirate.", 0.7, 0.9, 0, 0.0, 1.0, -1, 64, api_name="/save_settings")
+    gus.predict("Talk like a pirate.", 0.7, 0.9, 0, 0.0, 1.0, -1, 64, True, api_name="/save_settings")
     assert gus.predict(api_name="/page_load")[3:5] == ("Talk like a pirate.", 0.7)
     assert gia.predict(api_name="/page_load")[3:5] == ("", 0.0)
     owner = shared_app.client(auth=OWNER)

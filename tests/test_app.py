@@ -12,7 +12,7 @@ from gradio_client import handle_file
 
 from mlx_gradio.store import DB_NAME, LOCAL_USER
 
-GREEDY = ["", 0.0, 1.0, 0, 0.0, 1.0, -1, 12]  # system prompt, temperature ... max tokens
+GREEDY = ["", 0.0, 1.0, 0, 0.0, 1.0, -1, 12, True]  # system prompt, temperature ... max tokens, think
 LOCAL = gr.Request(session_hash="direct-test")
 
 
@@ -87,7 +87,7 @@ def test_regenerate_keeps_every_version_and_stop_keeps_what_was_written(start_ap
     previous = client.predict(api_name="/previous_version")
     assert previous[4] == "1 / 2" and app.store.conversations.get(saved.id)["messages"][1]["current"] == 0
 
-    long = [*GREEDY[:-1], 300]
+    long = [*GREEDY[:-2], 300, True]
     job = client.submit({"text": "Write a long story about a dragon.", "files": []}, model, *long, api_name="/send")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any("*" not in last_reply(o) and last_reply(o) for o in job.outputs()):
@@ -153,7 +153,7 @@ def test_settings_and_conversations_survive_a_restart(start_app, tmp_path: Path,
     client = first.client()
     page(client)
     client.predict(str(tiny_vlm), api_name="/add_model_folder")
-    custom = ["Answer in French.", 0.0, 0.8, 40, 0.05, 1.1, 7, 8]
+    custom = ["Answer in French.", 0.0, 0.8, 40, 0.05, 1.1, 7, 8, False]
     client.predict(*custom, api_name="/save_settings")
     reply = answer(send(client, "Hello there", str(tiny_vlm), settings=custom))
     first.close()

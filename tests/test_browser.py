@@ -122,3 +122,30 @@ def test_the_login_page_comes_first_and_a_guest_sees_the_chat_only(start_app, br
     assert page.locator("#chat-input").is_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "guest.png"), full_page=True)
+
+
+def test_thinking_streams_in_a_block_that_folds_away(start_app, browser_page, thinking_model: Path):
+    app = start_app()
+    app.store.settings.update_app(model_folders=[str(thinking_model)], model=str(thinking_model))
+    page = browser_page
+    page.goto(app.url)
+    page.wait_for_selector("#chatbot")
+    page.wait_for_function("document.querySelector('#model-status').innerText.includes('loaded')", timeout=120_000)
+    page.locator("#chat-input textarea").fill("What is the capital of France?")
+    page.locator("#chat-input textarea").press("Enter")
+    seen = wait_for_reply(page, "Paris")
+    assert any("Thinking…" in text for text in seen), f"no pending thinking block while it streamed: {seen}"
+    title = page.locator("#chatbot .thought-group .title")
+    assert "Thought for" in title.inner_text()
+    answer = page.get_by_text("The capital of France is Paris.")
+    assert answer.is_visible()
+    thinking = page.get_by_text("Capital of France.", exact=True)
+    assert thinking.count() == 0 or not thinking.is_visible()  # folded away
+    title.click()
+    page.get_by_text("Capital of France.", exact=True).wait_for(state="visible")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "thinking.png"), full_page=True)
+    [saved] = app.store.conversations.list(LOCAL_USER)[0]
+    [version] = app.store.conversations.get(saved.id)["messages"][1]["versions"]
+    assert version["content"] == "The capital of France is Paris."
+    assert version["reasoning"].strip() == "Capital of France." and version["thought_s"] > 0

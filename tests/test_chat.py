@@ -128,3 +128,19 @@ def test_dates_in_the_list_are_short():
     assert render.when(now - 86_400, now) == "yesterday"
     assert len(render.when(now - 3 * 86_400, now)) == 3  # a weekday
     assert render.when(now - 400 * 86_400, now).endswith(("2025", "2026", "2027"))
+
+
+def test_a_reply_with_thinking_shows_a_folded_block_and_edit_indexes_count_it():
+    conversation = chat.new_conversation("ann")
+    chat.add_user_message(conversation, "Capital of France?", [])
+    chat.add_reply_version(conversation, 1, "Paris.", None, "/m", reasoning="\nThe capital.\n", thought_s=72.4)
+    chat.add_user_message(conversation, "And Spain?", [])
+    shown = render.chatbot_messages(conversation)
+    assert shown[1] == {"role": "assistant", "content": "The capital.",
+                        "metadata": {"title": "Thought for 1 min 12 s", "status": "done"}}
+    assert shown[2] == {"role": "assistant", "content": "Paris."}
+    assert chat.message_at(conversation, 3) == 2  # the thinking block takes a place on screen
+    # While the reply streams and the answer has not begun, the block is open and pending.
+    conversation["messages"][1]["versions"][0]["thought_s"] = None
+    streaming = render.chatbot_messages(conversation, streaming=True)
+    assert streaming[1]["metadata"] == {"title": "Thinking…", "status": "pending"}

@@ -169,7 +169,7 @@ def test_sigterm_while_a_long_prompt_is_read_stops_the_app_promptly(tmp_path: Pa
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         client.predict(api_name="/page_load")
         notes = " ".join(f"Note {i}: the bakery opens at {i % 12 + 1} o'clock." for i in range(300))  # ~4,000 tokens
-        job = client.submit({"text": notes, "files": []}, "", "", 0.0, 1.0, 0, 0.0, 1.0, -1, 16, api_name="/send")
+        job = client.submit({"text": notes, "files": []}, "", "", 0.0, 1.0, 0, 0.0, 1.0, -1, 16, True, api_name="/send")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not job.done():
             shown = [o[0][-1]["content"][0]["text"] for o in job.outputs() if o[0]]

@@ -56,7 +56,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
     Image.new("RGB", (8, 8), (0, 128, 255)).save(picture)
     for request in REQUESTS[0], REQUESTS[2]:  # a conversation each for the owner and the guest to start from
-        views = list(controller.replies.send("", {"text": "Hello"}, str(model), "", 0, 1, 0, 0, 1, -1, 8,
+        views = list(controller.replies.send("", {"text": "Hello"}, str(model), "", 0, 1, 0, 0, 1, -1, 8, True,
                                              request=request))
         assert views[-1].conversation["messages"][-1]["role"] == "assistant"
     paths = [str(model), str(gguf), str(picture), str(root / "not-an-image.png"), str(root / "missing"),

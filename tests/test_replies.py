@@ -185,7 +185,7 @@ def test_deleting_a_conversation_while_its_reply_is_written_keeps_it_deleted(sta
     app = start_app()
     replies, conversations = app.controller.replies, app.controller.conversations
     sending = replies.send("", {"text": "Write a long story about a dragon."}, app.controller.models.demo_path,
-                           *GREEDY[:-1], 200, request=TAB_A)
+                           *GREEDY[:-2], 200, True, request=TAB_A)
     conversation_id = next(sending).conversation_id
     conversations.delete(conversation_id, TAB_B)  # the same user, from another tab
     views = list(sending)
@@ -205,7 +205,7 @@ def test_a_full_disk_is_a_clear_error_and_the_next_send_after_freeing_space_work
                                          request=TAB_A))
     assert refused.value.title == "Could not send the message"
     with pytest.raises(gr.Error, match="No space left"):
-        app.controller.settings.save_user("Be brief.", 0.5, 1.0, 0, 0.0, 1.0, -1, 12, request=TAB_A)
+        app.controller.settings.save_user("Be brief.", 0.5, 1.0, 0, 0.0, 1.0, -1, 12, True, request=TAB_A)
     assert app.store.conversations.list(LOCAL_USER)[1] == 0
     assert app.store.settings.user(LOCAL_USER)["system_prompt"] == ""
     filler.unlink()

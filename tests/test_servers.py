@@ -235,7 +235,7 @@ def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_
         assert len(views) > 3  # it streamed
     # Stop ends a reply through the server after the current chunk; what came stays.
     sending = replies.send("", {"text": "Write a long story about a dragon."}, f"server:{profile.id}",
-                           *GREEDY[:-1], 400, request=local)
+                           *GREEDY[:-2], 400, True, request=local)
     views = []
     for view in sending:
         views.append(view)

@@ -20,7 +20,7 @@ import gradio as gr
 
 from .. import chat, errors
 from ..engine import Engine
-from ..jobs import ChatRequest, Generation, GenerationStats
+from ..jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
 from ..store import Store
 from .access import Access, Caller
 from .conversations import ConversationsPart
@@ -63,10 +63,33 @@ class _Reply:
     """What one reply has produced so far."""
 
     text: str = ""
+    reasoning: str = ""
+    thinking_since: float | None = None  # when the first thinking text came
+    thought_s: float | None = None  # how long the model thought, once the answer began (or the reply ended)
     stats: GenerationStats | None = None
     committed: bool = False
     error: errors.AppError | None = None
     cancelled: bool = False
+
+    def add(self, event: GenerationEvent, now: float) -> None:
+        """Take in one event of the stream."""
+        if event.reasoning:
+            self.reasoning += event.reasoning
+            self.thinking_since = self.thinking_since or now
+        if event.text and self.thinking_since is not None and self.thought_s is None:
+            self.thought_s = now - self.thinking_since
+        self.text += event.text
+        self.stats = event.stats or self.stats
+
+    def end_thinking(self, now: float) -> None:
+        """A reply that ended while still thinking thought until now."""
+        if self.thinking_since is not None and self.thought_s is None:
+            self.thought_s = now - self.thinking_since
+
+    @property
+    def started(self) -> bool:
+        """Whether any text (answer or thinking) has come."""
+        return bool(self.text or self.reasoning)
 
 
 class RepliesPart:
@@ -230,7 +253,8 @@ class RepliesPart:
         `fallback` is what stays if no reply comes; `mark_unanswered` notes on its last user turn why.
         """
         request = ChatRequest(base["id"], model, chat.model_messages(base, slot, values["system_prompt"]),
-                              sampling_params(values), context_limit=self.store.settings.app()["context_limit"])
+                              sampling_params(values), context_limit=self.store.settings.app()["context_limit"],
+                              thinking=values["thinking"])
         reply = _Reply()
         conversation = base
         status = "Waiting for the model…"
@@ -243,17 +267,17 @@ class RepliesPart:
             active.attach(generation)
             last_yield = last_save = time.monotonic()
             for event in generation.events():
-                reply.text += event.text
-                reply.stats = event.stats or reply.stats
-                status = event.status or status
                 now = time.monotonic()
+                reply.add(event, now)
+                status = event.status or status
                 saved: dict | None = conversation
-                if reply.text and not reply.committed:
-                    chat.add_reply_version(conversation, slot, reply.text, None, model)
+                if reply.started and not reply.committed:
+                    chat.add_reply_version(conversation, slot, reply.text, None, model, reply.reasoning,
+                                           reply.thought_s)
                     reply.committed = True
                     saved, last_save = self.store.conversations.save(conversation, create=False), now
                 elif reply.committed:
-                    chat.update_reply_version(conversation, slot, reply.text, None)
+                    chat.update_reply_version(conversation, slot, reply.text, None, reply.reasoning, reply.thought_s)
                     if now - last_save >= SAVE_INTERVAL_S:
                         saved, last_save = self.store.conversations.save(conversation, create=False), now
                 if saved is None:
@@ -293,8 +317,9 @@ class RepliesPart:
         """
         stats = asdict(reply.stats) if reply.stats else None
         finished = reply.stats is not None and reply.stats.finish_reason in ("stop", "length")
+        reply.end_thinking(time.monotonic())
         if reply.committed:
-            chat.update_reply_version(conversation, slot, reply.text, stats)
+            chat.update_reply_version(conversation, slot, reply.text, stats, reply.reasoning, reply.thought_s)
             result, applied = conversation, True
         elif finished and reply.error is None:
             chat.add_reply_version(conversation, slot, "", stats, model)  # the model ended at once: an empty answer

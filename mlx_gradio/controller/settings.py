@@ -57,7 +57,9 @@ def parse_user_settings(values: Sequence[Any]) -> dict[str, Any]:
         raise gr.Error(f"Expected {len(USER_SETTING_FIELDS)} settings, got {len(values)}.")
     raw = dict(zip(USER_SETTING_FIELDS, values, strict=True))
     prompt = raw.pop("system_prompt")
-    settings = {"system_prompt": chat.clean_text(prompt if isinstance(prompt, str) else "")[:MAX_SYSTEM_PROMPT]}
+    thinking = raw.pop("thinking")
+    settings = {"system_prompt": chat.clean_text(prompt if isinstance(prompt, str) else "")[:MAX_SYSTEM_PROMPT],
+                "thinking": thinking if isinstance(thinking, bool) else True}
     settings.update({name: clamp(name, value) for name, value in raw.items()})
     return settings
 

@@ -28,7 +28,7 @@ def chat_outputs(view: ChatView) -> tuple:
         box = gr.update(value=view.restore_input) if view.restore_input else gr.skip()
     label = render.version_label(conversation)
     return (
-        render.chatbot_messages(conversation, view.draft),
+        render.chatbot_messages(conversation, view.draft, view.streaming),
         box,
         view.conversation_id,
         conversation["title"] if conversation else "",

@@ -66,6 +66,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                 repetition_penalty = gr.Slider(0.8, 2, step=0.01, label="Repetition penalty")
                 seed = gr.Number(label="Seed (-1 = random)", precision=0)
                 max_tokens = gr.Slider(1, 8192, step=1, label="Max new tokens")
+                thinking = gr.Checkbox(label="Think", value=True, elem_id="thinking-switch",
+                                       info="For models whose template can switch thinking off (Qwen3 …)")
             with gr.Accordion("Engine", open=False, visible=False) as engine_box:
                 context_limit = gr.Number(label="Context limit in tokens (0 = each model's own)", precision=0,
                                           minimum=0)
@@ -79,7 +81,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                 import_status = gr.Markdown()
             account = gr.Markdown(elem_id="account")
 
-    settings = [system_prompt, temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens]
+    settings = [system_prompt, temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens, thinking]
     chat_view = [chatbot, chat_input, conversation_id, title, stats, versions, version, regenerate]
     listing = [conversations, more]
 
@@ -121,7 +123,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     add_folder.click(events.add_model_folder, folder, [model, folder], api_name="add_model_folder")
     import_gguf.click(events.import_gguf, gguf, [model, import_status], api_name="import_gguf")
     # Settings are saved when a value is committed, not at every keystroke or slider step.
-    committed = [system_prompt.blur, *(s.release for s in settings[1:6]), seed.blur, seed.submit, max_tokens.release]
+    committed = [system_prompt.blur, *(s.release for s in settings[1:6]), seed.blur, seed.submit, max_tokens.release,
+                 thinking.input]
     gr.on(committed, events.save_settings, settings, None, trigger_mode="always_last", api_name="save_settings")
     gr.on([context_limit.blur, context_limit.submit, cache_budget.blur, cache_budget.submit],
           events.save_engine_settings, [context_limit, cache_budget], None, trigger_mode="always_last",

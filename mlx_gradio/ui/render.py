@@ -21,8 +21,11 @@ log = logging.getLogger(__name__)
 FINISH_NOTES = {"length": "max tokens reached", "stopped": "stopped", "error": "ended by an error"}
 
 
-def chatbot_messages(conversation: dict | None, draft: Draft | None = None) -> list[dict]:
-    """The `gr.Chatbot` messages of a conversation, with a reply being written shown at its place."""
+def chatbot_messages(conversation: dict | None, draft: Draft | None = None, streaming: bool = False) -> list[dict]:
+    """The `gr.Chatbot` messages of a conversation, with a reply being written shown at its place.
+
+    While `streaming`, a reply still thinking shows its thinking block open and pending.
+    """
     history: list[dict] = []
     messages = (conversation or {}).get("messages", [])
     for i, message in enumerate(messages):
@@ -34,10 +37,32 @@ def chatbot_messages(conversation: dict | None, draft: Draft | None = None) -> l
                 history.append({"role": "assistant", "content": f"⚠ *No reply: {message['error']}* "
                                                                 f"Use ↻ to try again."})
         elif not (draft is not None and i == draft.slot):
-            history.append({"role": "assistant", "content": chat.current_version(message)["content"]})
+            history += _reply_messages(chat.current_version(message), streaming)
     if draft is not None and draft.slot >= len(messages):
         history.append(_draft_message(draft))
     return history
+
+
+def _reply_messages(version: dict, streaming: bool) -> list[dict]:
+    """A reply: its thinking as a collapsible block ("Thought for 12 s"), then the answer."""
+    shown: list[dict] = []
+    reasoning = (version.get("reasoning") or "").strip()
+    if reasoning:
+        thinking = streaming and version.get("thought_s") is None
+        title = "Thinking…" if thinking else f"Thought for {_duration(version.get('thought_s') or 0.0)}"
+        shown.append({"role": "assistant", "content": reasoning,
+                      "metadata": {"title": title, "status": "pending" if thinking else "done"}})
+    if version["content"] or not shown:
+        shown.append({"role": "assistant", "content": version["content"]})
+    return shown
+
+
+def _duration(seconds: float) -> str:
+    """"12 s", "2 min 5 s"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s" if seconds >= 1 else "less than a second"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if rest else f"{minutes} min"
 
 
 def _draft_message(draft: Draft) -> dict:
