@@ -11,6 +11,7 @@ from .controller.access import Access
 from .controller.settings import cache_budget_bytes
 from .engine import Engine
 from .hub import HubService
+from .prompt_files import PromptFiles
 from .store import Store
 from .ui.blocks import build_app
 
@@ -27,7 +28,8 @@ def create_controller(data_dir: Path, access: Access | None = None, upload_dir: 
     store = Store(data_dir)
     app = store.settings.app()
     engine = Engine(cache_budget=cache_budget_bytes(app["cache_budget_gb"]),
-                    idle_unload_s=60 * app["idle_unload_minutes"])
+                    idle_unload_s=60 * app["idle_unload_minutes"],
+                    prompt_files=PromptFiles(data_dir / "prompt-caches", int(app["disk_cache_gb"] * 1e9)))
     return Controller(engine, store, data_dir, access, upload_dir, hub, cache_dir)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from .errors import AppError, GenerationFailed
 from .jobs import ChatRequest, Generation
 from .prompt_cache import DEFAULT_LIMIT
+from .prompt_files import PromptFiles
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ class EngineStatus:
     generating: bool = False
     memory_bytes: int = 0  # MLX's active memory, after the last job
     peak_bytes: int = 0
-    cached_conversations: int = 0  # conversations whose prompt cache is kept
+    cached_conversations: int = 0  # conversations whose prompt cache is kept in memory
     cache_bytes: int = 0
+    saved_conversations: int = 0  # conversations whose prompt cache is kept on disk
+    saved_bytes: int = 0
     last_used: float = 0.0  # time.time() of the last reply or load
 
 
@@ -48,8 +51,9 @@ class Engine:
     """Owns the MLX worker thread, the loaded model and the per-conversation prompt caches."""
 
     def __init__(self, cache_limit: int = DEFAULT_LIMIT, cache_budget: int | None = None,
-                 idle_unload_s: float = 0.0) -> None:
+                 idle_unload_s: float = 0.0, prompt_files: PromptFiles | None = None) -> None:
         self._idle_unload_s = idle_unload_s
+        self._prompt_files = prompt_files
         self._jobs: queue.Queue = queue.Queue()
         self._status = EngineStatus()
         self._status_lock = threading.Lock()
@@ -92,9 +96,14 @@ class Engine:
         self._idle_unload_s = max(0.0, float(seconds))
         self._jobs.put((lambda: None, (), Future()))  # wake the thread so the new timeout applies now
 
+    def set_disk_cache_budget(self, budget_bytes: int) -> Future:
+        """Bound the bytes of prompt caches kept on disk (0: none; the oldest files go first)."""
+        files = self._prompt_files
+        return self.call(lambda: files.set_budget(budget_bytes) if files is not None else None)
+
     def forget_conversation(self, conversation_id: str) -> Future:
-        """Drop a conversation's prompt cache (it was deleted)."""
-        return self.call(lambda: self._worker.caches.take(conversation_id))
+        """Drop a conversation's prompt cache, in memory and on disk (it was deleted)."""
+        return self.call(lambda: self._worker.forget(conversation_id))
 
     def generate(self, request: ChatRequest) -> Generation:
         """Queue a reply; read it with `Generation.events()`, end it early with `.stop()`."""
@@ -127,7 +136,7 @@ class Engine:
         # MLX is imported only once there is work, so it does not slow the page's start.
         from .generation import Worker
 
-        self._worker = Worker(self.set_status, self._cache_limit, self._cache_budget)
+        self._worker = Worker(self.set_status, self._cache_limit, self._cache_budget, self._prompt_files)
         while job is not _SHUTDOWN:
             if isinstance(job, Generation):
                 self._run_generation(job)
@@ -138,7 +147,10 @@ class Engine:
         self._worker.close()
 
     def _next_job(self) -> Any:
-        """The next job; with idle unloading on, unload the model when none comes in time."""
+        """The next job; meanwhile prompt caches go to disk one at a time, and with idle unloading
+        on, the model is unloaded when no job comes in time."""
+        while self._jobs.empty() and self._worker.save_one():
+            self.set_status(**self._worker.usage())
         while True:
             timeout = None
             if self._idle_unload_s and self._worker.loaded is not None:

@@ -21,6 +21,7 @@ from .errors import ImageNeedsVisionModel, ModelLoadFailed
 from .jobs import ChatMessage, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .models import read_config
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
+from .prompt_files import PromptFiles
 from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking
 
 log = logging.getLogger(__name__)
@@ -180,12 +181,14 @@ def _vision_message(message: ChatMessage) -> dict:
 
 
 class Worker:
-    """The engine thread's state: the loaded model and the conversations' prompt caches."""
+    """The engine thread's state: the loaded model and the conversations' prompt caches (in memory and on disk)."""
 
-    def __init__(self, set_status: Callable[..., None], cache_limit: int, cache_budget: int | None) -> None:
+    def __init__(self, set_status: Callable[..., None], cache_limit: int, cache_budget: int | None,
+                 files: PromptFiles | None = None) -> None:
         self.set_status = set_status
         self.loaded: LoadedModel | None = None
-        self.caches = ConversationCaches(cache_limit, cache_budget)
+        self.files = files
+        self.caches = ConversationCaches(cache_limit, cache_budget, on_evict=self._write)
         self.vision_features: Any = None  # mlx-vlm's VisionFeatureCache for the loaded vision model
         self.prefill_tps: float | None = None  # the loaded model's prompt reading speed, once measured
         self.last_used = 0.0  # time.time() of the last load or reply: idle unloading counts from it
@@ -216,8 +219,8 @@ class Worker:
         if self.loaded is None:
             return
         log.info("Unloading %s", self.loaded.path)
+        self.caches.clear()  # written to disk first, while the model they belong to is known
         self.loaded = None
-        self.caches.clear()
         self.vision_features = None
         gc.collect()
         mx.clear_cache()
@@ -225,9 +228,33 @@ class Worker:
 
     def usage(self) -> dict:
         """Memory, caches and last use, for the engine's status (read on this thread)."""
+        files = self.files.files() if self.files is not None else []
         return {"memory_bytes": int(mx.get_active_memory()), "peak_bytes": int(mx.get_peak_memory()),
                 "cached_conversations": len(self.caches), "cache_bytes": self.caches.nbytes,
+                "saved_conversations": len(files), "saved_bytes": self.files.nbytes if files else 0,
                 "last_used": self.last_used}
+
+    def _write(self, conversation_id: str, entry: CachedPrompt) -> None:
+        """Keep a text model's cache on disk (it leaves memory, or the engine has a moment)."""
+        if self.files is None or entry.saved or self.loaded is None or self.loaded.vision:
+            return  # mlx-vlm's cache state has no file format: vision conversations are read again
+        self.files.save(conversation_id, entry, self.loaded.path)
+        entry.saved = True  # written, or not writable (no budget, too big, disk full): either way, done
+
+    def save_one(self) -> bool:
+        """Write the most recently used cache that is not on disk yet; False when there is none."""
+        if self.files is None or self.loaded is None or self.loaded.vision:
+            return False
+        for conversation_id in self.caches.unsaved():
+            self._write(conversation_id, self.caches.get(conversation_id))
+            return True
+        return False
+
+    def forget(self, conversation_id: str) -> None:
+        """Drop a conversation's cache from memory and disk (it was deleted)."""
+        self.caches.take(conversation_id)
+        if self.files is not None:
+            self.files.delete(conversation_id)
 
     def close(self) -> None:
         """Unload, then release this thread's MLX streams (MLX aborts at exit if a thread still owns one)."""
@@ -273,11 +300,19 @@ class Worker:
                                                       enable_thinking=request.thinking))
 
         entry = self.caches.take(request.conversation_id)
+        from_disk = entry is None and self.files is not None
+        if from_disk:
+            entry = self.files.load(request.conversation_id, loaded.path, loaded.model)
         context = context_length(loaded.config, request.context_limit)
         fitted = fit_prompt(encode, request.messages, context, request.params.max_tokens,
                             hint=entry.dropped if entry else 0)
         tokens = fitted.tokens
         reused = 0
+        if from_disk and entry is not None and common_prefix_length(entry.tokens, tokens) == 0:
+            log.info("The saved prompt cache of conversation %s does not begin like its prompt; it is deleted",
+                     request.conversation_id)
+            self.files.delete(request.conversation_id)
+            entry = None
         if entry is not None and can_trim_prompt_cache(entry.cache):
             # Keep at least one token to prefill: the model needs logits for the next token.
             reused = min(common_prefix_length(entry.tokens, tokens), len(tokens) - 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,11 +15,15 @@ DEFAULT_LIMIT = 8
 
 @dataclass
 class CachedPrompt:
-    """A model cache, the exact tokens it holds in order, and how many leading messages the prompt left out."""
+    """A model cache, the exact tokens it holds in order, and how many leading messages the prompt left out.
+
+    `saved` says the file on disk holds exactly this (prompt_files.py).
+    """
 
     tokens: list[int]
     cache: Any
     dropped: int = 0
+    saved: bool = False
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -43,12 +47,15 @@ def cache_nbytes(cache: Any) -> int:
 class ConversationCaches:
     """The caches of the most recently used conversations, bounded by count and by bytes.
 
-    The least recently used is dropped first; a cache larger than the whole budget is not kept.
+    The least recently used is dropped first (handed to `on_evict`, which may keep it on disk);
+    a cache larger than the whole budget is not kept.
     """
 
-    def __init__(self, limit: int = DEFAULT_LIMIT, budget_bytes: int | None = None) -> None:
+    def __init__(self, limit: int = DEFAULT_LIMIT, budget_bytes: int | None = None,
+                 on_evict: Callable[[str, CachedPrompt], None] | None = None) -> None:
         self.limit = limit
         self.budget_bytes = budget_bytes
+        self.on_evict = on_evict
         self._entries: OrderedDict[str, tuple[CachedPrompt, int]] = OrderedDict()
 
     def take(self, conversation_id: str) -> CachedPrompt | None:
@@ -75,12 +82,26 @@ class ConversationCaches:
     def _evict(self) -> None:
         while self._entries and (len(self._entries) > self.limit
                                  or (self.budget_bytes is not None and self.nbytes > self.budget_bytes)):
-            evicted, (_, size) = self._entries.popitem(last=False)
+            evicted, (entry, size) = self._entries.popitem(last=False)
             log.debug("Dropped the prompt cache of conversation %s (%d bytes)", evicted, size)
+            if self.on_evict is not None:
+                self.on_evict(evicted, entry)
+
+    def unsaved(self) -> list[str]:
+        """Conversations whose cache differs from its file, most recently used first."""
+        return [cid for cid, (entry, _) in reversed(self._entries.items()) if not entry.saved]
+
+    def get(self, conversation_id: str) -> CachedPrompt | None:
+        """A conversation's cache, left in place."""
+        entry = self._entries.get(conversation_id)
+        return entry[0] if entry else None
 
     def clear(self) -> None:
-        """Drop every cache (when the model changes)."""
-        self._entries.clear()
+        """Drop every cache (when the model changes), each through `on_evict`."""
+        while self._entries:
+            evicted, (entry, _) = self._entries.popitem(last=False)
+            if self.on_evict is not None:
+                self.on_evict(evicted, entry)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -43,6 +43,7 @@ DEFAULT_APP_SETTINGS: dict[str, Any] = {
     "context_limit": 0,  # tokens; 0 means each model's own context length
     "cache_budget_gb": 0.0,  # prompt caches in memory; 0 means a quarter of this machine's RAM
     "idle_unload_minutes": 0.0,  # unload the engine's model after this long without a reply; 0: never
+    "disk_cache_gb": 2.0,  # conversations' prompt caches kept on disk across restarts; 0: none
 }
 
 

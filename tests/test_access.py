@@ -132,7 +132,7 @@ def test_a_guest_cannot_use_server_paths_and_errors_reveal_nothing(shared_app, t
     with pytest.raises(Exception, match="not offered here"):
         gia.predict({"text": "hi", "files": []}, existing, *GREEDY, api_name="/send")
     with pytest.raises(Exception, match="Only the owner"):
-        gia.predict(1024, 1.0, api_name="/save_engine_settings")
+        gia.predict(1024, 1.0, 1.0, api_name="/save_engine_settings")
     assert shared_app.store.settings.app()["model_folders"] == []
     assert shared_app.store.conversations.list("gia")[1] == 0
 

@@ -18,7 +18,7 @@ LOCAL = gr.Request(session_hash="direct-test")
 
 def page(client) -> dict:
     """What a fresh tab loads: selected model, status, conversations and settings."""
-    model, status, conversations, *settings, _context, _budget, account = client.predict(api_name="/page_load")
+    model, status, conversations, *settings, _context, _budget, _disk, account = client.predict(api_name="/page_load")
     return {"model": model["value"], "models": model["choices"], "status": status,
             "conversations": conversations["choices"], "settings": settings, "account": account}
 

@@ -118,7 +118,7 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject)
         "add_folder": lambda: models_part.add_folder(data.draw(path), request),
         "import_gguf": lambda: list(models_part.import_gguf(data.draw(path), request)),
         "save_settings": lambda: controller.settings.save_user(*data.draw(user_settings), request=request),
-        "save_engine": lambda: controller.settings.save_engine(data.draw(numbers), data.draw(numbers), request),
+        "save_engine": lambda: controller.settings.save_engine(*(data.draw(numbers) for _ in range(3)), request),
     }
     weighted = [*sorted(handlers), "send", "send", "send", "regenerate", "edit"]  # replies have the most to get wrong
     name = data.draw(st.sampled_from(weighted), label="handler")

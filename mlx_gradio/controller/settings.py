@@ -28,9 +28,10 @@ LIMITS: dict[str, tuple[type, float, float]] = {
     "context_limit": (int, 0, 10_000_000),
     "cache_budget_gb": (float, 0.0, 100_000.0),
     "idle_unload_minutes": (float, 0.0, 7 * 24 * 60),
+    "disk_cache_gb": (float, 0.0, 100_000.0),
 }
 DEFAULTS: dict[str, Any] = {**vars(SamplingParams()), "context_limit": 0, "cache_budget_gb": 0.0,
-                            "idle_unload_minutes": 0.0}
+                            "idle_unload_minutes": 0.0, "disk_cache_gb": 2.0}
 
 
 def number(raw: Any, default: float, low: float, high: float, kind: type = float) -> int | float:
@@ -83,14 +84,16 @@ class SettingsPart:
             caller = self.access.caller(request)
             self.store.settings.update_user(caller.user, **parse_user_settings(values))
 
-    def save_engine(self, context_limit: Any, cache_budget_gb: Any, request: gr.Request) -> None:
-        """Handler: the owner's engine settings: a context limit and the memory for prompt caches."""
+    def save_engine(self, context_limit: Any, cache_budget_gb: Any, disk_cache_gb: Any, request: gr.Request) -> None:
+        """Handler: the owner's engine settings: a context limit, the memory and the disk for prompt caches."""
         with user_errors("save the engine settings"):
             caller = self.access.caller(request)
             self.access.require_owner(caller, "change the engine settings")
             app = self.store.settings.update_app(context_limit=clamp("context_limit", context_limit),
-                                                 cache_budget_gb=clamp("cache_budget_gb", cache_budget_gb))
+                                                 cache_budget_gb=clamp("cache_budget_gb", cache_budget_gb),
+                                                 disk_cache_gb=clamp("disk_cache_gb", disk_cache_gb))
         self.engine.set_cache_budget(cache_budget_bytes(app["cache_budget_gb"]))
+        self.engine.set_disk_cache_budget(int(app["disk_cache_gb"] * 1e9))
 
 
     def save_idle_unload(self, minutes: Any, request: gr.Request) -> float:

@@ -93,6 +93,7 @@ class ChatEvents:
             *settings,
             page.app_settings["context_limit"],
             page.app_settings["cache_budget_gb"],
+            page.app_settings["disk_cache_gb"],
             gr.update(visible=page.is_owner),
             gr.update(visible=page.is_owner),
             account,
@@ -174,5 +175,6 @@ class ChatEvents:
     def save_settings(self, request: gr.Request, *values: Any) -> None:
         self.controller.settings.save_user(*values, request=request)
 
-    def save_engine_settings(self, request: gr.Request, context_limit: Any, cache_budget_gb: Any) -> None:
-        self.controller.settings.save_engine(context_limit, cache_budget_gb, request)
+    def save_engine_settings(self, request: gr.Request, context_limit: Any, cache_budget_gb: Any,
+                             disk_cache_gb: Any) -> None:
+        self.controller.settings.save_engine(context_limit, cache_budget_gb, disk_cache_gb, request)

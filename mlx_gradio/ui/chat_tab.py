@@ -72,6 +72,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                 context_limit = gr.Number(label="Context limit in tokens (0 = each model's own)", precision=0,
                                           minimum=0)
                 cache_budget = gr.Number(label="Memory for prompt caches in GB (0 = a quarter of RAM)", minimum=0)
+                disk_cache = gr.Number(label="Disk for prompt caches in GB, kept across restarts (0 = none)",
+                                       minimum=0)
             with gr.Accordion("Add a model", open=False, visible=False) as add_model_box:
                 folder = gr.Textbox(label="Model folder on this machine", placeholder="/path/to/mlx-model")
                 add_folder = gr.Button("Add folder", size="sm")
@@ -86,7 +88,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     listing = [conversations, more]
 
     blocks.load(events.page_load, None,
-                [model, status, *listing, *settings, context_limit, cache_budget, engine_box, add_model_box, account],
+                [model, status, *listing, *settings, context_limit, cache_budget, disk_cache, engine_box, add_model_box,
+                 account],
                 api_name="page_load")
     gr.Timer(1.0).tick(events.status, None, status, show_progress="hidden", api_visibility="private")
 
@@ -126,7 +129,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     committed = [system_prompt.blur, *(s.release for s in settings[1:6]), seed.blur, seed.submit, max_tokens.release,
                  thinking.input]
     gr.on(committed, events.save_settings, settings, None, trigger_mode="always_last", api_name="save_settings")
-    gr.on([context_limit.blur, context_limit.submit, cache_budget.blur, cache_budget.submit],
-          events.save_engine_settings, [context_limit, cache_budget], None, trigger_mode="always_last",
+    engine_settings = [context_limit, cache_budget, disk_cache]
+    gr.on([*(n.blur for n in engine_settings), *(n.submit for n in engine_settings)],
+          events.save_engine_settings, engine_settings, None, trigger_mode="always_last",
           api_name="save_engine_settings")
     return model, status

@@ -83,4 +83,5 @@ def engine_markdown(status: EngineStatus) -> str:
     busy = " · answering now" if status.generating else ""
     return (f"**Engine:** {status.model_name} ({kind}){busy} · memory {gb(status.memory_bytes)}, "
             f"peak {gb(status.peak_bytes)} · prompt caches for {status.cached_conversations} "
-            f"conversation{'s' if status.cached_conversations != 1 else ''} ({gb(status.cache_bytes)})")
+            f"conversation{'s' if status.cached_conversations != 1 else ''} ({gb(status.cache_bytes)}), "
+            f"{status.saved_conversations} on disk ({gb(status.saved_bytes)})")
