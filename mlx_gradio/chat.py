@@ -98,8 +98,8 @@ def add_reply_version(conversation: dict, slot: int, content: str, stats: dict |
 
 def update_reply_version(conversation: dict, slot: int, content: str, stats: dict | None,
                          reasoning: str = "", thought_s: float | None = None) -> None:
-    """Replace the text, thinking and stats of the version just added at `slot` (as the reply streams on)."""
-    version = conversation["messages"][slot]["versions"][-1]
+    """Replace the text, thinking and stats of the version shown at `slot` (as the reply streams on)."""
+    version = current_version(conversation["messages"][slot])
     version["content"] = content
     version["stats"] = stats
     if reasoning:
@@ -180,6 +180,32 @@ def model_messages(conversation: dict, slot: int, system_prompt: str) -> tuple[C
             version = current_version(message)
             messages.append(ChatMessage("assistant", version["content"], reasoning=version.get("reasoning") or ""))
     return tuple(messages)
+
+
+def continuation_messages(conversation: dict, slot: int, system_prompt: str) -> tuple[ChatMessage, ...]:
+    """What the model sees to write on from the end of the reply at `slot`: the reply so far comes last."""
+    version = current_version(conversation["messages"][slot])
+    partial = ChatMessage("assistant", version["content"], reasoning=version.get("reasoning") or "")
+    return (*model_messages(conversation, slot, system_prompt), partial)
+
+
+def continuable_slot(conversation: dict) -> int:
+    """Where the last reply is, if it was cut short (max tokens or Stop) and can be written on."""
+    messages = conversation["messages"]
+    if not messages or messages[-1]["role"] != "assistant":
+        raise ChatEditError("There is no reply to continue.")
+    stats = current_version(messages[-1]).get("stats") or {}
+    if stats.get("finish_reason") not in ("length", "stopped"):
+        raise ChatEditError("Only a reply that was cut short (by max tokens or Stop) can be continued.")
+    return len(messages) - 1
+
+
+def can_continue(conversation: dict | None) -> bool:
+    """Whether the last reply can be continued."""
+    try:
+        return conversation is not None and continuable_slot(conversation) >= 0
+    except ChatEditError:
+        return False
 
 
 def last_stats(conversation: dict) -> dict | None:

@@ -18,11 +18,11 @@ import mlx.core as mx
 
 from .context import context_length, fit_prompt
 from .errors import ImageNeedsVisionModel, ModelLoadFailed
-from .jobs import ChatMessage, Generation, GenerationEvent, GenerationStats, SamplingParams
+from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .models import read_config
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 from .prompt_files import PromptFiles
-from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking
+from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking, reply_text
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,24 @@ def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
     return {"sampler": sampler, "logits_processors": processors}
 
 
-def thinking_splitter(tokenizer: Any, prompt_tail: str) -> ThinkSplitter:
-    """A splitter for this tokenizer's thinking markers (mlx-lm knows them), starting inside the
-    block when the prompt opened one."""
-    start = getattr(tokenizer, "think_start", None) or THINK_START
-    end = getattr(tokenizer, "think_end", None) or THINK_END
+def thinking_markers(tokenizer: Any) -> tuple[str, str]:
+    """The model's own thinking markers where mlx-lm knows them, `<think>` / `</think>` otherwise."""
+    return (getattr(tokenizer, "think_start", None) or THINK_START, getattr(tokenizer, "think_end", None) or THINK_END)
+
+
+def thinking_splitter(tokenizer: Any, prompt_tail: str, partial: ChatMessage | None = None) -> ThinkSplitter:
+    """A splitter starting inside the block when the prompt opened one, or where a `partial` reply was cut."""
+    start, end = thinking_markers(tokenizer)
+    if partial is not None:
+        return ThinkSplitter(start, end, thinking=bool(partial.reasoning) and not partial.content,
+                             closed=bool(partial.content or partial.reasoning))
     return ThinkSplitter(start, end, thinking=opens_thinking(prompt_tail, start, end))
+
+
+def continued_prompt(prompt: str, partial: ChatMessage, tokenizer: Any) -> str:
+    """The text after a generation prompt that makes the model write on from where `partial` was cut."""
+    start, end = thinking_markers(tokenizer)
+    return reply_text(partial.reasoning, partial.content, start, end, opens_thinking(prompt[-200:], start, end))
 
 
 def template_message(tokenizer: Any, message: ChatMessage) -> dict:
@@ -100,19 +112,28 @@ def template_message(tokenizer: Any, message: ChatMessage) -> dict:
     return entry
 
 
-def _relay(responses: Iterator[Any], generation: Generation, splitter: ThinkSplitter) -> Relayed:
+def _relay(responses: Iterator[Any], generation: Generation, splitter: ThinkSplitter,
+           continued_by: Any = None) -> Relayed:
     """Hand each piece of text to the reader (thinking apart from the answer), stopping between tokens if asked.
 
     Works for mlx-lm's and mlx-vlm's stream responses alike (`.text`, `.token`, `.finish_reason`).
+    `continued_by` is the tokenizer when the reply writes on from a cut one: the streaming detokenizer
+    drops the space before a reply's first word, which there belongs to the text.
     """
     relayed = Relayed()
+    spaced = continued_by is None
     for response in responses:
         relayed.last = response
         relayed.tokens.append(response.token)
         if relayed.first_token_at is None:
             relayed.first_token_at = time.perf_counter()
         if response.text:
-            _put_text(generation, *splitter.feed(response.text))
+            text = response.text
+            if not spaced:
+                spaced = True
+                if continued_by.decode([relayed.tokens[0]]).startswith(" ") and not text.startswith(" "):
+                    text = " " + text
+            _put_text(generation, *splitter.feed(text))
         if response.finish_reason:
             relayed.finish = response.finish_reason
         elif generation.stop_requested:
@@ -294,10 +315,18 @@ class Worker:
         request = generation.request
         tokenizer = loaded.processor
 
-        def encode(messages: Sequence[ChatMessage]) -> list[int]:
+        def templated(messages: Sequence[ChatMessage]) -> list[int]:
             chat = [template_message(tokenizer, m) for m in messages]
             return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True,
                                                       enable_thinking=request.thinking))
+
+        def encode(messages: Sequence[ChatMessage]) -> list[int]:
+            if not request.continue_last:
+                return templated(messages)
+            *history, partial = messages  # the reply so far follows the generation prompt, as the model wrote it
+            tokens = templated(history)
+            text = continued_prompt(tokenizer.decode(tokens[-16:]), partial, tokenizer)
+            return tokens + list(tokenizer.encode(text, add_special_tokens=False))
 
         entry = self.caches.take(request.conversation_id)
         from_disk = entry is None and self.files is not None
@@ -329,7 +358,8 @@ class Worker:
                 prefill_step_size=self.prefill_step(),
                 prompt_progress_callback=PrefillProgress(generation, reused, len(tokens)),
                 **sampling_kwargs(request.params),
-            ), generation, thinking_splitter(tokenizer, tokenizer.decode(tokens[-16:])))
+            ), generation, thinking_splitter(tokenizer, tokenizer.decode(tokens[-16:]), _partial(request)),
+                continued_by=tokenizer if request.continue_last else None)
         except PrefillStopped as stopped:
             # The cache holds every chunk read so far: the next turn goes on from there.
             self.caches.put(request.conversation_id,
@@ -356,10 +386,17 @@ class Worker:
         params = request.params
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
 
-        def template(messages: Sequence[ChatMessage]) -> str:
+        def templated(messages: Sequence[ChatMessage]) -> str:
             return apply_chat_template(loaded.processor, loaded.config, [_vision_message(m) for m in messages],
                                        num_images=sum(len(m.images) for m in messages),
                                        enable_thinking=request.thinking)
+
+        def template(messages: Sequence[ChatMessage]) -> str:
+            if not request.continue_last:
+                return templated(messages)
+            *history, partial = messages
+            prompt = templated(history)
+            return prompt + continued_prompt(prompt, partial, tokenizer)
 
         entry = self.caches.take(request.conversation_id)
         context = context_length(loaded.config, request.context_limit)
@@ -382,12 +419,18 @@ class Worker:
         )
         # mlx-vlm records the turn's tokens only at the end; it trims by the cache's real length,
         # so a turn stopped early leaves the state safe to reuse.
-        relayed = _relay(chunks, generation, thinking_splitter(tokenizer, prompt[-200:]))
+        relayed = _relay(chunks, generation, thinking_splitter(tokenizer, prompt[-200:], _partial(request)),
+                         continued_by=tokenizer if request.continue_last else None)
         self.caches.put(request.conversation_id, CachedPrompt(list(state.token_ids or []), state, fitted.dropped))
         last = relayed.last
         generation.put(_final_event(generation, relayed, last.prompt_tokens if last else 0,
                                     last.cached_tokens if last else 0, last.generation_tokens if last else 0,
                                     context, fitted.dropped))
+
+
+def _partial(request: ChatRequest) -> ChatMessage | None:
+    """The reply being continued, if this request continues one."""
+    return request.messages[-1] if request.continue_last and request.messages else None
 
 
 def _empty_stats(finish_reason: str) -> GenerationStats:

@@ -48,6 +48,7 @@ class ChatRequest:
     params: SamplingParams = SamplingParams()
     context_limit: int = 0  # tokens; 0 means the model's own context length
     thinking: bool = True  # the template's `enable_thinking` (a template without one ignores it)
+    continue_last: bool = False  # the last message is a reply that was cut short: write on from its end
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,26 @@ def read_config(path: str | Path) -> dict:
         raise ModelNotFound(f"{config_path} cannot be read: {exc}") from exc
 
 
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def recommended_sampling(path: str | Path) -> dict[str, float]:
+    """The sampling a model's authors recommend, from its `generation_config.json` ({} if none or unreadable)."""
+    try:
+        config = json.loads((Path(path) / "generation_config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.debug("Cannot read generation_config.json of %s: %s", path, exc)
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    if config.get("do_sample") is False:
+        return {"temperature": 0.0}
+    return {key: config[key] for key in SAMPLING_KEYS
+            if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool)}
+
+
 def is_vision_model(path: str | Path) -> bool:
     """Whether the folder holds a vision-language model (its config has a `vision_config`)."""
     return "vision_config" in read_config(path)

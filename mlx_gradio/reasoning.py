@@ -21,6 +21,14 @@ def _partial_suffix(text: str, marker: str) -> int:
     return 0
 
 
+def reply_text(reasoning: str, answer: str, start: str, end: str, opened: bool) -> str:
+    """A reply as the model wrote it, markers included (to write on after it); `opened`: the prompt opened the block."""
+    if not reasoning:
+        return answer
+    text = ("" if opened else start) + reasoning
+    return f"{text}{end}\n\n{answer}" if answer else text
+
+
 def opens_thinking(prompt_tail: str, start: str = THINK_START, end: str = THINK_END) -> bool:
     """Whether a prompt ends inside a thinking block (its template opened one for the reply)."""
     return prompt_tail.rfind(start) > prompt_tail.rfind(end)
@@ -33,7 +41,7 @@ class ThinkSplitter:
     start: str = THINK_START
     end: str = THINK_END
     thinking: bool = False  # inside the thinking block right now
-    _closed: bool = False  # the block ended (or the answer began): no second one
+    closed: bool = False  # the block ended (or the answer began): no second one
     _pending: str = ""  # text that may be the beginning of a marker
     _trim: bool = False  # the block just ended: the blank lines before the answer go
 
@@ -52,13 +60,13 @@ class ThinkSplitter:
                     break
                 reasoning.append(buffer[:at])
                 buffer = buffer[at + len(self.end):]
-                self.thinking, self._closed, self._trim = False, True, True
+                self.thinking, self.closed, self._trim = False, True, True
                 continue
             stripped = buffer.lstrip()
             if self._trim:
                 buffer, self._trim = stripped, not stripped
-            if self._closed or stripped and not self.start.startswith(stripped[: len(self.start)]):
-                self._closed = True
+            if self.closed or stripped and not self.start.startswith(stripped[: len(self.start)]):
+                self.closed = True
                 answer.append(buffer)
                 break
             if stripped.startswith(self.start):

@@ -149,3 +149,21 @@ def test_thinking_streams_in_a_block_that_folds_away(start_app, browser_page, th
     [version] = app.store.conversations.get(saved.id)["messages"][1]["versions"]
     assert version["content"] == "The capital of France is Paris."
     assert version["reasoning"].strip() == "Capital of France." and version["thought_s"] > 0
+
+
+def test_maths_renders_inline_and_displayed(start_app, browser_page):
+    from mlx_gradio import chat
+
+    app = start_app()
+    record = chat.new_conversation(LOCAL_USER, app.controller.models.demo_path)
+    chat.add_user_message(record, "Show me some maths.", [])
+    chat.add_reply_version(record, 1, "Inline $x^2$ and \\(y_1\\), then $$\\frac{a}{b}$$ and \\[\\sqrt{2}\\] done.",
+                           None, app.controller.models.demo_path)
+    app.store.conversations.save(record)
+    page = browser_page
+    page.goto(app.url)
+    page.locator("#conversations label").first.click()
+    page.wait_for_selector("#chatbot .katex", timeout=30_000)
+    assert page.locator("#chatbot .bot .katex-display").count() == 2
+    assert page.locator("#chatbot .bot .katex").count() == 4
+    assert "$" not in page.locator("#chatbot .bot").last.inner_text().replace("\n", "")

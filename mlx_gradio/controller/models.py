@@ -212,9 +212,14 @@ class ModelsPart:
             if not path:
                 return self.engine.status()
             path = self.model_for(caller, path)
+        self.use(caller, path)
+        return self.remote_status(path) or self.engine.status()
+
+    def use(self, caller: Caller, path: str) -> None:
+        """Remember a model as this user's choice and start loading it (a no-op when it is loaded)."""
+        if self.store.settings.user(caller.user)["model"] != path:
             self.remember(caller, path)
         self.start_loading(path)
-        return self.remote_status(path) or self.engine.status()
 
     def add_folder(self, folder: str, request: gr.Request) -> tuple[list[LocalModel], str]:
         """Handler: add a model folder by path and select it; returns the models and the selection."""

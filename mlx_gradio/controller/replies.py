@@ -21,6 +21,7 @@ import gradio as gr
 from .. import chat, errors
 from ..engine import Engine
 from ..jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
+from ..remote import is_remote
 from ..store import Store
 from .access import Access, Caller
 from .conversations import ConversationsPart
@@ -65,6 +66,7 @@ class _Reply:
     text: str = ""
     reasoning: str = ""
     thinking_since: float | None = None  # when the first thinking text came
+    thought_before: float = 0.0  # thinking time of the reply this one continues
     thought_s: float | None = None  # how long the model thought, once the answer began (or the reply ended)
     stats: GenerationStats | None = None
     committed: bool = False
@@ -76,15 +78,24 @@ class _Reply:
         if event.reasoning:
             self.reasoning += event.reasoning
             self.thinking_since = self.thinking_since or now
-        if event.text and self.thinking_since is not None and self.thought_s is None:
-            self.thought_s = now - self.thinking_since
+        if event.text:
+            self.end_thinking(now)
         self.text += event.text
         self.stats = event.stats or self.stats
 
     def end_thinking(self, now: float) -> None:
         """A reply that ended while still thinking thought until now."""
         if self.thinking_since is not None and self.thought_s is None:
-            self.thought_s = now - self.thinking_since
+            self.thought_s = self.thought_before + now - self.thinking_since
+
+    @classmethod
+    def continuing(cls, version: dict) -> _Reply:
+        """A reply that writes on from the end of `version`, in place."""
+        reasoning, text = version.get("reasoning") or "", version["content"]
+        still_thinking = bool(reasoning) and not text
+        return cls(text=text, reasoning=reasoning, committed=True,
+                   thought_before=(version.get("thought_s") or 0.0) if still_thinking else 0.0,
+                   thought_s=None if still_thinking else version.get("thought_s"))
 
     @property
     def started(self) -> bool:
@@ -214,6 +225,28 @@ class RepliesPart:
         finally:
             self._release(conversation_id, active)
 
+    def continue_reply(self, conversation_id: str, model_path: str, *settings: Any,
+                       request: gr.Request) -> Iterator[ChatView]:
+        """Handler: write on from the end of the last reply, which max tokens or Stop cut short."""
+        with user_errors("continue the reply"):
+            caller = self.access.caller(request)
+            if not conversation_id:
+                raise errors.ChatEditError("Open a conversation with a reply to continue.")
+            values = parse_user_settings(settings)
+            model = self.models.model_for(caller, model_path)
+            if is_remote(model):
+                raise errors.ChatEditError(f"{self.models.name_of(model)} is a server: an OpenAI-style server cannot "
+                                           "write on from the middle of a reply. Pick a model this app runs, or ↻.")
+            conversation = self.conversations.own(caller, conversation_id)
+            slot = chat.continuable_slot(conversation)
+            self._remember_choices(caller, model, values)
+            active = self._claim(conversation_id, caller)
+        try:
+            yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
+                                   mark_unanswered=False, continuing=True)
+        finally:
+            self._release(conversation_id, active)
+
     def stop(self, conversation_id: str, request: gr.Request) -> None:
         """Handler: stop the reply this tab started (what was written stays)."""
         with user_errors("stop the reply"):
@@ -247,22 +280,27 @@ class RepliesPart:
     # --- one reply --------------------------------------------------------------------------
 
     def _reply(self, active: ActiveReply, base: dict, slot: int, model: str, values: dict, fallback: dict,
-               mark_unanswered: bool, clear_input: bool = False, restore: dict | None = None) -> Iterator[ChatView]:
+               mark_unanswered: bool, clear_input: bool = False, restore: dict | None = None,
+               continuing: bool = False) -> Iterator[ChatView]:
         """Stream the reply at `slot` of `base`; it replaces nothing until its first token.
 
         `fallback` is what stays if no reply comes; `mark_unanswered` notes on its last user turn why.
+        `continuing` writes on from the end of the reply at `slot`, in place.
         """
-        request = ChatRequest(base["id"], model, chat.model_messages(base, slot, values["system_prompt"]),
-                              sampling_params(values), context_limit=self.store.settings.app()["context_limit"],
-                              thinking=values["thinking"])
-        reply = _Reply()
+        messages = (chat.continuation_messages if continuing else chat.model_messages)(base, slot,
+                                                                                        values["system_prompt"])
+        request = ChatRequest(base["id"], model, messages, sampling_params(values),
+                              context_limit=self.store.settings.app()["context_limit"],
+                              thinking=values["thinking"], continue_last=continuing)
+        reply = _Reply.continuing(chat.current_version(base["messages"][slot])) if continuing else _Reply()
         conversation = base
         status = "Waiting for the model…"
-        yield ChatView(base, Draft(slot, "", status), streaming=True, clear_input=clear_input)
+        draft = None if continuing else Draft(slot, "", status)
+        yield ChatView(base, draft, streaming=True, clear_input=clear_input)
         generation = None
         try:
             for status in self.models.wait_for_demo(model):
-                yield ChatView(base, Draft(slot, "", status), streaming=True)
+                yield ChatView(base, draft and Draft(slot, "", status), streaming=True)
             generation = self.models.generate(request)
             active.attach(generation)
             last_yield = last_save = time.monotonic()

@@ -35,6 +35,18 @@ class ChatView:
 
 
 @dataclass(frozen=True)
+class ChatSettings:
+    """The model and settings the chat shows: an open conversation's own, or a new chat's defaults."""
+
+    model: str
+    values: dict  # USER_SETTING_FIELDS -> value
+    recommended: dict  # the model's recommended sampling (generation_config.json)
+    model_name: str = ""
+    own: bool = False  # the conversation recorded settings of its own
+    missing_model: str = ""  # the conversation's model, when it is no longer on this machine
+
+
+@dataclass(frozen=True)
 class ConversationPage:
     """One page of a user's conversation list."""
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 
+from .. import chat
 from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
 from ..controller.views import ChatView, ConversationPage, PageView
@@ -20,7 +21,8 @@ from . import render
 
 
 def chat_outputs(view: ChatView) -> tuple:
-    """(chatbot, message box, conversation id, title, stats line, versions row, version label, regenerate)."""
+    """(chatbot, message box, conversation id, title, stats line, versions row, version label, regenerate,
+    continue)."""
     conversation = view.conversation
     if view.streaming:
         box = gr.update(submit_btn=False, stop_btn=True, **({"value": None} if view.clear_input else {}))
@@ -36,6 +38,7 @@ def chat_outputs(view: ChatView) -> tuple:
         gr.update(visible=bool(label) and not view.streaming),
         label,
         gr.update(interactive=not view.streaming),
+        gr.update(visible=not view.streaming and chat.can_continue(conversation)),
     )
 
 
@@ -143,6 +146,11 @@ class ChatEvents:
     def edit(self, request: gr.Request, edit: gr.EditData, conversation_id: str, model: str,
              *settings: Any) -> Iterator[tuple]:
         for view in self.controller.replies.edit(conversation_id, model, *settings, edit=edit, request=request):
+            yield chat_outputs(view)
+
+    def continue_reply(self, request: gr.Request, conversation_id: str, model: str,
+                       *settings: Any) -> Iterator[tuple]:
+        for view in self.controller.replies.continue_reply(conversation_id, model, *settings, request=request):
             yield chat_outputs(view)
 
     def stop(self, request: gr.Request, conversation_id: str) -> None:

@@ -8,6 +8,9 @@ from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
 from .chat_events import ChatEvents
 
+# Maths as models write it: display ($$…$$, \[…\]) and inline ($…$, \(…\)).
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "\\[", "right": "\\]", "display": True},
+         {"left": "$", "right": "$", "display": False}, {"left": "\\(", "right": "\\)", "display": False}]
 PLACEHOLDER = "Ask anything, or attach images (drop, paste or the clip). Enter sends, Shift+Enter adds a line."
 
 
@@ -40,7 +43,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
             chatbot = gr.Chatbot(
                 label="Chat", height="60vh", editable="user", buttons=["copy", "copy_all"],
                 placeholder="Pick a model and say hello.", elem_id="chatbot",
-                latex_delimiters=[{"left": "$$", "right": "$$", "display": True}],
+                latex_delimiters=LATEX,
             )
             with gr.Row(elem_id="reply-info", equal_height=True):
                 stats = gr.HTML(elem_id="reply-stats-line")
@@ -54,6 +57,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
             )
             with gr.Row():
                 regenerate = gr.Button("↻ Regenerate", size="sm", elem_id="regenerate")
+                continue_button = gr.Button("→ Continue", size="sm", elem_id="continue", visible=False)
                 stop = gr.Button("■ Stop", size="sm")
 
         with gr.Column(scale=1, min_width=240):
@@ -84,7 +88,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
             account = gr.Markdown(elem_id="account")
 
     settings = [system_prompt, temperature, top_p, top_k, min_p, repetition_penalty, seed, max_tokens, thinking]
-    chat_view = [chatbot, chat_input, conversation_id, title, stats, versions, version, regenerate]
+    chat_view = [chatbot, chat_input, conversation_id, title, stats, versions, version, regenerate, continue_button]
     listing = [conversations, more]
 
     blocks.load(events.page_load, None,
@@ -100,7 +104,9 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                          chat_view, api_name="regenerate", concurrency_limit=None, show_progress="hidden")
     editing = chatbot.edit(events.edit, [conversation_id, model, *settings], chat_view,
                            api_name="edit", concurrency_limit=None, show_progress="hidden")
-    replies = [sending, regenerating, editing]
+    continuing = continue_button.click(events.continue_reply, [conversation_id, model, *settings], chat_view,
+                                       api_name="continue", concurrency_limit=None, show_progress="hidden")
+    replies = [sending, regenerating, editing, continuing]
     for reply in replies:
         reply.then(events.input_ready, None, chat_input, queue=False, api_visibility="private").then(
             events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
