@@ -38,7 +38,11 @@ class LocalModel:
 
 def read_config(path: str | Path) -> dict:
     """The folder's `config.json`; raises `ModelNotFound` if there is none or it is unreadable."""
-    if not Path(path).is_dir():
+    try:
+        is_folder = Path(path).is_dir()
+    except OSError as exc:  # a name too long, a folder we may not read
+        raise ModelNotFound(f"There is no model folder at {str(path)[:200]} ({exc.strerror or exc}).") from exc
+    if not is_folder:
         raise ModelNotFound(f"There is no model folder at {path}.")
     config_path = Path(path) / "config.json"
     try:

@@ -68,7 +68,7 @@ def test_a_guest_sees_only_their_own_conversations(shared_app):
     gus_record = guest_conversation(shared_app, "gus")
     owner_record = guest_conversation(shared_app, "ann", "the owner's notes")
     gia = shared_app.client(auth=GIA)
-    model, _status, listing, *_rest, account = gia.predict(api_name="/page_load")
+    model, _status, listing, *_rest, account, _note, _presets = gia.predict(api_name="/page_load")
     assert listing["choices"] == [] and "gia" in account and "guest" in account
     for foreign in (gus_record["id"], owner_record["id"]):
         # Gradio refuses an id that is not in this tab's list; the controller refuses it too (next test).

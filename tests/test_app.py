@@ -18,7 +18,8 @@ LOCAL = gr.Request(session_hash="direct-test")
 
 def page(client) -> dict:
     """What a fresh tab loads: selected model, status, conversations and settings."""
-    model, status, conversations, *settings, _context, _budget, _disk, account = client.predict(api_name="/page_load")
+    model, status, conversations, *settings, _context, _budget, _disk, account, _note, _presets = client.predict(
+        api_name="/page_load")
     return {"model": model["value"], "models": model["choices"], "status": status,
             "conversations": conversations["choices"], "settings": settings, "account": account}
 
@@ -154,7 +155,7 @@ def test_settings_and_conversations_survive_a_restart(start_app, tmp_path: Path,
     page(client)
     client.predict(str(tiny_vlm), api_name="/add_model_folder")
     custom = ["Answer in French.", 0.0, 0.8, 40, 0.05, 1.1, 7, 8, False]
-    client.predict(*custom, api_name="/save_settings")
+    client.predict(*custom, api_name="/save_settings")  # no conversation open in this client: the defaults
     reply = answer(send(client, "Hello there", str(tiny_vlm), settings=custom))
     first.close()
 

@@ -167,3 +167,29 @@ def test_maths_renders_inline_and_displayed(start_app, browser_page):
     assert page.locator("#chatbot .bot .katex-display").count() == 2
     assert page.locator("#chatbot .bot .katex").count() == 4
     assert "$" not in page.locator("#chatbot .bot").last.inner_text().replace("\n", "")
+
+
+def test_opening_a_conversation_brings_back_its_settings(start_app, browser_page):
+    import gradio as gr
+
+    app = start_app()
+    tab = gr.Request(session_hash="seed")
+    demo = app.controller.models.demo_path
+    for prompt, temperature in (("Talk like a pirate.", 0.3), ("Answer in verse.", 0.9)):
+        list(app.controller.replies.send("", {"text": "Hi"}, demo, prompt, temperature, 1.0, 0, 0.0, 1.0, -1, 4,
+                                         True, request=tab))
+    page = browser_page
+    page.goto(app.url)
+    prompt_box = page.locator("#system-prompt textarea")
+    labels = page.locator("#conversations label")
+    labels.nth(1).click()  # the older one: the pirate
+    page.wait_for_function("document.querySelector('#system-prompt textarea').value === 'Talk like a pirate.'",
+                           timeout=30_000)
+    assert "own settings" in page.locator("#settings-note").inner_text()
+    labels.nth(0).click()
+    page.wait_for_function("document.querySelector('#system-prompt textarea').value === 'Answer in verse.'",
+                           timeout=30_000)
+    page.get_by_role("button", name="+ New chat").click()
+    page.wait_for_function("document.querySelector('#system-prompt textarea').value === ''", timeout=30_000)
+    assert "new chat" in page.locator("#settings-note").inner_text()
+    assert prompt_box.input_value() == ""

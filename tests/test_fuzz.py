@@ -117,8 +117,16 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject)
         "status": lambda: models_part.status(request),
         "add_folder": lambda: models_part.add_folder(data.draw(path), request),
         "import_gguf": lambda: list(models_part.import_gguf(data.draw(path), request)),
-        "save_settings": lambda: controller.settings.save_user(*data.draw(user_settings), request=request),
+        "save_settings": lambda: controller.chat_settings.save(data.draw(ids), *data.draw(user_settings),
+                                                               request=request),
         "save_engine": lambda: controller.settings.save_engine(*(data.draw(numbers) for _ in range(3)), request),
+        "continue": lambda: list(replies.continue_reply(data.draw(ids), data.draw(models), *data.draw(user_settings),
+                                                        request=request)),
+        "show_settings": lambda: controller.chat_settings.show(data.draw(ids), data.draw(models), request),
+        "pick_model": lambda: controller.chat_settings.pick_model(data.draw(ids), data.draw(models), request),
+        "save_preset": lambda: controller.chat_settings.save_preset(data.draw(mostly(words, texts)),
+                                                                    data.draw(mostly(words, texts)), request),
+        "delete_preset": lambda: controller.chat_settings.delete_preset(data.draw(texts), request),
     }
     weighted = [*sorted(handlers), "send", "send", "send", "regenerate", "edit"]  # replies have the most to get wrong
     name = data.draw(st.sampled_from(weighted), label="handler")

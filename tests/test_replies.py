@@ -205,7 +205,7 @@ def test_a_full_disk_is_a_clear_error_and_the_next_send_after_freeing_space_work
                                          request=TAB_A))
     assert refused.value.title == "Could not send the message"
     with pytest.raises(gr.Error, match="No space left"):
-        app.controller.settings.save_user("Be brief.", 0.5, 1.0, 0, 0.0, 1.0, -1, 12, True, request=TAB_A)
+        app.controller.chat_settings.save("", "Be brief.", 0.5, 1.0, 0, 0.0, 1.0, -1, 12, True, request=TAB_A)
     assert app.store.conversations.list(LOCAL_USER)[1] == 0
     assert app.store.settings.user(LOCAL_USER)["system_prompt"] == ""
     filler.unlink()

@@ -17,6 +17,7 @@ from ..servers import Servers
 from ..store import Store
 from ..system import machine_memory
 from .access import Access
+from .chat_settings import ChatSettingsPart
 from .conversations import ConversationsPart
 from .downloads import DownloadsPart
 from .feedback import user_errors
@@ -49,6 +50,7 @@ class Controller:
         self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,
                                    upload_dir or Path(gr.utils.get_upload_folder()))
         self.settings = SettingsPart(engine, store, self.access)
+        self.chat_settings = ChatSettingsPart(store, self.access, self.models, self.conversations, self.is_streaming)
         hub = hub or HubService(files_dir=self.data_dir / "hub-files")
         self.hub = HubPart(hub, self.access, machine_memory)
         downloads = Downloads(self.cache_dir, hub.endpoint, store.downloads)
@@ -65,14 +67,15 @@ class Controller:
         """Handler: everything a fresh browser tab shows, read from the store."""
         with user_errors("load the page"):
             caller = self.access.caller(request)
+            model = self.models.selected(caller)
         return PageView(
             user=caller.user,
             is_owner=caller.is_owner,
             login_required=self.access.login_required,
             models=self.models.available(),
-            model=self.models.selected(caller),
+            model=model,
             status=self.engine.status(),
-            settings=self.store.settings.user(caller.user),
+            settings=self.chat_settings.show("", model, request),
             app_settings=self.store.settings.app(),
             conversations=self.conversations.page(caller),
             notices=self.store.take_notices() if caller.is_owner else [],

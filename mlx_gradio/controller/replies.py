@@ -172,11 +172,11 @@ class RepliesPart:
             images = [str(_ingest(self._uploaded(upload), self.images_dir)) for upload in uploads]
             conversation = (self.conversations.own(caller, conversation_id) if conversation_id
                             else chat.new_conversation(caller.user, model))
-            self._remember_choices(caller, model, values)
+            self._remember_model(caller, model)
             active = self._claim(conversation["id"], caller)
         try:
             chat.add_user_message(conversation, text.strip(), images)
-            conversation["model"] = model
+            conversation.update(model=model, settings=values)
             with user_errors("send the message"):
                 conversation = self.store.conversations.save(conversation)
             slot = len(conversation["messages"])
@@ -196,7 +196,7 @@ class RepliesPart:
             model = self.models.model_for(caller, model_path)
             conversation = self.conversations.own(caller, conversation_id)
             slot = chat.reply_slot(conversation)
-            self._remember_choices(caller, model, values)
+            self._remember_model(caller, model)
             active = self._claim(conversation_id, caller)
         try:
             unanswered = slot == len(conversation["messages"])
@@ -217,7 +217,7 @@ class RepliesPart:
             original = self.conversations.own(caller, conversation_id)
             index = chat.message_at(original, shown if isinstance(shown, int) else -1)
             changed = chat.edited(original, index, text)
-            self._remember_choices(caller, model, values)
+            self._remember_model(caller, model)
             active = self._claim(conversation_id, caller)
         try:
             yield from self._reply(active, changed, index + 1, model, values, fallback=original,
@@ -239,7 +239,7 @@ class RepliesPart:
                                            "write on from the middle of a reply. Pick a model this app runs, or ↻.")
             conversation = self.conversations.own(caller, conversation_id)
             slot = chat.continuable_slot(conversation)
-            self._remember_choices(caller, model, values)
+            self._remember_model(caller, model)
             active = self._claim(conversation_id, caller)
         try:
             yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
@@ -293,6 +293,7 @@ class RepliesPart:
                               context_limit=self.store.settings.app()["context_limit"],
                               thinking=values["thinking"], continue_last=continuing)
         reply = _Reply.continuing(chat.current_version(base["messages"][slot])) if continuing else _Reply()
+        base.update(model=model, settings=values)  # a conversation keeps the model and settings of its replies
         conversation = base
         status = "Waiting for the model…"
         draft = None if continuing else Draft(slot, "", status)
@@ -371,13 +372,10 @@ class RepliesPart:
             # A conversation deleted while its reply was written stays deleted.
             return self.store.conversations.save(result, create=False), applied
 
-    def _remember_choices(self, caller: Caller, model: str, values: dict) -> None:
-        """Keep the model and settings a reply was asked with as this user's choices."""
-        saved = self.store.settings.user(caller.user)
-        if saved["model"] != model:
+    def _remember_model(self, caller: Caller, model: str) -> None:
+        """Keep the model a reply was asked with as this user's choice (the settings stay the conversation's)."""
+        if self.store.settings.user(caller.user)["model"] != model:
             self.models.remember(caller, model)
-        if any(saved.get(name) != value for name, value in values.items()):
-            self.store.settings.update_user(caller.user, **values)
 
 
 def _why_no_reply(reply: _Reply) -> str:

@@ -71,18 +71,12 @@ def sampling_params(settings: dict[str, Any]) -> SamplingParams:
 
 
 class SettingsPart:
-    """Handlers that save settings."""
+    """Handlers that save the owner's engine settings."""
 
     def __init__(self, engine: Engine, store: Store, access: Access) -> None:
         self.engine = engine
         self.store = store
         self.access = access
-
-    def save_user(self, *values: Any, request: gr.Request) -> None:
-        """Handler: save this user's system prompt and sampling settings (committed values only)."""
-        with user_errors("save the settings"):
-            caller = self.access.caller(request)
-            self.store.settings.update_user(caller.user, **parse_user_settings(values))
 
     def save_engine(self, context_limit: Any, cache_budget_gb: Any, disk_cache_gb: Any, request: gr.Request) -> None:
         """Handler: the owner's engine settings: a context limit, the memory and the disk for prompt caches."""

@@ -65,7 +65,7 @@ class PageView:
     models: list[LocalModel]
     model: str
     status: EngineStatus
-    settings: dict
+    settings: ChatSettings
     app_settings: dict
     conversations: ConversationPage
     notices: list[str] = field(default_factory=list)

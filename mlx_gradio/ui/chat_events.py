@@ -51,6 +51,11 @@ def list_outputs(page: ConversationPage) -> tuple[dict, dict]:
             gr.update(visible=hidden > 0, value=f"Show more ({hidden:,})"))
 
 
+def preset_choices(presets: list[dict], selected: str | None = None) -> dict:
+    """The system-prompt preset dropdown."""
+    return gr.update(choices=[(p["name"], p["id"]) for p in presets], value=selected)
+
+
 def picker(models: list[LocalModel], selected: str) -> dict:
     """The model dropdown."""
     return gr.update(choices=[(m.label, m.path) for m in models], value=selected)
@@ -86,7 +91,7 @@ class ChatEvents:
         page: PageView = self.controller.page_load(request)
         for notice in page.notices:
             gr.Warning(notice, duration=None)
-        settings = [page.settings[name] for name in USER_SETTING_FIELDS]
+        settings = [page.settings.values[name] for name in USER_SETTING_FIELDS]
         account = (f"Signed in as **{page.user}** ({'owner' if page.is_owner else 'guest'}) · "
                    "[Log out](/logout)") if page.login_required else ""
         return (
@@ -100,6 +105,8 @@ class ChatEvents:
             gr.update(visible=page.is_owner),
             gr.update(visible=page.is_owner),
             account,
+            render.settings_note(page.settings),
+            preset_choices(self.controller.chat_settings.presets(request)),
         )
 
     def status(self, request: gr.Request) -> str:
@@ -169,9 +176,6 @@ class ChatEvents:
 
     # --- models and settings ----------------------------------------------------------------
 
-    def select_model(self, request: gr.Request, path: str) -> str:
-        return render.status_markdown(self.controller.models.select(path, request))
-
     def add_model_folder(self, request: gr.Request, folder: str) -> tuple[dict, str]:
         models, selected = self.controller.models.add_folder(folder, request)
         return picker(models, selected), ""
@@ -180,8 +184,36 @@ class ChatEvents:
         for models, selected, note in self.controller.models.import_gguf(path, request):
             yield (picker(models, selected) if models is not None else gr.skip()), note
 
-    def save_settings(self, request: gr.Request, *values: Any) -> None:
-        self.controller.settings.save_user(*values, request=request)
+    def show_settings(self, request: gr.Request, conversation_id: str, model: str) -> tuple:
+        """(model picker, status line, *settings, settings note) for the conversation just shown."""
+        view = self.controller.chat_settings.show(conversation_id, model, request)
+        status = self.controller.models.status(request)
+        return (gr.update(value=view.model), render.status_markdown(status),
+                *(view.values[name] for name in USER_SETTING_FIELDS), render.settings_note(view))
+
+    def pick_model(self, request: gr.Request, conversation_id: str, model: str) -> tuple:
+        """(status line, *settings, settings note) once a model is picked."""
+        view = self.controller.chat_settings.pick_model(conversation_id, model, request)
+        status = self.controller.models.status(request)
+        return (render.status_markdown(status), *(view.values[name] for name in USER_SETTING_FIELDS),
+                render.settings_note(view))
+
+    def save_settings(self, request: gr.Request, conversation_id: str, *values: Any) -> None:
+        self.controller.chat_settings.save(conversation_id, *values, request=request)
+
+    def save_preset(self, request: gr.Request, name: str, text: str) -> tuple:
+        presets, selected = self.controller.chat_settings.save_preset(name, text, request)
+        gr.Info("Preset saved.")
+        return preset_choices(presets, selected), ""
+
+    def use_preset(self, request: gr.Request, preset_id: str) -> str:
+        return self.controller.chat_settings.preset_text(preset_id, request)
+
+    def rename_preset(self, request: gr.Request, preset_id: str, name: str) -> tuple:
+        return preset_choices(self.controller.chat_settings.rename_preset(preset_id, name, request), preset_id), ""
+
+    def delete_preset(self, request: gr.Request, preset_id: str) -> dict:
+        return preset_choices(self.controller.chat_settings.delete_preset(preset_id, request))
 
     def save_engine_settings(self, request: gr.Request, context_limit: Any, cache_budget_gb: Any,
                              disk_cache_gb: Any) -> None:

@@ -62,7 +62,16 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
 
         with gr.Column(scale=1, min_width=240):
             with gr.Accordion("Settings", open=True):
-                system_prompt = gr.Textbox(label="System prompt", lines=3, placeholder="(the model's default)")
+                system_prompt = gr.Textbox(label="System prompt", lines=3, placeholder="(the model's default)",
+                                           elem_id="system-prompt")
+                with gr.Row(equal_height=True):
+                    preset = gr.Dropdown(label="Presets", choices=[], scale=3, elem_id="prompt-presets")
+                    delete_preset = gr.Button("Delete", size="sm", scale=1, min_width=60)
+                with gr.Row(equal_height=True):
+                    preset_name = gr.Textbox(show_label=False, placeholder="Preset name", max_lines=1, scale=3,
+                                             elem_id="preset-name")
+                    save_preset = gr.Button("Save", size="sm", scale=1, min_width=50)
+                    rename_preset = gr.Button("Rename", size="sm", scale=1, min_width=60)
                 temperature = gr.Slider(0, 2, step=0.05, label="Temperature")
                 top_p = gr.Slider(0, 1, step=0.01, label="Top p")
                 top_k = gr.Slider(0, 200, step=1, label="Top k (0 = off)")
@@ -72,6 +81,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                 max_tokens = gr.Slider(1, 8192, step=1, label="Max new tokens")
                 thinking = gr.Checkbox(label="Think", value=True, elem_id="thinking-switch",
                                        info="For models whose template can switch thinking off (Qwen3 …)")
+                settings_note = gr.Markdown(elem_id="settings-note")
             with gr.Accordion("Engine", open=False, visible=False) as engine_box:
                 context_limit = gr.Number(label="Context limit in tokens (0 = each model's own)", precision=0,
                                           minimum=0)
@@ -93,7 +103,7 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
 
     blocks.load(events.page_load, None,
                 [model, status, *listing, *settings, context_limit, cache_budget, disk_cache, engine_box, add_model_box,
-                 account],
+                 account, settings_note, preset],
                 api_name="page_load")
     gr.Timer(1.0).tick(events.status, None, status, show_progress="hidden", api_visibility="private")
 
@@ -115,8 +125,12 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     following.click(events.next_version, conversation_id, chat_view, api_name="next_version")
 
     # Opening another chat ends the reply streaming into this one (what was written is saved).
-    gr.on([new_chat.click, chatbot.clear], events.new, None, chat_view, api_name="new_chat", cancels=replies)
-    conversations.input(events.open, conversations, chat_view, api_name="open_conversation", cancels=replies)
+    # A conversation brings back its model and settings; a new chat starts from the defaults.
+    shown = [model, status, *settings, settings_note]
+    gr.on([new_chat.click, chatbot.clear], events.new, None, chat_view, api_name="new_chat", cancels=replies).then(
+        events.show_settings, [conversation_id, model], shown, api_visibility="private")
+    conversations.input(events.open, conversations, chat_view, api_name="open_conversation", cancels=replies).then(
+        events.show_settings, [conversation_id, model], shown, api_visibility="private")
     conversation_id.change(events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
     search.input(events.search, [search, conversation_id], [*listing, list_limit], trigger_mode="always_last",
                  api_name="search_conversations")
@@ -125,16 +139,24 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     rename.click(events.rename, [conversation_id, title], None, api_name="rename").then(
         events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
     delete.click(events.delete, conversation_id, chat_view, api_name="delete", cancels=replies).then(
-        events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
+        events.list, [search, list_limit, conversation_id], listing, api_visibility="private").then(
+        events.show_settings, [conversation_id, model], shown, api_visibility="private")
     export.click(events.export, conversation_id, export_file, api_name="export")
 
-    model.input(events.select_model, model, status, api_name="select_model")
+    model.input(events.pick_model, [conversation_id, model], [status, *settings, settings_note],
+                api_name="select_model")
     add_folder.click(events.add_model_folder, folder, [model, folder], api_name="add_model_folder")
     import_gguf.click(events.import_gguf, gguf, [model, import_status], api_name="import_gguf")
     # Settings are saved when a value is committed, not at every keystroke or slider step.
     committed = [system_prompt.blur, *(s.release for s in settings[1:6]), seed.blur, seed.submit, max_tokens.release,
                  thinking.input]
-    gr.on(committed, events.save_settings, settings, None, trigger_mode="always_last", api_name="save_settings")
+    gr.on(committed, events.save_settings, [conversation_id, *settings], None, trigger_mode="always_last",
+          api_name="save_settings")
+    save_preset.click(events.save_preset, [preset_name, system_prompt], [preset, preset_name], api_name="save_preset")
+    preset.input(events.use_preset, preset, system_prompt, api_name="use_preset").then(
+        events.save_settings, [conversation_id, *settings], None, api_visibility="private")
+    rename_preset.click(events.rename_preset, [preset, preset_name], [preset, preset_name], api_name="rename_preset")
+    delete_preset.click(events.delete_preset, preset, preset, api_name="delete_preset")
     engine_settings = [context_limit, cache_budget, disk_cache]
     gr.on([*(n.blur for n in engine_settings), *(n.submit for n in engine_settings)],
           events.save_engine_settings, engine_settings, None, trigger_mode="always_last",

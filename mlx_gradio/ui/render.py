@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .. import chat
-from ..controller.views import Draft
+from ..controller.views import ChatSettings, Draft
 from ..engine import EngineStatus
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,23 @@ def _model_of_last_reply(conversation: dict) -> str:
             model = chat.current_version(message).get("model")
             return Path(model).name if model else ""
     return ""
+
+
+SAMPLING_LABELS = {"temperature": "temperature", "top_p": "top p", "top_k": "top k", "min_p": "min p",
+                   "repetition_penalty": "repetition penalty"}
+
+
+def settings_note(view: ChatSettings) -> str:
+    """The line under the settings: whose settings these are, and what the model recommends."""
+    parts = []
+    if view.missing_model:
+        parts.append(f"⚠ This conversation was written with **{view.missing_model}**, which is not here any more; "
+                     "it goes on with the model picked above.")
+    parts.append("This conversation's own settings." if view.own else "Settings for a new chat.")
+    if view.recommended:
+        values = ", ".join(f"{SAMPLING_LABELS[name]} {value:g}" for name, value in view.recommended.items())
+        parts.append(f"Recommended by {view.model_name} (its generation_config.json): {values}.")
+    return " ".join(parts)
 
 
 def version_label(conversation: dict | None) -> str:
