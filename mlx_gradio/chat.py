@@ -1,8 +1,9 @@
 """Conversation records: turns, reply versions, regenerate and edit, and what the model sees.
 
-A conversation is a plain dict as the store keeps it: `id`, `owner`, `title`, `model`,
+A conversation is a plain dict as the store keeps it: `id`, `owner`, `title`, `model`, `settings`,
 `created`, `updated` and `messages`. A user message is `{"role": "user", "content", "images"}`
-(plus `"error"` when no reply came); an assistant message keeps every version of the reply,
+(plus `"files"`, attached text files `{"name", "path"}`, and `"error"` when no reply came); an
+assistant message keeps every version of the reply,
 `{"role": "assistant", "versions": [{"content", "stats", "model", "created"}], "current": i}`;
 a version of a reasoning model's reply adds `"reasoning"` (its thinking) and `"thought_s"`.
 """
@@ -10,11 +11,10 @@ a version of a reasoning model's reply adds `"reasoning"` (its thinking) and `"t
 from __future__ import annotations
 
 import copy
-import json
 import time
 import uuid
-from pathlib import Path
 
+from .attachments import with_files
 from .errors import ChatEditError
 from .jobs import ChatMessage
 
@@ -51,19 +51,24 @@ def clean_text(text: str) -> str:
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def title_from(text: str, images: list[str]) -> str:
+def title_from(text: str, images: list[str], files: list[dict] | None = None) -> str:
     """A conversation title from its first message."""
     line = " ".join(text.split())
+    if not line and files:
+        line = ", ".join(f["name"] for f in files)
     if not line:
         return "Image chat" if images else "New chat"
     return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
 
 
-def add_user_message(conversation: dict, text: str, images: list[str]) -> None:
+def add_user_message(conversation: dict, text: str, images: list[str], files: list[dict] | None = None) -> None:
     """Append a user turn (and title an untitled conversation after it)."""
     if not conversation["messages"]:
-        conversation["title"] = title_from(text, images)
-    conversation["messages"].append({"role": "user", "content": text, "images": list(images)})
+        conversation["title"] = title_from(text, images, files)
+    message = {"role": "user", "content": text, "images": list(images)}
+    if files:
+        message["files"] = list(files)
+    conversation["messages"].append(message)
 
 
 def current_version(message: dict) -> dict:
@@ -175,7 +180,8 @@ def model_messages(conversation: dict, slot: int, system_prompt: str) -> tuple[C
         if message["role"] == "user":
             if i + 1 < len(history) and history[i + 1]["role"] == "user":
                 continue
-            messages.append(ChatMessage("user", message["content"], tuple(message.get("images") or ())))
+            messages.append(ChatMessage("user", with_files(message["content"], message.get("files") or []),
+                                        tuple(message.get("images") or ())))
         else:
             version = current_version(message)
             messages.append(ChatMessage("assistant", version["content"], reasoning=version.get("reasoning") or ""))
@@ -214,13 +220,3 @@ def last_stats(conversation: dict) -> dict | None:
         if message["role"] == "assistant":
             return current_version(message).get("stats")
     return None
-
-
-def export_json(conversation: dict, folder: Path) -> Path:
-    """Write a conversation to `folder` as pretty JSON and return the file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in conversation["title"])[:40].strip("-")
-    target = folder / f"{safe or 'conversation'}-{conversation['id'][:8]}.json"
-    text = json.dumps(conversation, indent=2, ensure_ascii=False)
-    target.write_bytes(text.encode("utf-8", "backslashreplace"))
-    return target

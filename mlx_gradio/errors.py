@@ -37,6 +37,14 @@ class GenerationFailed(AppError):
     """The model raised while generating a reply."""
 
 
+class InvalidAttachment(AppError):
+    """An attached file is not text the model can read, or is too large."""
+
+
+class ImportFailed(AppError):
+    """A file to import is not a conversation this app can read."""
+
+
 class ChatEditError(AppError):
     """A regenerate, edit or version switch the conversation cannot take."""
 

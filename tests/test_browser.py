@@ -193,3 +193,23 @@ def test_opening_a_conversation_brings_back_its_settings(start_app, browser_page
     page.wait_for_function("document.querySelector('#system-prompt textarea').value === ''", timeout=30_000)
     assert "new chat" in page.locator("#settings-note").inner_text()
     assert prompt_box.input_value() == ""
+
+
+def test_a_source_file_dropped_in_the_chat_is_read_and_shown(start_app, browser_page, tmp_path: Path):
+    app = start_app()
+    source = tmp_path / "hello.py"
+    source.write_text('def greet(name):\n    return f"Hello, {name}!"\n')
+    page = browser_page
+    page.goto(app.url)
+    page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('loaded')", timeout=120_000)
+    page.locator("#chat-input input[type=file]").set_input_files(str(source))
+    page.wait_for_selector("#chat-input [aria-label='File thumbnail']", timeout=30_000)
+    page.locator("#chat-input textarea").fill("What does this function do?")
+    page.locator("#chat-input textarea").press("Enter")
+    wait_for_reply(page, "")
+    assert "hello.py" in page.locator("#chatbot .user").first.inner_text()
+    [saved] = app.store.conversations.list(LOCAL_USER)[0]
+    [attached] = app.store.conversations.get(saved.id)["messages"][0]["files"]
+    assert attached["name"] == "hello.py"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "attachment.png"), full_page=True)

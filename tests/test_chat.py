@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 import pytest
 
-from mlx_gradio import chat
+from mlx_gradio import chat, conversation_io
 from mlx_gradio.controller.views import Draft
 from mlx_gradio.errors import ChatEditError
 from mlx_gradio.jobs import GenerationStats
@@ -117,7 +117,7 @@ def test_a_reply_being_written_shows_at_its_place():
 
 def test_export_writes_the_whole_conversation(tmp_path):
     conversation = conversation_with_turns()
-    path = chat.export_json(conversation, tmp_path)
+    path = conversation_io.export_json(conversation, tmp_path)
     assert json.loads(path.read_text()) == conversation
     assert path.name.startswith("Look-at-this-")
 

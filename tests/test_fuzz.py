@@ -104,6 +104,8 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject)
         "rename": lambda: conversations.rename(data.draw(ids), data.draw(mostly(words, texts)), request),
         "delete": lambda: conversations.delete(data.draw(ids), request),
         "export": lambda: conversations.export(data.draw(ids), request),
+        "export_markdown": lambda: conversations.export(data.draw(ids), request, markdown=True),
+        "import": lambda: conversations.import_file(data.draw(path), request),
         "send": lambda: list(replies.send(data.draw(ids), data.draw(message), data.draw(models),
                                           *data.draw(user_settings), request=request)),
         "regenerate": lambda: list(replies.regenerate(data.draw(ids), data.draw(models), *data.draw(user_settings),

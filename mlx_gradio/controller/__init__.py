@@ -45,10 +45,12 @@ class Controller:
         self.cache_dir = Path(cache_dir or constants.HF_HUB_CACHE)  # HF_HUB_CACHE / HF_HOME, as every HF tool
         self.models = ModelsPart(engine, store, self.data_dir, self.access, self.cache_dir,
                                  remote_targets=lambda: self.servers.targets())
+        upload_dir = upload_dir or Path(gr.utils.get_upload_folder())
         self.conversations = ConversationsPart(engine, store, self.access, self.is_streaming,
-                                               lambda conversation_id: self.replies.stop_conversation(conversation_id))
+                                               lambda conversation_id: self.replies.stop_conversation(conversation_id),
+                                               upload_dir, [self.images_dir, self.data_dir / "files"])
         self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,
-                                   upload_dir or Path(gr.utils.get_upload_folder()))
+                                   upload_dir)
         self.settings = SettingsPart(engine, store, self.access)
         self.chat_settings = ChatSettingsPart(store, self.access, self.models, self.conversations, self.is_streaming)
         hub = hub or HubService(files_dir=self.data_dir / "hub-files")

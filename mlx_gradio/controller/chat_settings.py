@@ -22,7 +22,7 @@ from .access import Access, Caller
 from .conversations import ConversationsPart
 from .feedback import user_errors
 from .models import ModelsPart
-from .settings import MAX_SYSTEM_PROMPT, clamp, parse_user_settings
+from .settings import LIMITS, MAX_SYSTEM_PROMPT, clamp, parse_user_settings
 from .views import ChatSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ChatSettingsPart:
     def _view(self, caller: Caller, conversation: dict | None, model: str) -> ChatSettings:
         values = self.defaults(caller, model)
         if conversation is not None:
-            values.update({k: v for k, v in (conversation.get("settings") or {}).items() if k in USER_SETTING_FIELDS})
+            values.update(_known(conversation.get("settings")))
         return ChatSettings(model, values, self.recommended(model), self.models.name_of(model) if model else "",
                             own=conversation is not None and bool(conversation.get("settings")))
 
@@ -170,6 +170,21 @@ class ChatSettingsPart:
             self._preset(caller, preset_id)
             self.store.settings.remove(PRESETS, "id", preset_id)
             return self._presets(caller)
+
+
+def _known(settings: Any) -> dict[str, Any]:
+    """A conversation's recorded settings that are well formed (an imported file may hold anything)."""
+    if not isinstance(settings, dict):
+        return {}
+    known: dict[str, Any] = {}
+    for name, value in settings.items():
+        if name == "system_prompt" and isinstance(value, str):
+            known[name] = chat.clean_text(value)[:MAX_SYSTEM_PROMPT]
+        elif name == "thinking" and isinstance(value, bool):
+            known[name] = value
+        elif name in LIMITS and name in USER_SETTING_FIELDS and isinstance(value, (int, float)):
+            known[name] = clamp(name, value)
+    return known
 
 
 def _preset_name(name: Any) -> str:

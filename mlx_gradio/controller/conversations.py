@@ -11,7 +11,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import chat, errors
+from .. import chat, conversation_io, errors
 from ..engine import Engine
 from ..store import Store
 from .access import Access, Caller
@@ -29,7 +29,9 @@ class ConversationsPart:
     """Handlers for listing, searching, opening, renaming, deleting and exporting conversations."""
 
     def __init__(self, engine: Engine, store: Store, access: Access, is_streaming: Callable[[str], bool],
-                 stop_replies: Callable[[str], None]) -> None:
+                 stop_replies: Callable[[str], None], upload_dir: Path, own_folders: list[Path]) -> None:
+        self.upload_dir = Path(upload_dir).resolve()
+        self.own_folders = own_folders  # where an imported conversation's attachments may be
         self.engine = engine
         self.store = store
         self.access = access
@@ -95,15 +97,27 @@ class ConversationsPart:
                 self.engine.forget_conversation(conversation_id)
         return ChatView(None)
 
-    def export(self, conversation_id: str, request: gr.Request) -> str:
-        """Handler: write the open conversation as JSON into a temporary folder and return the file."""
+    def export(self, conversation_id: str, request: gr.Request, markdown: bool = False) -> str:
+        """Handler: write the open conversation as JSON (or Markdown) into a temporary folder and return the file."""
         with user_errors("export the conversation"):
             caller = self.access.caller(request)
             if not conversation_id:
                 raise errors.ChatEditError("Open a conversation to export it.")
             conversation = self.own(caller, conversation_id)
         # Gradio copies the file into its own cache and serves it from there; no folder of ours is exposed.
-        return str(chat.export_json(conversation, _export_folder()))
+        write = conversation_io.export_markdown if markdown else conversation_io.export_json
+        return str(write(conversation, _export_folder()))
+
+    def import_file(self, upload: str, request: gr.Request) -> ChatView:
+        """Handler: a conversation from an uploaded JSON file (ours, or OpenAI-style messages), opened."""
+        with user_errors("import the conversation"):
+            caller = self.access.caller(request)
+            if not isinstance(upload, str) or not Path(upload).resolve().is_relative_to(self.upload_dir):
+                raise errors.ImportFailed("Pick a JSON file with the Import button.")
+            conversation = conversation_io.read_import(Path(upload), caller.user, self.own_folders)
+            saved = self.store.conversations.save(conversation)
+        log.info("Imported conversation %s (%d messages) for %s", saved["id"], len(saved["messages"]), caller.user)
+        return ChatView(saved)
 
     def _refuse_while_streaming(self, conversation_id: str) -> None:
         """A conversation that a reply is being written into is not changed from elsewhere."""

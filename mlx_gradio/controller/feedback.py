@@ -17,6 +17,8 @@ ADVICE = {
     errors.ModelLoadFailed: "The folder may be incomplete, or hold a model type this mlx-lm / mlx-vlm cannot run.",
     errors.DemoModelUnavailable: "Check that this machine can reach PyPI, or pick another model.",
     errors.InvalidImage: "The conversation is unchanged.",
+    errors.InvalidAttachment: "The conversation is unchanged.",
+    errors.ImportFailed: "Nothing was imported.",
     errors.ImageNeedsVisionModel: "Pick a vision model (marked “vision” in the model list) to chat about images.",
     errors.ConversationNotFound: "It may have been deleted in another tab; start a new chat.",
     errors.GenerationFailed: "Try again, or pick another model.",

@@ -18,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import chat, errors
+from .. import attachments, chat, errors
 from ..engine import Engine
 from ..jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
 from ..remote import is_remote
@@ -33,6 +33,7 @@ from .views import ChatView, Draft
 log = logging.getLogger(__name__)
 
 MAX_IMAGES = 8  # per message
+MAX_FILES = 8  # text files per message
 STREAM_INTERVAL_S = 0.05  # at most 20 browser updates a second while a reply streams
 SAVE_INTERVAL_S = 5.0  # a reply being written is saved this often, so a crash loses little
 
@@ -114,6 +115,7 @@ class RepliesPart:
         self.models = models
         self.conversations = conversations
         self.images_dir = images_dir
+        self.files_dir = images_dir.parent / "files"
         self.upload_dir = Path(upload_dir).resolve()
         self._active: dict[str, ActiveReply] = {}
         self._active_lock = threading.Lock()
@@ -153,7 +155,7 @@ class RepliesPart:
 
     def send(self, conversation_id: str, message: Any, model_path: str, *settings: Any,
              request: gr.Request) -> Iterator[ChatView]:
-        """Handler: add the user's message (text and images) and stream the reply.
+        """Handler: add the user's message (text, images and text files) and stream the reply.
 
         Bad input raises before anything changes; the message box keeps its text.
         """
@@ -161,21 +163,27 @@ class RepliesPart:
             caller = self.access.caller(request)
             text, uploads = _message_parts(message)
             if not text.strip() and not uploads:
-                raise errors.ChatEditError("Type a message or attach an image first.")
-            if len(uploads) > MAX_IMAGES:
+                raise errors.ChatEditError("Type a message or attach a file first.")
+            pictures = [upload for upload in uploads if attachments.is_image(upload)]
+            documents = [upload for upload in uploads if not attachments.is_image(upload)]
+            if len(pictures) > MAX_IMAGES:
                 raise errors.InvalidImage(f"A message can carry at most {MAX_IMAGES} images; "
-                                          f"this one has {len(uploads)}.")
+                                          f"this one has {len(pictures)}.")
+            if len(documents) > MAX_FILES:
+                raise errors.InvalidAttachment(f"A message can carry at most {MAX_FILES} files; "
+                                               f"this one has {len(documents)}.")
             values = parse_user_settings(settings)
             model = self.models.model_for(caller, model_path)
-            if uploads and not self.models.is_vision(model):
+            if pictures and not self.models.is_vision(model):
                 raise errors.ImageNeedsVisionModel(f"{self.models.name_of(model)} reads text only.")
-            images = [str(_ingest(self._uploaded(upload), self.images_dir)) for upload in uploads]
+            files = [attachments.ingest_text(self._uploaded(upload), self.files_dir) for upload in documents]
+            images = [str(_ingest(self._uploaded(upload), self.images_dir)) for upload in pictures]
             conversation = (self.conversations.own(caller, conversation_id) if conversation_id
                             else chat.new_conversation(caller.user, model))
             self._remember_model(caller, model)
             active = self._claim(conversation["id"], caller)
         try:
-            chat.add_user_message(conversation, text.strip(), images)
+            chat.add_user_message(conversation, text.strip(), images, files)
             conversation.update(model=model, settings=values)
             with user_errors("send the message"):
                 conversation = self.store.conversations.save(conversation)

@@ -139,6 +139,16 @@ class ChatEvents:
     def export(self, request: gr.Request, conversation_id: str) -> dict:
         return gr.update(value=self.controller.conversations.export(conversation_id, request), visible=True)
 
+    def export_markdown(self, request: gr.Request, conversation_id: str) -> dict:
+        path = self.controller.conversations.export(conversation_id, request, markdown=True)
+        return gr.update(value=path, visible=True)
+
+    def import_conversation(self, request: gr.Request, upload: Any) -> tuple:
+        path = upload if isinstance(upload, str) else getattr(upload, "name", None)
+        view = self.controller.conversations.import_file(path, request)
+        gr.Info(f"Imported “{view.conversation['title']}”.")
+        return chat_outputs(view)
+
     # --- replies ----------------------------------------------------------------------------
 
     def send(self, request: gr.Request, conversation_id: str, message: Any, model: str,
@@ -190,6 +200,10 @@ class ChatEvents:
         status = self.controller.models.status(request)
         return (gr.update(value=view.model), render.status_markdown(status),
                 *(view.values[name] for name in USER_SETTING_FIELDS), render.settings_note(view))
+
+    def settings_note(self, request: gr.Request, conversation_id: str, model: str) -> str:
+        """The note under the settings, once a reply has made a new chat a conversation of its own."""
+        return render.settings_note(self.controller.chat_settings.show(conversation_id, model, request))
 
     def pick_model(self, request: gr.Request, conversation_id: str, model: str) -> tuple:
         """(status line, *settings, settings note) once a model is picked."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..attachments import TEXT_SUFFIXES
 from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
 from .chat_events import ChatEvents
@@ -11,7 +12,8 @@ from .chat_events import ChatEvents
 # Maths as models write it: display ($$…$$, \[…\]) and inline ($…$, \(…\)).
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "\\[", "right": "\\]", "display": True},
          {"left": "$", "right": "$", "display": False}, {"left": "\\(", "right": "\\)", "display": False}]
-PLACEHOLDER = "Ask anything, or attach images (drop, paste or the clip). Enter sends, Shift+Enter adds a line."
+PLACEHOLDER = ("Ask anything, or attach images and text files (drop, paste or the clip). Enter sends, "
+               "Shift+Enter adds a line.")
 
 
 def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdown, gr.Markdown]:
@@ -29,10 +31,14 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                                 elem_id="conversation-search")
             conversations = gr.Radio(label="Conversations", choices=[], elem_id="conversations")
             more = gr.Button("Show more", size="sm", visible=False, elem_id="more-conversations")
+            import_button = gr.UploadButton("Import a conversation (JSON)", size="sm", file_types=[".json"],
+                                            elem_id="import-conversation")
             with gr.Accordion("This conversation", open=False):
                 title = gr.Textbox(label="Title", max_lines=1)
                 rename = gr.Button("Rename", size="sm")
-                export = gr.Button("Export JSON", size="sm")
+                with gr.Row():
+                    export = gr.Button("Export JSON", size="sm", min_width=60)
+                    export_markdown = gr.Button("Export Markdown", size="sm", min_width=60)
                 export_file = gr.File(label="Export", visible=False, interactive=False)
                 delete = gr.Button("Delete", variant="stop", size="sm")
 
@@ -52,7 +58,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                     version = gr.Markdown(elem_id="version-label")
                     following = gr.Button("›", size="sm", min_width=30, elem_id="next-version")
             chat_input = gr.MultimodalTextbox(
-                placeholder=PLACEHOLDER, show_label=False, file_types=["image"], file_count="multiple",
+                placeholder=PLACEHOLDER, show_label=False, file_count="multiple",
+                file_types=["image", "text", *sorted(TEXT_SUFFIXES)],
                 sources=["upload"], elem_id="chat-input", autofocus=True,
             )
             with gr.Row():
@@ -119,7 +126,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     replies = [sending, regenerating, editing, continuing]
     for reply in replies:
         reply.then(events.input_ready, None, chat_input, queue=False, api_visibility="private").then(
-            events.list, [search, list_limit, conversation_id], listing, api_visibility="private")
+            events.list, [search, list_limit, conversation_id], listing, api_visibility="private").then(
+            events.settings_note, [conversation_id, model], settings_note, api_visibility="private")
     gr.on([chat_input.stop, stop.click], events.stop, [conversation_id], None, queue=False, api_name="stop")
     previous.click(events.previous_version, conversation_id, chat_view, api_name="previous_version")
     following.click(events.next_version, conversation_id, chat_view, api_name="next_version")
@@ -142,6 +150,11 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
         events.list, [search, list_limit, conversation_id], listing, api_visibility="private").then(
         events.show_settings, [conversation_id, model], shown, api_visibility="private")
     export.click(events.export, conversation_id, export_file, api_name="export")
+    export_markdown.click(events.export_markdown, conversation_id, export_file, api_name="export_markdown")
+    import_button.upload(events.import_conversation, import_button, chat_view, api_name="import_conversation",
+                         cancels=replies).then(
+        events.list, [search, list_limit, conversation_id], listing, api_visibility="private").then(
+        events.show_settings, [conversation_id, model], shown, api_visibility="private")
 
     model.input(events.pick_model, [conversation_id, model], [status, *settings, settings_note],
                 api_name="select_model")

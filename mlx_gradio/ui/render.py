@@ -71,8 +71,9 @@ def _draft_message(draft: Draft) -> dict:
 
 
 def _user_content(message: dict) -> str | list:
-    """A user turn: its images (from Gradio's cache) and its text."""
+    """A user turn: its images and attached files (from Gradio's cache) and its text."""
     parts: list = [{"path": cached_image(path)} for path in message.get("images") or []]
+    parts += [{"path": cached_image(f["path"]), "alt_text": f["name"]} for f in message.get("files") or []]
     if message["content"]:
         parts.append(message["content"])
     return parts if len(parts) != 1 else parts[0]

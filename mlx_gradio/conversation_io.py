@@ -1,0 +1,155 @@
+"""Conversations in and out: export as JSON or Markdown, import our JSON or an OpenAI-style `messages` list.
+
+An import never trusts paths: images and files of an imported conversation are kept only if they
+are already in this app's own folders, so a crafted file cannot make the app show or read
+anything else on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from . import chat
+from .errors import ImportFailed
+
+MAX_IMPORT_BYTES = 20_000_000
+MAX_MESSAGES = 10_000
+
+
+def _file_stem(conversation: dict) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in conversation["title"])[:40].strip("-")
+    return f"{safe or 'conversation'}-{conversation['id'][:8]}"
+
+
+def export_json(conversation: dict, folder: Path) -> Path:
+    """Write a conversation to `folder` as pretty JSON and return the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{_file_stem(conversation)}.json"
+    text = json.dumps(conversation, indent=2, ensure_ascii=False)
+    target.write_bytes(text.encode("utf-8", "backslashreplace"))
+    return target
+
+
+def to_markdown(conversation: dict) -> str:
+    """A conversation as Markdown: each turn under a heading, thinking folded in a <details> block."""
+    lines = [f"# {conversation['title']}", ""]
+    settings = conversation.get("settings") or {}
+    if settings.get("system_prompt"):
+        lines += ["**System prompt:**", "", *(f"> {line}" for line in settings["system_prompt"].splitlines()), ""]
+    for message in conversation["messages"]:
+        if message["role"] == "user":
+            lines += ["## You", ""]
+            attached = [Path(p).name for p in message.get("images") or []] + [
+                f["name"] for f in message.get("files") or []]
+            if attached:
+                lines += [f"*Attached: {', '.join(attached)}*", ""]
+            lines += [message["content"], ""]
+            continue
+        version = chat.current_version(message)
+        model = Path(version["model"]).name if version.get("model") else "the model"
+        lines += [f"## {model}", ""]
+        if version.get("reasoning"):
+            lines += ["<details><summary>Thinking</summary>", "", version["reasoning"].strip(), "", "</details>", ""]
+        lines += [version["content"], ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def export_markdown(conversation: dict, folder: Path) -> Path:
+    """Write a conversation to `folder` as Markdown and return the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{_file_stem(conversation)}.md"
+    target.write_bytes(to_markdown(conversation).encode("utf-8", "backslashreplace"))
+    return target
+
+
+def read_import(path: Path, owner: str, own_folders: list[Path]) -> dict:
+    """A new conversation for `owner` from our JSON export or an OpenAI-style messages list.
+
+    Raises `ImportFailed` with what is wrong. Attachments outside `own_folders` are left out.
+    """
+    try:
+        if Path(path).stat().st_size > MAX_IMPORT_BYTES:
+            raise ImportFailed(f"The file is larger than {MAX_IMPORT_BYTES // 1_000_000} MB.")
+        data = json.loads(Path(path).read_bytes().decode("utf-8-sig"))
+    except OSError as exc:
+        raise ImportFailed(f"The file could not be read ({exc.strerror or exc}).") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ImportFailed(f"The file is not JSON ({exc}).") from exc
+    if isinstance(data, dict) and isinstance(data.get("messages"), list) and "schema" in data:
+        return _from_ours(data, owner, own_folders)
+    messages = data.get("messages") if isinstance(data, dict) else data
+    if isinstance(messages, list):
+        return _from_openai(messages, owner, data.get("title") if isinstance(data, dict) else None)
+    raise ImportFailed("The file holds neither a conversation exported by this app nor a list of "
+                       "{\"role\", \"content\"} messages.")
+
+
+def _text(content: Any) -> str:
+    """The text of an OpenAI message's content: a string, or the text parts of a list."""
+    if isinstance(content, str):
+        return chat.clean_text(content)
+    if isinstance(content, list):
+        return chat.clean_text("\n".join(str(part.get("text") or "") for part in content
+                                          if isinstance(part, dict) and part.get("type") == "text"))
+    if content is None:
+        return ""
+    raise ImportFailed("A message's content is neither text nor a list of parts.")
+
+
+def _from_openai(messages: list, owner: str, title: Any) -> dict:
+    """A conversation from [{"role", "content"}, ...]; system messages become its system prompt."""
+    if not messages or len(messages) > MAX_MESSAGES:
+        raise ImportFailed(f"The list has {len(messages)} messages; it needs 1 to {MAX_MESSAGES:,}.")
+    conversation = chat.new_conversation(owner)
+    system = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "developer", "user", "assistant"):
+            raise ImportFailed(f"Message {i + 1} has no role of system, user or assistant.")
+        text = _text(message.get("content"))
+        if message["role"] in ("system", "developer"):
+            system.append(text)
+        elif message["role"] == "user":
+            chat.add_user_message(conversation, text, [])
+        else:
+            chat.add_reply_version(conversation, len(conversation["messages"]), text, None, None,
+                                   _text(message.get("reasoning_content") or message.get("reasoning")))
+    if not conversation["messages"]:
+        raise ImportFailed("The list has no user or assistant messages.")
+    if system:
+        conversation["settings"] = {"system_prompt": "\n\n".join(system)}
+    if isinstance(title, str) and title.strip():
+        conversation["title"] = chat.clean_text(" ".join(title.split()))[:200]
+    return conversation
+
+
+def _from_ours(data: dict, owner: str, own_folders: list[Path]) -> dict:
+    """A copy of an exported conversation, with a new id and owner; foreign paths are dropped."""
+    def own(path: Any) -> bool:
+        return isinstance(path, str) and any(Path(path).resolve().is_relative_to(f.resolve()) for f in own_folders)
+
+    conversation = chat.upgrade(data, owner)
+    messages = []
+    for message in conversation["messages"]:
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise ImportFailed("The conversation has a message without a user or assistant role.")
+        if message["role"] == "user":
+            kept = {"role": "user", "content": _text(message.get("content")),
+                    "images": [p for p in message.get("images") or [] if own(p) and Path(p).exists()]}
+            files = [f for f in message.get("files") or [] if isinstance(f, dict) and own(f.get("path"))]
+            if files:
+                kept["files"] = [{"name": str(f.get("name") or Path(f["path"]).name), "path": f["path"]}
+                                 for f in files]
+            messages.append(kept)
+        else:
+            versions = [v for v in message.get("versions") or [] if isinstance(v, dict)]
+            if not versions:
+                raise ImportFailed("The conversation has a reply without any text.")
+            messages.append({"role": "assistant", "current": min(int(message.get("current") or 0), len(versions) - 1),
+                             "versions": [{**v, "content": _text(v.get("content"))} for v in versions]})
+    fresh = chat.new_conversation(owner, conversation.get("model"), str(conversation.get("title") or "Imported"))
+    settings = conversation.get("settings") if isinstance(conversation.get("settings"), dict) else None
+    return {**fresh, "messages": messages, "created": float(conversation.get("created") or time.time()),
+            **({"settings": settings} if settings else {})}

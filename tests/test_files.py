@@ -1,0 +1,125 @@
+"""Files in the chat: text attachments in the prompt, binaries refused; export as Markdown, import JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from mlx_gradio import chat, conversation_io
+from mlx_gradio.attachments import MAX_TEXT_BYTES
+from mlx_gradio.errors import ImportFailed
+from mlx_gradio.store import LOCAL_USER
+from mlx_gradio.ui import render
+from tests.test_app import GREEDY, page, send
+
+NOTES = "Shopping list:\n- flour\n- salt\n- yeast\n"
+
+
+def test_a_text_file_reaches_the_model_as_a_named_block_and_shows_as_an_attachment(start_app, tmp_path: Path):
+    app = start_app()
+    client = app.client()
+    model = page(client)["model"]
+    notes = tmp_path / "list.md"
+    notes.write_text(NOTES)
+    outputs = send(client, "What is on my list?", model, files=[notes])
+    [summary] = app.store.conversations.list(LOCAL_USER)[0]
+    record = app.store.conversations.get(summary.id)
+    [attached] = record["messages"][0]["files"]
+    assert attached["name"] == "list.md" and Path(attached["path"]).read_text() == NOTES
+    assert Path(attached["path"]).is_relative_to(app.data_dir / "files")  # kept: Gradio's temp copy may go
+    [_, user] = chat.model_messages(record, 1, "Be brief.")
+    assert user.content == f'<file name="list.md">\n{NOTES.rstrip()}\n</file>\n\nWhat is on my list?'
+    stats = record["messages"][1]["versions"][0]["stats"]
+    assert stats["prompt_tokens"] > 40  # the file's lines were read by the model
+    shown = outputs[-1][0][0]["content"]  # the user's turn in the chat: the file, then the text
+    assert [part["type"] for part in shown] == ["file", "text"] and "list.md" in json.dumps(shown[0])
+    assert render.chatbot_messages(record)[0]["content"][0]["alt_text"] == "list.md"
+
+
+def test_binary_non_utf8_and_huge_files_are_refused_and_nothing_changes(start_app, tmp_path: Path):
+    app = start_app()
+    client = app.client()
+    model = page(client)["model"]
+    binary = tmp_path / "data.txt"
+    binary.write_bytes(b"text\x00\x01\x02 and zeros")
+    latin = tmp_path / "old.csv"
+    latin.write_bytes("caf\xe9,1\n".encode("latin-1"))
+    huge = tmp_path / "huge.log"
+    huge.write_bytes(b"a line of log\n" * (MAX_TEXT_BYTES // 14 + 10))
+    for path, reason in ((binary, "is a binary file"), (latin, "is not UTF-8 text"), (huge, "can be at most 1 MB")):
+        with pytest.raises(Exception, match=reason):
+            send(client, "Read this.", model, files=[path])
+    assert app.store.conversations.list(LOCAL_USER)[1] == 0
+    assert not (app.data_dir / "files").exists()
+
+
+def conversation_with_everything() -> dict:
+    record = chat.new_conversation(LOCAL_USER, "/models/qwen3")
+    record["settings"] = {"system_prompt": "Be brief.", "temperature": 0.6}
+    chat.add_user_message(record, "What is on the list?", [], [{"name": "list.md", "path": "/nowhere/list.md"}])
+    chat.add_reply_version(record, 1, "Flour and salt.", None, "/models/qwen3", "The list has two items.", 2.0)
+    return record
+
+
+def test_markdown_export_has_each_turn_the_thinking_folded_and_the_attachments(tmp_path: Path):
+    text = conversation_io.export_markdown(conversation_with_everything(), tmp_path).read_text()
+    assert text.startswith("# What is on the list?\n")
+    assert "> Be brief." in text and "## You" in text and "*Attached: list.md*" in text
+    assert "## qwen3\n\n<details><summary>Thinking</summary>\n\nThe list has two items.\n\n</details>" in text
+    assert text.rstrip().endswith("Flour and salt.")
+
+
+def test_json_and_openai_imports_round_trip_and_foreign_paths_are_dropped(start_app, tmp_path: Path):
+    app = start_app()
+    original = conversation_with_everything()
+    exported = conversation_io.export_json(original, tmp_path)
+    upload_dir = app.controller.conversations.upload_dir
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    ours = upload_dir / "ours.json"
+    ours.write_bytes(exported.read_bytes())
+    view = app.controller.conversations.import_file(str(ours), gr.Request(session_hash="import"))
+    imported = app.store.conversations.get(view.conversation_id)
+    assert imported["id"] != original["id"] and imported["owner"] == LOCAL_USER
+    assert [m.get("content") for m in imported["messages"]] == ["What is on the list?", None]
+    assert chat.current_version(imported["messages"][1])["reasoning"] == "The list has two items."
+    assert "files" not in imported["messages"][0]  # /nowhere is not one of the app's folders
+    assert imported["settings"]["system_prompt"] == "Be brief."
+
+    openai_style = upload_dir / "openai.json"
+    openai_style.write_text(json.dumps({"messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And Spain?"}]}))
+    view = app.controller.conversations.import_file(str(openai_style), gr.Request(session_hash="import"))
+    record = view.conversation
+    assert [m["role"] for m in record["messages"]] == ["user", "assistant", "user"]
+    assert record["title"] == "Capital of France?" and record["settings"]["system_prompt"] == "You are terse."
+    # The imported conversation goes on like any other.
+    views = list(app.controller.replies.send(record["id"], {"text": "Thanks."}, app.controller.models.demo_path,
+                                             *GREEDY, request=gr.Request(session_hash="import")))
+    assert views[-1].conversation["messages"][-1]["role"] == "assistant"
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"not json", "not JSON"),
+    (b'{"hello": 1}', "neither a conversation"),
+    (b'[{"role": "wizard", "content": "hi"}]', "no role"),
+    (b"[]", "needs 1 to"),
+])
+def test_a_bad_import_says_what_is_wrong(tmp_path: Path, content: bytes, why: str):
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(ImportFailed, match=why):
+        conversation_io.read_import(path, LOCAL_USER, [])
+
+
+def test_an_import_from_outside_the_upload_folder_is_refused(start_app, tmp_path: Path):
+    app = start_app()
+    secret = tmp_path / "elsewhere.json"
+    secret.write_text('[{"role": "user", "content": "hi"}]')
+    with pytest.raises(gr.Error, match="Pick a JSON file"):
+        app.controller.conversations.import_file(str(secret), gr.Request(session_hash="import"))
