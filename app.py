@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import stat
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from mlx_gradio.net import is_loopback
@@ -59,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default $MLX_GRADIO_HOME or ~/.mlx-gradio)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--model", help="model folder or Hugging Face repo id (in the local cache) to load at start")
+    parser.add_argument("--no-browser", action="store_true", help="do not open the page in the default browser")
     args = parser.parse_args(argv)
     args.owners = read_logins(args.auth, args.auth_file, "--auth", parser)
     args.guests = read_logins(args.guest, args.guest_file, "--guest", parser)
@@ -76,6 +79,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except OSError as exc:
         parser.error(f"cannot use {args.data_dir} as the data dir ({exc}); pick another with --data-dir")
     return args
+
+
+def has_screen(env: Mapping[str, str] = os.environ, platform: str = sys.platform) -> bool:
+    """Whether a browser opened here would show up on someone's screen (not over SSH, not a bare server)."""
+    if env.get("SSH_CONNECTION") or env.get("SSH_TTY"):
+        return False
+    if platform == "darwin" or platform.startswith("win"):
+        return True
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+def opens_browser(args: argparse.Namespace, env: Mapping[str, str] = os.environ, platform: str = sys.platform) -> bool:
+    """Open the page in the default browser: only for a local app on a machine with a screen."""
+    return not (args.no_browser or args.share or not is_loopback(args.host)) and has_screen(env, platform)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -99,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
              len(args.owners), len(args.guests))
     blocks.queue(default_concurrency_limit=8)
     try:
-        blocks.launch(server_name=args.host, server_port=args.port, share=args.share,
+        blocks.launch(server_name=args.host, server_port=args.port, share=args.share, inbrowser=opens_browser(args),
                       prevent_thread_lock=True, **launch_options(controller))
     except OSError as exc:
         log.error("Cannot listen on %s:%s (%s). Is another copy running? Pick a free port with --port.",

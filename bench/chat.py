@@ -88,7 +88,8 @@ def app_rate(url: str, model_path: Path) -> float:
 
 def start_app(data_dir: Path, port: int, model: Path | None = None) -> subprocess.Popen:
     """`python app.py` on a port."""
-    cmd = [sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "WARNING"]
+    cmd = [sys.executable, "app.py", "--no-browser", "--port", str(port), "--data-dir", str(data_dir),
+           "--log-level", "WARNING"]
     if model:
         cmd += ["--model", str(model)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,8 +182,8 @@ def main() -> None:
         ours, theirs = [], []
         for _ in range(args.repeats):
             p = free_port()
-            ours.append(time_to_page([sys.executable, "app.py", "--port", str(p), "--data-dir", str(Path(tmp) / "d"),
-                                      "--model", str(tiny), "--log-level", "WARNING"], p))
+            ours.append(time_to_page([sys.executable, "app.py", "--no-browser", "--port", str(p), "--data-dir",
+                                      str(Path(tmp) / "d"), "--model", str(tiny), "--log-level", "WARNING"], p))
             p = free_port()
             theirs.append(time_to_page([sys.executable, "-m", "mlx_vlm.chat_ui", "--model", str(tiny)], p,
                                        env={"GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(p),

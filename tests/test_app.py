@@ -227,3 +227,17 @@ def test_import_gguf_and_add_folder_from_the_page(start_app, tmp_path: Path):
     with pytest.raises(Exception, match="There is no model folder at"):
         client.predict(str(tmp_path / "deleted-model"), api_name="/select_model")
     assert page(client)["model"] == str(app.data_dir / "models" / "tiny-llama-2")  # still selected
+
+
+def test_the_page_can_be_installed_as_a_desktop_app_with_its_name_and_icon(start_app):
+    import json
+    from urllib.request import urlopen
+
+    app = start_app()
+    manifest = json.loads(urlopen(app.url + "manifest.json", timeout=30).read())
+    assert manifest["name"] == "mlx-gradio" and manifest["display"] == "standalone"
+    [icon] = manifest["icons"]
+    assert icon["type"] == "image/svg+xml"
+    with urlopen(app.url + icon["src"].lstrip("/"), timeout=30) as answer:
+        assert answer.read() == (Path(__file__).resolve().parents[1] / "assets" / "favicon.svg").read_bytes()
+    assert 'rel="manifest"' in urlopen(app.url, timeout=30).read().decode()

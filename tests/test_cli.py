@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -39,8 +40,8 @@ def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_v
     port = free_port()
     data_dir = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir), "--auth", "ann:secret",
-         "--model", str(tiny_vlm), "--log-level", "DEBUG"],
+        [sys.executable, "app.py", "--no-browser", "--port", str(port), "--data-dir", str(data_dir),
+         "--auth", "ann:secret", "--model", str(tiny_vlm), "--log-level", "DEBUG"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -70,8 +71,8 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        done = subprocess.run([sys.executable, "app.py", "--port", str(port), "--data-dir", str(tmp_path)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "app.py", "--no-browser", "--port", str(port),
+                               "--data-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert f"Cannot listen on 127.0.0.1:{port}" in done.stderr and "--port" in done.stderr
     assert "Traceback" not in done.stderr
@@ -96,7 +97,7 @@ def test_unknown_model_flag_falls_back_to_the_saved_model(tmp_path: Path, tiny_v
     store.settings.update_app(model=str(tiny_vlm), model_folders=[str(tiny_vlm)])
     store.close()
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir),
+    proc = subprocess.Popen([sys.executable, "app.py", "--no-browser", "--port", str(port), "--data-dir", str(data_dir),
                              "--model", "no/such-model"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -162,8 +163,9 @@ def test_sigterm_while_a_long_prompt_is_read_stops_the_app_promptly(tmp_path: Pa
 
     data_dir = seed_data_dir(tmp_path / "data", demo_model)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "app.py", "--no-browser", "--port", str(port),
+                             "--data-dir", str(data_dir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     try:
         wait_for_page(f"http://127.0.0.1:{port}/", proc)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
@@ -185,3 +187,39 @@ def test_sigterm_while_a_long_prompt_is_read_stops_the_app_promptly(tmp_path: Pa
             proc.kill()
     assert proc.returncode == 0 and "Traceback" not in stderr and "terminate called" not in stderr
     assert took < 30, f"the app took {took:.0f} s to stop during a prompt read"  # a whole read would take minutes
+
+
+def test_the_page_opens_in_the_browser_only_where_someone_can_see_it(tmp_path: Path, demo_model: Path):
+    from app import opens_browser
+    from tests.conftest import seed_data_dir
+
+    args = parse_args(["--data-dir", str(tmp_path / "d")])
+    assert opens_browser(args, {"DISPLAY": ":0"}, "linux") and opens_browser(args, {}, "darwin")
+    assert not opens_browser(args, {}, "linux")  # a headless server
+    assert not opens_browser(args, {"DISPLAY": ":0", "SSH_CONNECTION": "10.0.0.2 5 10.0.0.1 22"}, "linux")
+    for flags in (["--no-browser"], ["--share", "--auth", "a:b"], ["--host", "0.0.0.0", "--auth", "a:b"]):
+        assert not opens_browser(parse_args([*flags, "--data-dir", str(tmp_path / "d")]), {}, "darwin")
+
+    # The real app with a stand-in browser ($BROWSER, which Python's webbrowser runs) on a "screen".
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n')
+    browser.chmod(0o755)
+    env = {**os.environ, "DISPLAY": ":0", "BROWSER": f"{browser} %s"}
+    env.pop("SSH_CONNECTION", None)
+    env.pop("SSH_TTY", None)
+    data_dir = seed_data_dir(tmp_path / "data", demo_model)
+    for flags, expected in (([], True), (["--no-browser"], False)):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "app.py", *flags, "--port", str(port), "--data-dir", str(data_dir)],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_page(f"http://127.0.0.1:{port}/", proc)
+            deadline = time.monotonic() + 30
+            while expected and not opened.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            seen = opened.read_text() if opened.exists() else ""
+            assert (f"127.0.0.1:{port}" in seen) == expected, seen
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)

@@ -52,7 +52,8 @@ def launch_options(controller: Controller) -> dict[str, Any]:
         "allowed_paths": [],
         "blocked_paths": [str(controller.data_dir)],
         "max_file_size": MAX_UPLOAD,
-        "favicon_path": str(ASSETS / "favicon.svg"),
+        "favicon_path": str(ASSETS / "favicon.svg"),  # also the icon of the installed app (PWA)
+        "pwa": True,  # the page can be installed as a desktop app, named after the Blocks' title
         "auth": access.authenticate if access.login_required else None,
         "auth_message": "Sign in to mlx-gradio." if access.login_required else None,
     }
