@@ -53,6 +53,24 @@ def read_config(path: str | Path) -> dict:
         raise ModelNotFound(f"{config_path} cannot be read: {exc}") from exc
 
 
+def has_thinking_switch(path: str | Path) -> bool:
+    """Whether a model's chat template takes `enable_thinking` (Qwen3 and its kind can answer without thinking)."""
+    folder = Path(path)
+    texts = []
+    try:
+        if (folder / "chat_template.jinja").exists():
+            texts.append((folder / "chat_template.jinja").read_text(encoding="utf-8"))
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template = config.get("chat_template") if isinstance(config, dict) else None
+        texts += [template] if isinstance(template, str) else [
+            t.get("template", "") for t in template or [] if isinstance(t, dict)]
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        log.debug("Cannot read the chat template of %s: %s", path, exc)
+    return any("enable_thinking" in str(text) for text in texts)
+
+
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 

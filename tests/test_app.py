@@ -20,6 +20,7 @@ def page(client) -> dict:
     """What a fresh tab loads: selected model, status, conversations and settings."""
     model, status, conversations, *settings, _context, _budget, _disk, account, _note, _presets = client.predict(
         api_name="/page_load")
+    settings = [s["value"] if isinstance(s, dict) else s for s in settings]  # the Think switch comes as an update
     return {"model": model["value"], "models": model["choices"], "status": status,
             "conversations": conversations["choices"], "settings": settings, "account": account}
 

@@ -89,3 +89,17 @@ def test_earlier_thinking_is_not_fed_back():
 
     assert template_message(Template(), messages[1]) == {"role": "assistant", "content": "Paris."}
     assert template_message(ReasoningTemplate(), messages[1])["reasoning_content"] == "Capital of France."
+
+
+def test_the_think_switch_shows_only_for_templates_that_take_it(start_app, thinking_model: Path):
+    import gradio as gr
+
+    from mlx_gradio.ui.chat_events import settings_outputs
+
+    app = start_app()
+    app.store.settings.update_app(model_folders=[str(thinking_model)])
+    tab = gr.Request(session_hash="think")
+    with_switch = app.controller.chat_settings.show("", str(thinking_model), tab)
+    without = app.controller.chat_settings.show("", app.controller.models.demo_path, tab)
+    assert with_switch.thinking_switch and not without.thinking_switch
+    assert settings_outputs(with_switch)[-1]["visible"] is True and settings_outputs(without)[-1]["visible"] is False

@@ -210,6 +210,7 @@ def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_
     import gradio as gr
 
     from mlx_gradio import chat
+    from mlx_gradio.ui import render
     from tests.test_app import GREEDY
 
     app = start_app()
@@ -233,6 +234,8 @@ def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_
         assert "Paris" in reply["content"], reply
         assert reply["stats"]["time_to_first_token"] > 0 and reply["stats"]["generation_tps"] > 0
         assert len(views) > 3  # it streamed
+        assert render.stats_line(conversation).startswith(
+            f'<span class="reply-stats">{models.name_of(key)} · ')  # the stats line names the server
     # Stop ends a reply through the server after the current chunk; what came stays.
     sending = replies.send("", {"text": "Write a long story about a dragon."}, f"server:{profile.id}",
                            *GREEDY[:-2], 400, True, request=local)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
 
 from .. import chat, errors
-from ..models import recommended_sampling
+from ..models import has_thinking_switch, recommended_sampling
 from ..remote import is_remote
 from ..store import USER_SETTING_FIELDS, Store
 from .access import Access, Caller
@@ -58,7 +59,8 @@ class ChatSettingsPart:
         if conversation is not None:
             values.update(_known(conversation.get("settings")))
         return ChatSettings(model, values, self.recommended(model), self.models.name_of(model) if model else "",
-                            own=conversation is not None and bool(conversation.get("settings")))
+                            own=conversation is not None and bool(conversation.get("settings")),
+                            thinking_switch=bool(model) and not is_remote(model) and has_thinking_switch(model))
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -74,8 +76,7 @@ class ChatSettingsPart:
             model, missing = self._model_of(caller, conversation, picked)
         if conversation is not None and not missing:
             self.models.use(caller, model)
-        view = self._view(caller, conversation, model)
-        return ChatSettings(view.model, view.values, view.recommended, view.model_name, view.own, missing)
+        return replace(self._view(caller, conversation, model), missing_model=missing)
 
     def _model_of(self, caller: Caller, conversation: dict | None, picked: str) -> tuple[str, str]:
         """The model to show and the name of a conversation's model that is no longer offered ("" if none)."""

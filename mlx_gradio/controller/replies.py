@@ -362,7 +362,7 @@ class RepliesPart:
         Returns what the chat shows now (None if the conversation was deleted meanwhile) and
         whether the reply took its place.
         """
-        stats = asdict(reply.stats) if reply.stats else None
+        stats = {**asdict(reply.stats), "model_name": self.models.name_of(model)} if reply.stats else None
         finished = reply.stats is not None and reply.stats.finish_reason in ("stop", "length")
         reply.end_thinking(time.monotonic())
         if reply.committed:

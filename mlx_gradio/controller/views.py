@@ -44,6 +44,7 @@ class ChatSettings:
     model_name: str = ""
     own: bool = False  # the conversation recorded settings of its own
     missing_model: str = ""  # the conversation's model, when it is no longer on this machine
+    thinking_switch: bool = False  # the model's template can turn thinking off
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import gradio as gr
 from .. import chat
 from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
-from ..controller.views import ChatView, ConversationPage, PageView
+from ..controller.views import ChatSettings, ChatView, ConversationPage, PageView
 from ..models import LocalModel
 from ..store import USER_SETTING_FIELDS
 from . import render
@@ -49,6 +49,14 @@ def list_outputs(page: ConversationPage) -> tuple[dict, dict]:
     hidden = page.total - len(page.summaries)
     return (gr.update(choices=choices, value=selected),
             gr.update(visible=hidden > 0, value=f"Show more ({hidden:,})"))
+
+
+def settings_outputs(view: ChatSettings) -> list:
+    """The settings' values in `USER_SETTING_FIELDS` order; the Think switch shows only where the model has one."""
+    values: list = [view.values[name] for name in USER_SETTING_FIELDS]
+    values[USER_SETTING_FIELDS.index("thinking")] = gr.update(value=view.values["thinking"],
+                                                              visible=view.thinking_switch)
+    return values
 
 
 def preset_choices(presets: list[dict], selected: str | None = None) -> dict:
@@ -91,7 +99,7 @@ class ChatEvents:
         page: PageView = self.controller.page_load(request)
         for notice in page.notices:
             gr.Warning(notice, duration=None)
-        settings = [page.settings.values[name] for name in USER_SETTING_FIELDS]
+        settings = settings_outputs(page.settings)
         account = (f"Signed in as **{page.user}** ({'owner' if page.is_owner else 'guest'}) · "
                    "[Log out](/logout)") if page.login_required else ""
         return (
@@ -198,8 +206,8 @@ class ChatEvents:
         """(model picker, status line, *settings, settings note) for the conversation just shown."""
         view = self.controller.chat_settings.show(conversation_id, model, request)
         status = self.controller.models.status(request)
-        return (gr.update(value=view.model), render.status_markdown(status),
-                *(view.values[name] for name in USER_SETTING_FIELDS), render.settings_note(view))
+        return (gr.update(value=view.model), render.status_markdown(status), *settings_outputs(view),
+                render.settings_note(view))
 
     def settings_note(self, request: gr.Request, conversation_id: str, model: str) -> str:
         """The note under the settings, once a reply has made a new chat a conversation of its own."""
@@ -209,8 +217,7 @@ class ChatEvents:
         """(status line, *settings, settings note) once a model is picked."""
         view = self.controller.chat_settings.pick_model(conversation_id, model, request)
         status = self.controller.models.status(request)
-        return (render.status_markdown(status), *(view.values[name] for name in USER_SETTING_FIELDS),
-                render.settings_note(view))
+        return render.status_markdown(status), *settings_outputs(view), render.settings_note(view)
 
     def save_settings(self, request: gr.Request, conversation_id: str, *values: Any) -> None:
         self.controller.chat_settings.save(conversation_id, *values, request=request)

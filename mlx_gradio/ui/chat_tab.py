@@ -86,8 +86,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                 repetition_penalty = gr.Slider(0.8, 2, step=0.01, label="Repetition penalty")
                 seed = gr.Number(label="Seed (-1 = random)", precision=0)
                 max_tokens = gr.Slider(1, 8192, step=1, label="Max new tokens")
-                thinking = gr.Checkbox(label="Think", value=True, elem_id="thinking-switch",
-                                       info="For models whose template can switch thinking off (Qwen3 …)")
+                thinking = gr.Checkbox(label="Think before answering", value=True, elem_id="thinking-switch",
+                                       visible=False, info="This model's template can answer without thinking.")
                 settings_note = gr.Markdown(elem_id="settings-note")
             with gr.Accordion("Engine", open=False, visible=False) as engine_box:
                 context_limit = gr.Number(label="Context limit in tokens (0 = each model's own)", precision=0,

@@ -103,7 +103,7 @@ def stats_line(conversation: dict | None) -> str:
     stats = chat.last_stats(conversation) if conversation else None
     if not stats:
         return ""
-    model = _model_of_last_reply(conversation)
+    model = stats.get("model_name") or _model_of_last_reply(conversation)  # a server's name, not its key
     parts = [model] if model else []
     parts += [
         f"{stats['time_to_first_token']:.2f} s to first token",
