@@ -369,11 +369,12 @@ class Worker:
                 context_length=context, dropped_messages=fitted.dropped)))
             return
         # The cache now holds the prompt and every token the generator handed out.
-        self.caches.put(request.conversation_id, CachedPrompt(tokens + relayed.tokens, cache, fitted.dropped))
         if new_tokens >= FIRST_PREFILL_STEP and relayed.last is not None:
             self.prefill_tps = relayed.last.prompt_tps
         generation.put(_final_event(generation, relayed, len(tokens), reused, len(relayed.tokens), context,
                                     fitted.dropped))
+        # After the reply's last event: keeping this cache may write an older one to disk.
+        self.caches.put(request.conversation_id, CachedPrompt(tokens + relayed.tokens, cache, fitted.dropped))
 
     def _vision_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
