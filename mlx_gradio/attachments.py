@@ -40,7 +40,7 @@ def ingest_text(upload: str | Path, files_dir: Path, name: str | None = None) ->
     Raises `InvalidAttachment` for a binary file, one that is not UTF-8 text, or one over the size limit.
     """
     source = Path(upload)
-    name = _SAFE_NAME.sub("_", name or source.name)[:120] or "file.txt"
+    name = _SAFE_NAME.sub("_", name or source.name)[:120].strip(". ") or "file.txt"  # never "..", never hidden
     try:
         size = source.stat().st_size
         if size > MAX_TEXT_BYTES:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 from . import chat
 from .errors import ImportFailed
+from .jobs import GenerationStats
 
 MAX_IMPORT_BYTES = 20_000_000
 MAX_MESSAGES = 10_000
@@ -125,6 +127,23 @@ def _from_openai(messages: list, owner: str, title: Any) -> dict:
     return conversation
 
 
+def _version(version: dict) -> dict:
+    """A reply version with only the fields this app writes, each of the right type (stats kept only whole)."""
+    def number(value: Any) -> float | None:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    stats = version.get("stats")
+    whole = isinstance(stats, dict) and all(  # every number the stats line shows
+        number(stats.get(f.name)) is not None for f in fields(GenerationStats)
+        if f.type in ("int", "float") and f.default is MISSING)
+    cleaned = {"content": _text(version.get("content")), "stats": dict(stats) if whole else None,
+               "model": version["model"] if isinstance(version.get("model"), str) else None,
+               "created": number(version.get("created")) or 0.0}
+    if version.get("reasoning"):
+        cleaned.update(reasoning=_text(version["reasoning"]), thought_s=number(version.get("thought_s")))
+    return cleaned
+
+
 def _from_ours(data: dict, owner: str, own_folders: list[Path]) -> dict:
     """A copy of an exported conversation, with a new id and owner; foreign paths are dropped."""
     def own(path: Any) -> bool:
@@ -147,8 +166,9 @@ def _from_ours(data: dict, owner: str, own_folders: list[Path]) -> dict:
             versions = [v for v in message.get("versions") or [] if isinstance(v, dict)]
             if not versions:
                 raise ImportFailed("The conversation has a reply without any text.")
-            messages.append({"role": "assistant", "current": min(int(message.get("current") or 0), len(versions) - 1),
-                             "versions": [{**v, "content": _text(v.get("content"))} for v in versions]})
+            current = message.get("current") if isinstance(message.get("current"), int) else 0
+            messages.append({"role": "assistant", "current": min(max(current, 0), len(versions) - 1),
+                             "versions": [_version(v) for v in versions]})
     fresh = chat.new_conversation(owner, conversation.get("model"), str(conversation.get("title") or "Imported"))
     settings = conversation.get("settings") if isinstance(conversation.get("settings"), dict) else None
     return {**fresh, "messages": messages, "created": float(conversation.get("created") or time.time()),

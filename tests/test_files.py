@@ -88,6 +88,16 @@ def test_json_and_openai_imports_round_trip_and_foreign_paths_are_dropped(start_
     assert "files" not in imported["messages"][0]  # /nowhere is not one of the app's folders
     assert imported["settings"]["system_prompt"] == "Be brief."
 
+    # A hand-edited file with broken stats and versions still opens and renders.
+    broken = json.loads(exported.read_text())
+    broken["messages"][1]["versions"][0].update(stats={"generation_tps": "fast"}, thought_s="long", created=None)
+    broken["messages"][1]["current"] = 7
+    ours.write_text(json.dumps(broken))
+    view = app.controller.conversations.import_file(str(ours), gr.Request(session_hash="import"))
+    version = chat.current_version(view.conversation["messages"][1])
+    assert version["stats"] is None and version["thought_s"] is None and version["content"] == "Flour and salt."
+    assert render.stats_line(view.conversation) == "" and len(render.chatbot_messages(view.conversation)) == 3
+
     openai_style = upload_dir / "openai.json"
     openai_style.write_text(json.dumps({"messages": [
         {"role": "system", "content": "You are terse."},

@@ -257,6 +257,7 @@ def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_
         list(replies.send("", {"text": "Hello?"}, f"endpoint:{endpoint['id']}", *GREEDY, request=local))
     app.store.settings.update_user("local", model=f"server:{profile.id}")
     assert models.status(local).state == "error"  # the status line says the server is gone
+    assert app.controller.page_load(local).model == f"server:{profile.id}"  # and the page still loads
 
 
 def test_an_image_reaches_a_vision_server_from_the_chat(start_app, tiny_vlm, images):

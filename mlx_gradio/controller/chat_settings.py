@@ -43,6 +43,13 @@ class ChatSettingsPart:
         self.conversations = conversations
         self._is_streaming = is_streaming
 
+    def _name(self, model: str) -> str:
+        """What to call a model in the note; a server that is gone is still named."""
+        try:
+            return self.models.name_of(model) if model else ""
+        except errors.ModelNotFound:
+            return "a server that is not running"
+
     def recommended(self, model: str) -> dict[str, float]:
         """A local model's recommended sampling, clamped to the settings' ranges."""
         if not model or is_remote(model):
@@ -58,7 +65,7 @@ class ChatSettingsPart:
         values = self.defaults(caller, model)
         if conversation is not None:
             values.update(_known(conversation.get("settings")))
-        return ChatSettings(model, values, self.recommended(model), self.models.name_of(model) if model else "",
+        return ChatSettings(model, values, self.recommended(model), self._name(model),
                             own=conversation is not None and bool(conversation.get("settings")),
                             thinking_switch=bool(model) and not is_remote(model) and has_thinking_switch(model))
 
@@ -80,7 +87,11 @@ class ChatSettingsPart:
 
     def _model_of(self, caller: Caller, conversation: dict | None, picked: str) -> tuple[str, str]:
         """The model to show and the name of a conversation's model that is no longer offered ("" if none)."""
-        fallback = self.models.model_for(caller, picked) if picked else self.models.selected(caller)
+        try:
+            fallback = self.models.model_for(caller, picked) if picked else self.models.selected(caller)
+        except (errors.ModelNotFound, errors.AccessDenied) as exc:  # e.g. a server that has stopped
+            log.debug("The picked model %s is not offered now (%s); showing this user's last one", picked, exc)
+            fallback = self.models.selected(caller)
         recorded = (conversation or {}).get("model")
         if not recorded:
             return fallback, ""
@@ -89,7 +100,7 @@ class ChatSettingsPart:
         except (errors.ModelNotFound, errors.AccessDenied) as exc:
             log.info("Conversation %s was made with %s, which is not offered now: %s", conversation["id"],
                      recorded, exc)
-            return fallback, self.models.name_of(recorded)
+            return fallback, self._name(recorded)
 
     def pick_model(self, conversation_id: str, model: str, request: gr.Request) -> ChatSettings:
         """Handler: a model was picked; an open conversation keeps it, a new chat takes its recommended sampling."""

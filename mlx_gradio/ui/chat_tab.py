@@ -71,14 +71,14 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
             with gr.Accordion("Settings", open=True):
                 system_prompt = gr.Textbox(label="System prompt", lines=3, placeholder="(the model's default)",
                                            elem_id="system-prompt")
-                with gr.Row(equal_height=True):
-                    preset = gr.Dropdown(label="Presets", choices=[], scale=3, elem_id="prompt-presets")
-                    delete_preset = gr.Button("Delete", size="sm", scale=1, min_width=60)
-                with gr.Row(equal_height=True):
-                    preset_name = gr.Textbox(show_label=False, placeholder="Preset name", max_lines=1, scale=3,
-                                             elem_id="preset-name")
-                    save_preset = gr.Button("Save", size="sm", scale=1, min_width=50)
-                    rename_preset = gr.Button("Rename", size="sm", scale=1, min_width=60)
+                with gr.Accordion("System prompt presets", open=False, elem_id="presets"):
+                    preset = gr.Dropdown(label="Use a preset", choices=[], elem_id="prompt-presets")
+                    preset_name = gr.Textbox(show_label=False, placeholder="Name, to save the prompt above as a preset",
+                                             max_lines=1, elem_id="preset-name")
+                    with gr.Row():
+                        save_preset = gr.Button("Save", size="sm", min_width=50)
+                        rename_preset = gr.Button("Rename", size="sm", min_width=50)
+                        delete_preset = gr.Button("Delete", size="sm", min_width=50)
                 temperature = gr.Slider(0, 2, step=0.05, label="Temperature")
                 top_p = gr.Slider(0, 1, step=0.01, label="Top p")
                 top_k = gr.Slider(0, 200, step=1, label="Top k (0 = off)")
