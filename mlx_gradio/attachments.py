@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import shutil
 from pathlib import Path
 
 from .errors import InvalidAttachment
+from .files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,7 @@ def ingest_text(upload: str | Path, files_dir: Path, name: str | None = None) ->
     digest = hashlib.sha256(data).hexdigest()[:32]
     target = files_dir / digest / name
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        write_atomic(target, data)  # the bytes just checked; a full disk is a StoreWriteFailed, not a traceback
         log.debug("Stored text file %s (%d characters) as %s", name, len(text), target)
     return {"name": name, "path": str(target)}
 
