@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlx_gradio.demo import prepare_demo_model  # noqa: E402
-from mlx_gradio.engine import Engine  # noqa: E402
-from mlx_gradio.jobs import ChatMessage, ChatRequest, SamplingParams  # noqa: E402
+from mlx_gradio.engine.jobs import ChatMessage, ChatRequest, SamplingParams  # noqa: E402
+from mlx_gradio.engine.prompt_files import PromptFiles  # noqa: E402
+from mlx_gradio.engine.thread import Engine  # noqa: E402
+from mlx_gradio.models.demo import prepare_demo_model  # noqa: E402
 from mlx_gradio.net import free_port, wait_for_page  # noqa: E402
-from mlx_gradio.prompt_files import PromptFiles  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 TOKENS = 128
@@ -175,7 +175,7 @@ def main() -> None:
         engine.shutdown()
         stop_process(app)
 
-    from mlx_gradio.tiny_vlm import build_tiny_qwen2_vl
+    from mlx_gradio.testing.tiny_vlm import build_tiny_qwen2_vl
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny = build_tiny_qwen2_vl(Path(tmp) / "tiny-qwen2-vl")

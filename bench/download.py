@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from chat import engine_rate  # noqa: E402 - bench/chat.py, beside this file
 
-from mlx_gradio.demo import prepare_demo_model  # noqa: E402
-from mlx_gradio.downloads import Downloads  # noqa: E402
-from mlx_gradio.engine import Engine  # noqa: E402
-from mlx_gradio.hub import HubService  # noqa: E402
-from mlx_gradio.local_hub import HubRepo, LocalHub, repo_from_folder  # noqa: E402
+from mlx_gradio.engine.thread import Engine  # noqa: E402
+from mlx_gradio.hub.downloads import Downloads  # noqa: E402
+from mlx_gradio.hub.search import HubService  # noqa: E402
+from mlx_gradio.models.demo import prepare_demo_model  # noqa: E402
 from mlx_gradio.store import MemoryRecords  # noqa: E402
+from mlx_gradio.testing.local_hub import HubRepo, LocalHub, repo_from_folder  # noqa: E402
 
 log = logging.getLogger("bench.download")
 DEMO = "mlx-community/SmolLM2-135M-Instruct-4bit"

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from chat import PROMPT, TOKENS, decode_rate, raw_rate  # noqa: E402 - bench/chat.py, beside this file
 
-from mlx_gradio.demo import prepare_demo_model  # noqa: E402
-from mlx_gradio.server_profiles import ServerProfile, check_profile, new_profile  # noqa: E402
-from mlx_gradio.servers import READY, Servers  # noqa: E402
+from mlx_gradio.models.demo import prepare_demo_model  # noqa: E402
+from mlx_gradio.serving.profiles import ServerProfile, check_profile, new_profile  # noqa: E402
+from mlx_gradio.serving.supervisor import READY, Servers  # noqa: E402
 from mlx_gradio.store import MemoryRecords  # noqa: E402
 
 IDLE_SECONDS = 30

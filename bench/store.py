@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlx_gradio import chat  # noqa: E402
+from mlx_gradio.chats import chat  # noqa: E402
 from mlx_gradio.files import encode_json  # noqa: E402
 from mlx_gradio.store import CONVERSATIONS_DIR, Store  # noqa: E402
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlx_gradio import chat  # noqa: E402
+from mlx_gradio.chats import chat  # noqa: E402
 from mlx_gradio.ui import render  # noqa: E402
 
 PHOTOS = 4

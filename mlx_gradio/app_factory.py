@@ -9,9 +9,9 @@ import gradio as gr
 from .controller import Controller
 from .controller.access import Access
 from .controller.settings import cache_budget_bytes
-from .engine import Engine
-from .hub import HubService
-from .prompt_files import PromptFiles
+from .engine.prompt_files import PromptFiles
+from .engine.thread import Engine
+from .hub.search import HubService
 from .store import Store
 from .ui.blocks import build_app
 

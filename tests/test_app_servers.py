@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 
 from mlx_gradio.net import free_port, wait_for_page
-from mlx_gradio.server_profiles import ServerProfile, new_profile
-from mlx_gradio.servers import probe
+from mlx_gradio.serving.profiles import ServerProfile, new_profile
+from mlx_gradio.serving.supervisor import probe
 from mlx_gradio.store import Store
 from tests.conftest import seed_data_dir
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
 from mlx_gradio.store import LOCAL_USER
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -152,7 +151,7 @@ def test_thinking_streams_in_a_block_that_folds_away(start_app, browser_page, th
 
 
 def test_maths_renders_inline_and_displayed(start_app, browser_page):
-    from mlx_gradio import chat
+    from mlx_gradio.chats import chat
 
     app = start_app()
     record = chat.new_conversation(LOCAL_USER, app.controller.models.demo_path)

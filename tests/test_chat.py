@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 import pytest
 
-from mlx_gradio import chat, conversation_io
+from mlx_gradio.chats import chat, conversation_io
 from mlx_gradio.controller.views import Draft
+from mlx_gradio.engine.jobs import GenerationStats
 from mlx_gradio.errors import ChatEditError
-from mlx_gradio.jobs import GenerationStats
 from mlx_gradio.ui import render
 
 STATS = asdict(GenerationStats(40, 30, 9.0, 12, 6.2, 0.8, 0.13, "length", context_length=8192))

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from mlx_gradio import chat
+from mlx_gradio.chats import chat
 from mlx_gradio.ui.chat_events import chat_outputs
 from tests.test_app import GREEDY
 

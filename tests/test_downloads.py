@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mlx_gradio.downloads import CANCELLED, DONE, FAILED, INTERRUPTED, DownloadProgress, Downloads
 from mlx_gradio.errors import NotEnoughSpace
-from mlx_gradio.hub import HubService
-from mlx_gradio.local_hub import LocalHub, repo_from_folder
+from mlx_gradio.hub.downloads import CANCELLED, DONE, FAILED, INTERRUPTED, DownloadProgress, Downloads
+from mlx_gradio.hub.search import HubService
 from mlx_gradio.store import MemoryRecords
+from mlx_gradio.testing.local_hub import LocalHub, repo_from_folder
 
 TEXT = "mlx-community/SmolLM2-135M-Instruct-4bit"
 WEIGHTS = "model.safetensors"
@@ -201,7 +201,7 @@ def test_no_download_starts_without_the_space_for_it(hub, small_disk):
 
 def test_progress_updates_from_many_threads_add_up():
     """huggingface_hub calls the hook from several download threads at once."""
-    from mlx_gradio.downloads import Tracker, progress_bar_class
+    from mlx_gradio.hub.downloads import Tracker, progress_bar_class
 
     tracker = Tracker(DownloadProgress(TEXT, "", "downloading", 0, 10**9))
     bar = progress_bar_class(tracker)(total=10**9, name="huggingface_hub.snapshot_download")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mlx_gradio.engine.jobs import ChatMessage, ChatRequest, GenerationStats, SamplingParams
 from mlx_gradio.errors import ImageNeedsVisionModel, ModelNotFound
-from mlx_gradio.jobs import ChatMessage, ChatRequest, GenerationStats, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
 FRANCE = ChatMessage("user", "What is the capital of France?")
@@ -116,7 +116,7 @@ def test_unload_gives_the_memory_back(engine, demo_model: Path):
 
 
 def test_shutdown_stops_a_running_reply_and_frees_the_thread(demo_model: Path):
-    from mlx_gradio.engine import Engine
+    from mlx_gradio.engine.thread import Engine
 
     own = Engine()
     story = ChatMessage("user", "Write a long story about a dragon.")
@@ -130,7 +130,7 @@ def test_shutdown_stops_a_running_reply_and_frees_the_thread(demo_model: Path):
 
 
 def test_stop_while_the_prompt_is_read_keeps_the_cache_consistent(demo_model: Path):
-    from mlx_gradio.engine import Engine
+    from mlx_gradio.engine.thread import Engine
 
     own = Engine()  # a fresh engine reads a prompt in small chunks until it has measured the model's speed
     words = " ".join(f"item{i}" for i in range(24))
@@ -156,8 +156,8 @@ def test_stop_while_the_prompt_is_read_keeps_the_cache_consistent(demo_model: Pa
 
 
 def test_the_prompt_read_ends_between_chunks_once_stop_is_asked():
-    from mlx_gradio.generation import PrefillProgress, PrefillStopped
-    from mlx_gradio.jobs import Generation
+    from mlx_gradio.engine.generation import PrefillProgress, PrefillStopped
+    from mlx_gradio.engine.jobs import Generation
 
     generation = Generation(ChatRequest("x", "/m", ()))
     progress = PrefillProgress(generation, reused=10, total=110)
@@ -231,7 +231,7 @@ def test_a_message_longer_than_the_context_is_refused_before_reading(engine, dem
 
 
 def test_the_status_tells_memory_and_caches_and_an_idle_model_is_unloaded_then_loaded_again(demo_model: Path):
-    from mlx_gradio.engine import Engine
+    from mlx_gradio.engine.thread import Engine
 
     engine = Engine()
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from mlx_gradio import chat, conversation_io
-from mlx_gradio.attachments import MAX_TEXT_BYTES
+from mlx_gradio.chats import chat, conversation_io
+from mlx_gradio.chats.attachments import MAX_TEXT_BYTES
 from mlx_gradio.errors import ImportFailed
 from mlx_gradio.store import LOCAL_USER
 from mlx_gradio.ui import render

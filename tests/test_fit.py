@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-from mlx_gradio.fit import OVERHEAD_BYTES, estimate, kv_bytes, model_shape
-from mlx_gradio.models import folder_size, weight_dtypes
-from mlx_gradio.system import MachineMemory, machine_memory
+from mlx_gradio.models.fit import OVERHEAD_BYTES, estimate, kv_bytes, model_shape
+from mlx_gradio.models.folders import folder_size, weight_dtypes
+from mlx_gradio.models.memory import MachineMemory, machine_memory
 
 TOKENS = 512
 
@@ -47,7 +46,7 @@ def test_the_estimate_matches_the_tiny_llamas_real_kv_cache(tmp_path: Path):
     from mlx_lm import load
     from mlx_lm.models.cache import make_prompt_cache
 
-    from mlx_gradio.gguf import import_gguf
+    from mlx_gradio.models.gguf import import_gguf
     from tests.test_gguf import write_tiny_gguf
 
     write_tiny_gguf(tmp_path / "tiny.gguf")

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from mlx_gradio.controller.access import Access
 from mlx_gradio.store import USER_SETTING_FIELDS, Store
 
+
 def mostly(good: st.SearchStrategy, odd: st.SearchStrategy) -> st.SearchStrategy:
     """`good` three times in four, else `odd` (hypothesis would flatten `one_of` and drown `good` in odd branches)."""
     return st.integers(0, 3).flatmap(lambda n: odd if n == 3 else good)
@@ -39,7 +40,7 @@ numbers = mostly(st.one_of(st.integers(0, 24), st.floats(0, 2)), junk)
 def world(tmp_path_factory: pytest.TempPathFactory):
     """A controller with an owner and a guest, the tiny llama as the model, and files worth pointing at."""
     from mlx_gradio.app_factory import create_controller
-    from mlx_gradio.gguf import import_gguf
+    from mlx_gradio.models.gguf import import_gguf
     from tests.test_gguf import write_tiny_gguf
 
     root = tmp_path_factory.mktemp("fuzz")

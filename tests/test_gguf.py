@@ -11,7 +11,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_gradio.errors import UnsupportedGGUF
-from mlx_gradio.gguf import check_convertible, import_gguf, read_tensor_types
+from mlx_gradio.models.gguf import check_convertible, import_gguf, read_tensor_types
 
 # GPT-2's printable stand-ins for the 256 byte values, so the tiny vocabulary is byte-level.
 BYTE_CHARS = [chr(b) for b in range(ord("!"), ord("~") + 1)] + [chr(b) for b in range(ord("¡"), ord("¬") + 1)] + [
@@ -337,7 +337,7 @@ def test_llama3_rope_freqs_become_the_rope_scaling_they_came_from(tmp_path: Path
 
 
 def test_rope_freqs_that_are_not_llama3_scaling_are_refused(tmp_path: Path):
-    from mlx_gradio.gguf import llama3_rope_scaling
+    from mlx_gradio.models.gguf import llama3_rope_scaling
 
     with pytest.raises(UnsupportedGGUF, match="rope_freqs"):
         llama3_rope_scaling(mx.array([1.0, 3.0, 1.0, 8.0, 2.0, 8.0]), 500000.0, 12)

@@ -11,7 +11,7 @@ import gradio as gr
 import pytest
 
 from mlx_gradio.controller.access import Access
-from mlx_gradio.gguf_sources import find_gguf_files
+from mlx_gradio.models.gguf_sources import find_gguf_files
 from tests.test_gguf import header_only_gguf, write_tiny_gguf
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from mlx_gradio import hf_cache
 from mlx_gradio.controller.access import Access
 from mlx_gradio.errors import ModelNotFound
-from mlx_gradio.hub import HubService
+from mlx_gradio.hub.search import HubService
+from mlx_gradio.models import hf_cache
 
 TEXT = "mlx-community/SmolLM2-135M-Instruct-4bit"
 ANN, GUS = gr.Request(username="ann", session_hash="a"), gr.Request(username="gus", session_hash="g")

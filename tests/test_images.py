@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mlx_gradio.chats.images import ingest_image, load_for_model
 from mlx_gradio.errors import InvalidImage
-from mlx_gradio.images import ingest_image, load_for_model
 
 
 def test_image_is_copied_by_content_hash(tmp_path: Path, images):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_gradio.local_hub import LocalHub, repo_from_folder
+from mlx_gradio.testing.local_hub import LocalHub, repo_from_folder
 
 REPO = "mlx-community/tiny-qwen2-vl-4bit"
 

@@ -8,7 +8,7 @@ import gradio as gr
 import pytest
 
 from mlx_gradio.controller.access import Access
-from mlx_gradio.hub import HubService
+from mlx_gradio.hub.search import HubService
 from tests.test_browser import ARTIFACTS
 
 

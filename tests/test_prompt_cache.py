@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_gradio.prompt_cache import CachedPrompt, ConversationCaches, cache_nbytes
+from mlx_gradio.engine.prompt_cache import CachedPrompt, ConversationCaches, cache_nbytes
 
 
 @dataclass

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from mlx_lm.models.cache import load_prompt_cache
 
-from mlx_gradio.engine import Engine
-from mlx_gradio.jobs import ChatMessage, ChatRequest, SamplingParams
-from mlx_gradio.prompt_files import PromptFiles
+from mlx_gradio.engine.jobs import ChatMessage, ChatRequest, SamplingParams
+from mlx_gradio.engine.prompt_files import PromptFiles
+from mlx_gradio.engine.thread import Engine
 from tests.test_app import GREEDY, LOCAL, page, send
 
 PARAMS = SamplingParams(temperature=0.0, max_tokens=12)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from mlx_gradio import chat
-from mlx_gradio.jobs import ChatMessage, ChatRequest, SamplingParams
-from mlx_gradio.reasoning import ThinkSplitter, opens_thinking
+from mlx_gradio.chats import chat
+from mlx_gradio.engine.jobs import ChatMessage, ChatRequest, SamplingParams
+from mlx_gradio.engine.reasoning import ThinkSplitter, opens_thinking
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
 FRANCE = ChatMessage("user", "What is the capital of France?")
@@ -79,7 +79,7 @@ def test_earlier_thinking_is_not_fed_back():
     messages = chat.model_messages(conversation, 3, "")
     assert messages[1] == ChatMessage("assistant", "Paris.", reasoning="Capital of France.")
 
-    from mlx_gradio.generation import template_message
+    from mlx_gradio.engine.generation import template_message
 
     class Template:
         chat_template = "{{ message['content'] }}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from mlx_gradio import chat
+from mlx_gradio.chats import chat
 from mlx_gradio.store import LOCAL_USER
 from mlx_gradio.ui import render
 from tests.test_app import GREEDY

@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from mlx_gradio.errors import ProfileInvalid
-from mlx_gradio.server_profiles import ServerProfile, check_profile, command, extra_args, new_profile, port_holder
-from mlx_gradio.servers import FAILED, READY, STOPPED, Servers
+from mlx_gradio.serving.profiles import ServerProfile, check_profile, command, extra_args, new_profile, port_holder
+from mlx_gradio.serving.supervisor import FAILED, READY, STOPPED, Servers
 from mlx_gradio.store import MemoryRecords
 
 
@@ -184,7 +184,7 @@ def test_a_vision_server_reads_an_image(servers, tiny_vlm, images):
 
     from openai import OpenAI
 
-    from mlx_gradio.server_profiles import ServerProfile
+    from mlx_gradio.serving.profiles import ServerProfile
 
     profile = check_profile(ServerProfile(**{**new_profile("vlm", str(tiny_vlm)).record(), "api_key": "s3cret"}))
     assert profile.kind == "vision"
@@ -209,7 +209,7 @@ def test_a_vision_server_reads_an_image(servers, tiny_vlm, images):
 def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_app, tiny_vlm, images):
     import gradio as gr
 
-    from mlx_gradio import chat
+    from mlx_gradio.chats import chat
     from mlx_gradio.ui import render
     from tests.test_app import GREEDY
 
@@ -273,7 +273,7 @@ def test_an_image_reaches_a_vision_server_from_the_chat(start_app, tiny_vlm, ima
     profile = part.save({**draft.record(), "api_key": "k3y", "max_tokens": 4}, local)
     part.start(profile.id, local)
     assert wait_state(part.servers, profile.id, (READY, FAILED)).state == READY, part.log_tail(profile.id, local)
-    from mlx_gradio import chat
+    from mlx_gradio.chats import chat
 
     def prompt_tokens(files) -> int:
         assert send(app.client(), "What color is this?", f"server:{profile.id}", files=files)

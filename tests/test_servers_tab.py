@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psutil
 
-from mlx_gradio.server_profiles import port_holder
+from mlx_gradio.serving.profiles import port_holder
 from tests.test_browser import ARTIFACTS, wait_for_reply
 
 

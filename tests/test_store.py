@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_gradio import chat
-from mlx_gradio.conversation_store import ConversationStore
+from mlx_gradio.chats import chat
+from mlx_gradio.chats.conversation_store import ConversationStore
 from mlx_gradio.errors import ConversationNotFound, StoreWriteFailed
 from mlx_gradio.store import DB_NAME, DEFAULT_APP_SETTINGS, DEFAULT_USER_SETTINGS, LOCAL_USER, Store
 from tests.conftest import fill_disk
@@ -244,7 +244,7 @@ def test_concurrent_writers_from_many_threads(tmp_path: Path):
 
 def test_killing_the_process_mid_write_never_breaks_a_file(tmp_path: Path):
     script = (
-        "import sys; from pathlib import Path; from mlx_gradio.store import Store; from mlx_gradio import chat\n"
+        "import sys; from pathlib import Path; from mlx_gradio.store import Store; from mlx_gradio.chats import chat\n"
         "s = Store(Path(sys.argv[1]))\n"
         "c = chat.new_conversation('ann')\n"
         "c['messages'] = [{'role': 'user', 'content': 'x' * 2000, 'images': []}] * 50\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlx_gradio.jobs import ChatMessage, SamplingParams
+from mlx_gradio.engine.jobs import ChatMessage, SamplingParams
 from tests.test_engine import ask
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=8)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from ..downloads import Downloads
-from ..engine import Engine
-from ..hub import HubService
-from ..servers import Servers
+from ..engine.thread import Engine
+from ..hub.downloads import Downloads
+from ..hub.search import HubService
+from ..models.memory import machine_memory
+from ..serving.supervisor import Servers
 from ..store import Store
-from ..system import machine_memory
 from .access import Access
 from .chat_settings import ChatSettingsPart
 from .conversations import ConversationsPart

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 
-from .. import chat, errors
-from ..models import has_thinking_switch, recommended_sampling
-from ..remote import is_remote
+from .. import errors
+from ..chats import chat
+from ..models.folders import has_thinking_switch, recommended_sampling
+from ..serving.remote import is_remote
 from ..store import USER_SETTING_FIELDS, Store
 from .access import Access, Caller
 from .conversations import ConversationsPart

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import chat, conversation_io, errors
-from ..engine import Engine
+from .. import errors
+from ..chats import chat, conversation_io
+from ..engine.thread import Engine
 from ..store import Store
 from .access import Access, Caller
 from .feedback import user_errors

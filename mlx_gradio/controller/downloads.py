@@ -6,8 +6,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..downloads import DownloadProgress, Downloads
-from ..hub import HubService
+from ..hub.downloads import DownloadProgress, Downloads
+from ..hub.search import HubService
 from .access import Access
 from .feedback import user_errors
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from ..fit import Fit, default_context, estimate, weights_verdict
-from ..hub import HubService, ModelDetails, SearchPage
-from ..system import MachineMemory
+from ..hub.search import HubService, ModelDetails, SearchPage
+from ..models.fit import Fit, default_context, estimate, weights_verdict
+from ..models.memory import MachineMemory
 from .access import Access
 from .feedback import user_errors
 from .settings import number

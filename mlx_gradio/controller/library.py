@@ -17,13 +17,14 @@ from typing import Any
 
 import gradio as gr
 
-from .. import errors, hf_cache
-from ..downloads import Downloads
-from ..engine import Engine
-from ..fit import weights_verdict
-from ..gguf_sources import FoundGGUF, find_gguf_files
+from .. import errors
+from ..engine.thread import Engine
+from ..hub.downloads import Downloads
+from ..models import hf_cache
+from ..models.fit import weights_verdict
+from ..models.gguf_sources import FoundGGUF, find_gguf_files
+from ..models.memory import MachineMemory
 from ..store import Store
-from ..system import MachineMemory
 from .access import Access
 from .feedback import user_errors
 from .models import ModelsPart

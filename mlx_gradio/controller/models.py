@@ -10,11 +10,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from .. import demo, errors, hf_cache
-from ..engine import Engine, EngineStatus
-from ..jobs import ChatRequest, Generation
-from ..models import LocalModel, describe_folder, is_vision_model, list_models
-from ..remote import RemoteTarget, is_remote, start_remote
+from .. import errors
+from ..engine.jobs import ChatRequest, Generation
+from ..engine.thread import Engine, EngineStatus
+from ..models import demo, hf_cache
+from ..models.folders import LocalModel, describe_folder, is_vision_model, list_models
+from ..serving.remote import RemoteTarget, is_remote, start_remote
 from ..store import Store
 from .access import Access, Caller
 from .feedback import message_for, user_errors
@@ -237,7 +238,7 @@ class ModelsPart:
         """Handler: convert a GGUF file into an mlx-lm folder under the data dir (named `name`, else after the
         file) and select it. Yields (models or None, selected path or None, note).
         """
-        from ..gguf import check_convertible
+        from ..models.gguf import check_convertible
 
         with user_errors("import that GGUF file"):
             caller = self.access.caller(request)
@@ -267,7 +268,7 @@ class ModelsPart:
 
 def _import_gguf(source: Path, target: Path) -> Path:
     """Engine job: import a GGUF file (MLX reads it, so it runs on the engine thread)."""
-    from ..gguf import import_gguf
+    from ..models.gguf import import_gguf
 
     try:
         return import_gguf(source, target)

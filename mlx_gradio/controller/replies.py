@@ -18,10 +18,11 @@ from typing import Any
 
 import gradio as gr
 
-from .. import attachments, chat, errors
-from ..engine import Engine
-from ..jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
-from ..remote import is_remote
+from .. import errors
+from ..chats import attachments, chat
+from ..engine.jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
+from ..engine.thread import Engine
+from ..serving.remote import is_remote
 from ..store import Store
 from .access import Access, Caller
 from .conversations import ConversationsPart
@@ -418,7 +419,7 @@ def _file_path(item: Any) -> str:
 
 def _ingest(upload: str, images_dir: Path) -> Path:
     """Validate and keep an uploaded image."""
-    from ..images import ingest_image
+    from ..chats.images import ingest_image
 
     return ingest_image(upload, images_dir)
 

@@ -11,9 +11,9 @@ from typing import Any
 import gradio as gr
 
 from .. import errors
-from ..remote import ENDPOINT_PREFIX, SERVER_PREFIX, RemoteTarget
-from ..server_profiles import TEXT, VISION, ServerProfile, check_profile, model_kind, new_profile, next_free_port
-from ..servers import READY, Servers, ServerStatus, Usage
+from ..serving.profiles import TEXT, VISION, ServerProfile, check_profile, model_kind, new_profile, next_free_port
+from ..serving.remote import ENDPOINT_PREFIX, SERVER_PREFIX, RemoteTarget
+from ..serving.supervisor import READY, Servers, ServerStatus, Usage
 from ..store import Store
 from .access import Access
 from .feedback import user_errors

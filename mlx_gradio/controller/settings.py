@@ -8,9 +8,9 @@ from typing import Any
 
 import gradio as gr
 
-from .. import chat
-from ..engine import Engine
-from ..jobs import SamplingParams
+from ..chats import chat
+from ..engine.jobs import SamplingParams
+from ..engine.thread import Engine
 from ..store import USER_SETTING_FIELDS, Store
 from .access import Access
 from .feedback import user_errors

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..conversation_store import ConversationSummary
-from ..engine import EngineStatus
-from ..models import LocalModel
+from ..chats.conversation_store import ConversationSummary
+from ..engine.thread import EngineStatus
+from ..models.folders import LocalModel
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any
 import gradio as gr
 
 from ..controller import Controller
-from .chat_tab import build_chat_tab
 from .chat_events import ChatHandles
+from .chat_tab import build_chat_tab
 from .models_tab import build_models_tab
 from .servers_tab import build_servers_tab
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import gradio as gr
 
-from .. import chat
+from ..chats import chat
 from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
 from ..controller.views import ChatSettings, ChatView, ConversationPage, PageView
-from ..models import LocalModel
+from ..models.folders import LocalModel
 from ..store import USER_SETTING_FIELDS
 from . import render
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..attachments import TEXT_SUFFIXES
+from ..chats.attachments import TEXT_SUFFIXES
 from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
 from .chat_events import ChatEvents

@@ -5,10 +5,10 @@ from __future__ import annotations
 import html
 
 from ..controller.library import LocalEntry
-from ..downloads import DownloadProgress
-from ..fit import Fit, gb, tokens
-from ..gguf_sources import FoundGGUF
-from ..hub import HubModel, ModelDetails
+from ..hub.downloads import DownloadProgress
+from ..hub.search import HubModel, ModelDetails
+from ..models.fit import Fit, gb, tokens
+from ..models.gguf_sources import FoundGGUF
 
 GGUF_COLUMNS = ["File", "App", "Size", "Import"]
 LOCAL_COLUMNS = ["Model", "Where", "Size", "Last used", "Kind", "State", "Fits (weights)"]

@@ -11,7 +11,7 @@ import gradio as gr
 from ..controller import Controller
 from ..controller.hub import TASKS
 from ..controller.library import HF_PREFIX
-from ..hub import SORTS
+from ..hub.search import SORTS
 from . import hub_render, render
 from .chat_events import ChatHandles, picker, picker_choices
 

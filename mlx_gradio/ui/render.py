@@ -12,9 +12,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .. import chat
+from ..chats import chat
 from ..controller.views import ChatSettings, Draft
-from ..engine import EngineStatus
+from ..engine.thread import EngineStatus
 
 log = logging.getLogger(__name__)
 

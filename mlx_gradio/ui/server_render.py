@@ -5,9 +5,9 @@ from __future__ import annotations
 import html
 import time
 
-from ..engine import EngineStatus
-from ..fit import gb
-from ..servers import READY, STARTING, ServerStatus, Usage
+from ..engine.thread import EngineStatus
+from ..models.fit import gb
+from ..serving.supervisor import READY, STARTING, ServerStatus, Usage
 
 STATE_LABELS = {"starting": "◌ starting", "ready": "● ready", "stopping": "◌ stopping", "stopped": "○ stopped",
                 "failed": "✗ failed"}

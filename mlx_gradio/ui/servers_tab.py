@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from ..controller import Controller
-from ..server_profiles import TEXT, VISION, ServerProfile
+from ..serving.profiles import TEXT, VISION, ServerProfile
 from . import server_render
 from .chat_events import ChatHandles, picker_choices
 

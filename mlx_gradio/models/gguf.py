@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import mlx.core as mx
 
-from .errors import UnsupportedGGUF
+from ..errors import UnsupportedGGUF
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .errors import ModelNotFound
-from .hub import valid_repo_id
-from .models import LocalModel, describe_folder, read_config
+from ..errors import ModelNotFound
+from ..hub.search import valid_repo_id
+from .folders import LocalModel, describe_folder, read_config
 
 log = logging.getLogger(__name__)
 

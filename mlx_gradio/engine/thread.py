@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import AppError, GenerationFailed
+from ..errors import AppError, GenerationFailed
 from .jobs import ChatRequest, Generation
 from .prompt_cache import DEFAULT_LIMIT
 from .prompt_files import PromptFiles

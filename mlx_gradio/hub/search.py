@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import (
+from ..errors import (
     AppError,
     GatedRepo,
     HubRateLimited,
@@ -30,7 +30,7 @@ from .errors import (
     RepoNotFound,
     TokenRejected,
 )
-from .fit import ModelShape, model_shape
+from ..models.fit import ModelShape, model_shape
 
 log = logging.getLogger(__name__)
 

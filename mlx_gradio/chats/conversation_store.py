@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConversationNotFound, StoreWriteFailed
-from .files import encode_json, move_aside, read_json, write_atomic
+from ..errors import ConversationNotFound, StoreWriteFailed
+from ..files import encode_json, move_aside, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import GenerationFailed
-from .jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
-from .reasoning import ThinkSplitter
+from ..engine.jobs import ChatRequest, Generation, GenerationEvent, GenerationStats
+from ..engine.reasoning import ThinkSplitter
+from ..errors import GenerationFailed
 
 log = logging.getLogger(__name__)
 

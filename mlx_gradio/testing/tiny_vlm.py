@@ -8,7 +8,7 @@ the same files (and therefore the same greedy outputs).
 
 Typical use in a pytest fixture::
 
-    from mlx_gradio.tiny_vlm import build_tiny_qwen2_vl
+    from mlx_gradio.testing.tiny_vlm import build_tiny_qwen2_vl
 
     @pytest.fixture(scope="session")
     def tiny_vlm_path(tmp_path_factory):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .errors import ContextTooLong
+from ..errors import ContextTooLong
 from .jobs import ChatMessage
 
 DEFAULT_CONTEXT = 4096  # for a config that names no length

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .context import context_length
-from .system import MachineMemory
+from ..engine.context import context_length
+from .memory import MachineMemory
 
 OVERHEAD_BYTES = 300_000_000  # the runtime, activations of one prompt chunk, buffers
 FITS_SHARE = 0.8  # "fits" leaves a fifth of the limit for everything else; "tight" uses the rest

@@ -14,9 +14,9 @@ import copy
 import time
 import uuid
 
+from ..engine.jobs import ChatMessage
+from ..errors import ChatEditError
 from .attachments import with_files
-from .errors import ChatEditError
-from .jobs import ChatMessage
 
 SCHEMA_VERSION = 2
 TITLE_LENGTH = 48

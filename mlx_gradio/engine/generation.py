@@ -1,6 +1,6 @@
 """MLX work on the engine thread: load and unload models, generate replies with cache reuse.
 
-Everything here runs on the engine's worker thread only (see engine.py). Text models go through
+Everything here runs on the engine's worker thread only (see thread.py). Text models go through
 mlx-lm, models whose `config.json` has a `vision_config` through mlx-vlm.
 """
 
@@ -16,10 +16,10 @@ from typing import Any
 
 import mlx.core as mx
 
+from ..errors import ImageNeedsVisionModel, ModelLoadFailed
+from ..models.folders import read_config
 from .context import context_length, fit_prompt
-from .errors import ImageNeedsVisionModel, ModelLoadFailed
 from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
-from .models import read_config
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 from .prompt_files import PromptFiles
 from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking, reply_text
@@ -381,7 +381,7 @@ class Worker:
         from mlx_vlm import PromptCacheState, VisionFeatureCache, stream_generate
         from mlx_vlm.prompt_utils import apply_chat_template
 
-        from .images import load_for_model
+        from ..chats.images import load_for_model
 
         request = generation.request
         params = request.params

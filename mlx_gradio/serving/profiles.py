@@ -15,9 +15,9 @@ import sys
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .errors import ModelNotFound, ProfileInvalid
-from .models import read_config
-from .net import is_loopback
+from ..errors import ModelNotFound, ProfileInvalid
+from ..models.folders import read_config
+from ..net import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from ..engine.jobs import GenerationStats
+from ..errors import ImportFailed
 from . import chat
-from .errors import ImportFailed
-from .jobs import GenerationStats
 
 MAX_IMPORT_BYTES = 20_000_000
 MAX_MESSAGES = 10_000

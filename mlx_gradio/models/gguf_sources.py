@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UnsupportedGGUF
+from ..errors import UnsupportedGGUF
 from .gguf import check_importable
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import DemoModelUnavailable, UnsupportedGGUF
+from ..errors import DemoModelUnavailable, UnsupportedGGUF
 
 log = logging.getLogger(__name__)
 

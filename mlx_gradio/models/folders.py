@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFound
+from ..errors import ModelNotFound
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from .errors import AppError, ServerNotRunning
-from .server_profiles import API_KEY_ENV, TEXT, VISION, ServerProfile, command
+from ..errors import AppError, ServerNotRunning
+from .profiles import API_KEY_ENV, TEXT, VISION, ServerProfile, command
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import logging
 import re
 from pathlib import Path
 
-from .errors import InvalidAttachment
-from .files import write_atomic
+from ..errors import InvalidAttachment
+from ..files import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidImage
+from ..errors import InvalidImage
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import Protocol
 
 from huggingface_hub.utils import tqdm as hf_tqdm
 
-from .errors import AppError, DownloadFailed, DownloadInProgress, HubRateLimited, HubUnreachable, NotEnoughSpace
-from .hub import ModelDetails, hub_error
+from ..errors import AppError, DownloadFailed, DownloadInProgress, HubRateLimited, HubUnreachable, NotEnoughSpace
+from .search import ModelDetails, hub_error
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Serving models to other programs: server profiles, supervised servers, replies from OpenAI-compatible endpoints."""
