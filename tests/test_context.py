@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mlx_gradio.engine.context import context_length, fit_prompt
+from mlx_gradio.engine.context import fit_prompt
 from mlx_gradio.engine.jobs import ChatMessage
 from mlx_gradio.errors import ContextTooLong
+from mlx_gradio.models.folders import context_length
 
 
 def encode(messages) -> list[int]:

@@ -1,4 +1,4 @@
-"""Fitting a conversation into a model's context: how long it is, and which oldest turns to leave out."""
+"""Fitting a conversation into a model's context: which oldest turns to leave out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from ..errors import ContextTooLong
 from .jobs import ChatMessage
 
-DEFAULT_CONTEXT = 4096  # for a config that names no length
 REPLY_SHARE = 4  # at most a quarter of the context is kept free for the reply
 REFILL_SHARE = 0.75  # when turns must go, drop enough that the prompt fills only this much, so its start stays put
 
@@ -21,18 +20,6 @@ class FittedPrompt:
     messages: tuple[ChatMessage, ...]
     dropped: int
     max_tokens: int
-
-
-def context_length(config: dict, limit: int = 0) -> int:
-    """The model's context length from its config, lowered to `limit` when that is set."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    length = 0
-    for key in ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions"):
-        length = config.get(key) or text.get(key) or 0
-        if length:
-            break
-    length = int(length) if length else DEFAULT_CONTEXT
-    return min(length, limit) if limit and limit > 0 else length
 
 
 def fit_prompt(encode: Callable[[Sequence[ChatMessage]], list[int]], messages: Sequence[ChatMessage],

@@ -17,8 +17,8 @@ from typing import Any
 import mlx.core as mx
 
 from ..errors import ImageNeedsVisionModel, ModelLoadFailed
-from ..models.folders import read_config
-from .context import context_length, fit_prompt
+from ..models.folders import context_length, read_config
+from .context import fit_prompt
 from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 from .prompt_files import PromptFiles

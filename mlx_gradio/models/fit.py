@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..engine.context import context_length
+from .folders import context_length
 from .memory import MachineMemory
 
 OVERHEAD_BYTES = 300_000_000  # the runtime, activations of one prompt chunk, buffers

@@ -13,6 +13,7 @@ from ..errors import ModelNotFound
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors",)
+DEFAULT_CONTEXT = 4096  # tokens, for a config that names no length
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,18 @@ def read_config(path: str | Path) -> dict:
         raise ModelNotFound(f"{path} has no config.json, so it is not a model folder.") from exc
     except (OSError, ValueError) as exc:
         raise ModelNotFound(f"{config_path} cannot be read: {exc}") from exc
+
+
+def context_length(config: dict, limit: int = 0) -> int:
+    """The model's context length from its config, lowered to `limit` when that is set."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    length = 0
+    for key in ("max_position_embeddings", "max_sequence_length", "seq_length", "n_positions"):
+        length = config.get(key) or text.get(key) or 0
+        if length:
+            break
+    length = int(length) if length else DEFAULT_CONTEXT
+    return min(length, limit) if limit and limit > 0 else length
 
 
 def has_thinking_switch(path: str | Path) -> bool:
