@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mlx_gradio.errors import GatedRepo, HubUnreachable, RepoNotFound
-from mlx_gradio.hub.search import HubService, bits_of, card_intro, needed_files, valid_repo_id, weights_from_parameters
+from mlx_gradio.hub.search import HubService, bits_of, card_intro, needed_files, weights_from_parameters
+from mlx_gradio.models.hf_cache import valid_repo_id
 from mlx_gradio.testing.local_hub import HubRepo, LocalHub, repo_from_folder
 
 TEXT, VISION = "mlx-community/SmolLM2-135M-Instruct-4bit", "mlx-community/tiny-qwen2-vl-bf16"

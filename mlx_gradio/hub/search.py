@@ -31,6 +31,7 @@ from ..errors import (
     TokenRejected,
 )
 from ..models.fit import ModelShape, model_shape
+from ..models.hf_cache import valid_repo_id
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ SORTS = {"downloads": "downloads", "likes": "likes", "recently updated": "lastMo
 VISION_TASKS = {"image-text-to-text", "image-to-text", "visual-question-answering", "video-text-to-text"}
 CACHE_SECONDS = 300
 PROBE_SECONDS = 60  # a Hub that answered this recently is not probed again before a search
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
 WEIGHT_FILES = (".safetensors",)
 MODEL_FILES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".py")  # config, tokenizer, processor, template
 BYTES_PER_DTYPE = {"F64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2, "I8": 1,
@@ -99,11 +99,6 @@ class ModelDetails:
     def download_bytes(self) -> int:
         """Bytes of the files a download fetches."""
         return sum(f.size for f in self.files if f.needed)
-
-
-def valid_repo_id(repo_id: object) -> bool:
-    """Whether `repo_id` is "owner/name" and nothing else (no path, no `..`)."""
-    return isinstance(repo_id, str) and REPO_ID.fullmatch(repo_id) is not None and ".." not in repo_id
 
 
 def bits_of(repo_id: str, config: dict | None = None) -> int | None:

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from ..errors import ModelNotFound
-from ..hub.search import valid_repo_id
 from .folders import LocalModel, describe_folder, read_config
 
 log = logging.getLogger(__name__)
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}")
+
+
+def valid_repo_id(repo_id: object) -> bool:
+    """Whether `repo_id` is "owner/name" and nothing else (no path, no `..`)."""
+    return isinstance(repo_id, str) and REPO_ID.fullmatch(repo_id) is not None and ".." not in repo_id
 
 
 @dataclass(frozen=True)
