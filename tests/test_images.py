@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_gradio.chats.images import ingest_image, load_for_model
+from mlx_gradio.chats.images import ingest_image
+from mlx_gradio.engine.generation import load_for_model
 from mlx_gradio.errors import InvalidImage
 
 

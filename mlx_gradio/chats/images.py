@@ -8,7 +8,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import InvalidImage
 
@@ -53,13 +53,3 @@ def ingest_image(upload: str | Path, images_dir: Path) -> Path:
         tmp.replace(target)
         log.debug("Stored image %s as %s", name, target)
     return target
-
-
-def load_for_model(path: str | Path) -> Image.Image:
-    """An attached image as a model should see it: upright (EXIF orientation) and RGB, transparency on white."""
-    with Image.open(path) as image:
-        upright = ImageOps.exif_transpose(image)
-    if upright.has_transparency_data:
-        rgba = upright.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return upright.convert("RGB")

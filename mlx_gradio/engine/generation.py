@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
+from PIL import Image, ImageOps
 
 from ..errors import ImageNeedsVisionModel, ModelLoadFailed
 from ..models.folders import context_length, read_config
@@ -201,6 +202,16 @@ def _vision_message(message: ChatMessage) -> dict:
     return {"role": message.role, "content": [*parts, {"type": "text", "text": message.content}]}
 
 
+def load_for_model(path: str | Path) -> Image.Image:
+    """An attached image as a model should see it: upright (EXIF orientation) and RGB, transparency on white."""
+    with Image.open(path) as image:
+        upright = ImageOps.exif_transpose(image)
+    if upright.has_transparency_data:
+        rgba = upright.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return upright.convert("RGB")
+
+
 class Worker:
     """The engine thread's state: the loaded model and the conversations' prompt caches (in memory and on disk)."""
 
@@ -380,8 +391,6 @@ class Worker:
         """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
         from mlx_vlm import PromptCacheState, VisionFeatureCache, stream_generate
         from mlx_vlm.prompt_utils import apply_chat_template
-
-        from ..chats.images import load_for_model
 
         request = generation.request
         params = request.params
