@@ -11,10 +11,14 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlx_gradio.net import is_loopback
+
+if TYPE_CHECKING:
+    from mlx_gradio.controller import Controller
 
 log = logging.getLogger("mlx_gradio.app")
 
@@ -95,9 +99,14 @@ def opens_browser(args: argparse.Namespace, env: Mapping[str, str] = os.environ,
     return not (args.no_browser or args.share or not is_loopback(args.host)) and has_screen(env, platform)
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    """Turn a termination signal into the KeyboardInterrupt that Gradio's main loop handles."""
-    raise KeyboardInterrupt(f"signal {signum}")
+def _interrupt(controller: Controller) -> Callable[[int, object], None]:
+    """A handler that ends the replies in flight at once, then turns the signal into the KeyboardInterrupt
+    that Gradio's main loop handles (closing the web server can take seconds; the replies do not wait)."""
+    def handler(signum: int, _frame: object) -> None:
+        controller.stop_replies()
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return handler
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -115,23 +124,27 @@ def main(argv: list[str] | None = None) -> None:
     log.info("Data in %s, log in %s; %d owner and %d guest logins", args.data_dir, log_file,
              len(args.owners), len(args.guests))
     blocks.queue(default_concurrency_limit=8)
+    # `kill` (SIGTERM) shuts down as cleanly as Ctrl+C: replies stop, the server closes, servers stop, the model
+    # unloads. Set before the page is up: a signal that comes while the app still starts is no harder exit.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt(controller))
     try:
-        blocks.launch(server_name=args.host, server_port=args.port, share=args.share, inbrowser=opens_browser(args),
-                      prevent_thread_lock=True, **launch_options(controller))
-    except OSError as exc:
-        log.error("Cannot listen on %s:%s (%s). Is another copy running? Pick a free port with --port.",
-                  args.host, args.port, exc)
-        controller.shutdown()
-        raise SystemExit(2) from exc
-    # `kill` (SIGTERM) shuts down as cleanly as Ctrl+C: the server closes and the model unloads.
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        controller.startup(args.model)
-    except AppError as exc:
-        log.error("Cannot load --model %s: %s; loading the last used model instead", args.model, exc)
-        controller.startup()
-    try:
-        blocks.block_thread()
+        try:
+            blocks.launch(server_name=args.host, server_port=args.port, share=args.share,
+                          inbrowser=opens_browser(args), prevent_thread_lock=True, **launch_options(controller))
+        except OSError as exc:
+            log.error("Cannot listen on %s:%s (%s). Is another copy running? Pick a free port with --port.",
+                      args.host, args.port, exc)
+            raise SystemExit(2) from exc
+        try:
+            controller.startup(args.model)
+        except AppError as exc:
+            log.error("Cannot load --model %s: %s; loading the last used model instead", args.model, exc)
+            controller.startup()
+        blocks.block_thread()  # until Ctrl+C or SIGTERM; it closes the server itself
+    except KeyboardInterrupt:
+        log.info("Stopping while the app was still starting")
+        blocks.close()
     finally:
         controller.shutdown()
 

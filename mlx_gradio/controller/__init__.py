@@ -93,8 +93,13 @@ class Controller:
         self.servers.startup()
         self.models.startup(model)
 
+    def stop_replies(self) -> None:
+        """End every reply in flight at its next token or prompt chunk (the app is quitting)."""
+        self.replies.stop_all()
+
     def shutdown(self) -> None:
-        """Stop the downloads and the replies in flight, unload the model, and write what is kept in memory."""
+        """Stop the replies in flight and the downloads, unload the model, and write what is kept in memory."""
+        self.stop_replies()
         self.downloads.shutdown()
         self.servers.shutdown()
         self.engine.shutdown()

@@ -141,6 +141,13 @@ class RepliesPart:
         if active is not None:
             active.stop()
 
+    def stop_all(self) -> None:
+        """Stop every reply being written, from the engine or a server (the app is quitting)."""
+        with self._active_lock:
+            active = list(self._active.values())
+        for reply in active:
+            reply.stop()
+
     def _release(self, conversation_id: str, active: ActiveReply) -> None:
         with self._active_lock:
             if self._active.get(conversation_id) is active:

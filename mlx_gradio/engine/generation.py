@@ -372,6 +372,8 @@ class Worker:
             ), generation, thinking_splitter(tokenizer, tokenizer.decode(tokens[-16:]), _partial(request)),
                 continued_by=tokenizer if request.continue_last else None)
         except PrefillStopped as stopped:
+            log.info("Stopped reading the prompt of conversation %s after %d of %d new tokens",
+                     request.conversation_id, stopped.processed, new_tokens)
             # The cache holds every chunk read so far: the next turn goes on from there.
             self.caches.put(request.conversation_id,
                             CachedPrompt(tokens[: reused + stopped.processed], cache, fitted.dropped))
