@@ -2,9 +2,10 @@
 
 Run `python bench/download.py`. Two repositories are served by `mlx_gradio.local_hub`: the demo
 model (one 115 MB weight file, real) and four 64 MB shards of random bytes. Each is downloaded
-into a fresh cache, alternately by the app (`Downloads`, with its progress hook, polled like the
-UI does) and by huggingface_hub's `snapshot_download` (what `hf download` runs) and by the
-`hf download` command itself, `--repeats` times each; the table gives median MB/s. Then search:
+into a fresh cache by the app (`Downloads`, with its progress hook, polled like the UI does), by
+huggingface_hub's `snapshot_download` (what `hf download` runs) and by the `hf download` command
+itself, `--repeats` times each, the order rotated from one repeat to the next; the table gives
+median MB/s. Then search:
 one page of results, its time and the number of requests the Hub saw. Last, the demo model's
 decode speed while nothing downloads, while `snapshot_download` downloads and while the app
 downloads (the Hub at 10 MB/s, downloading again and again until the reply is done): the app's
@@ -18,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from chat import engine_rate  # noqa: E402 - bench/chat.py, beside this file
+from report import Row, print_table  # noqa: E402
 
 from mlx_gradio.engine.thread import Engine  # noqa: E402
 from mlx_gradio.hub.downloads import Downloads  # noqa: E402
 from mlx_gradio.hub.search import HubService  # noqa: E402
 from mlx_gradio.models.demo import prepare_demo_model  # noqa: E402
-from mlx_gradio.store import MemoryRecords  # noqa: E402
+from mlx_gradio.store import Store  # noqa: E402
 from mlx_gradio.testing.local_hub import HubRepo, LocalHub, repo_from_folder  # noqa: E402
 
 log = logging.getLogger("bench.download")
@@ -54,7 +55,7 @@ def shards_repo() -> HubRepo:
 
 def app_seconds(hub: LocalHub, repo_id: str, cache: Path, poll: float = 0.02) -> float:
     """The app's download, its progress read every `poll` seconds (the page reads it once a second)."""
-    downloads = Downloads(cache, hub.url, MemoryRecords("repo_id"))
+    downloads = Downloads(cache, hub.url, Store(cache.parent / f"{cache.name}-data").downloads)
     details = HubService(hub.url).details(repo_id)
     started = time.perf_counter()
     downloads.start(details)
@@ -105,6 +106,11 @@ def decode_while(engine: Engine, model: Path, hub: LocalHub, fetch, run: int) ->
             worker.join()
 
 
+def rotated(names: list[str], run: int) -> list[str]:
+    """`names` starting at a different one each run."""
+    return names[run % len(names):] + names[:run % len(names)]
+
+
 def search_row(hub: LocalHub) -> tuple[float, int]:
     """Milliseconds and Hub requests for the first page of a fresh search."""
     service = HubService(hub.url)
@@ -128,39 +134,47 @@ def main() -> None:
     hub.faults.bytes_per_second = args.mbps * 1e6
     for i in range(60):  # enough results for a full page
         hub.add(HubRepo(f"mlx-community/model-{i:02d}-4bit", {"config.json": b"{}"}, downloads=i))
-    ways = {"app (Downloads)": app_seconds, "snapshot_download": library_seconds, "hf download (CLI)": cli_seconds}
-    print("| Repository | Size | " + " | ".join(f"{w} MB/s" for w in ways) + " | app / snapshot_download |")
-    print("|---|---|" + "---|" * (len(ways) + 1))
+    ways = {"the app (Downloads)": app_seconds, "`snapshot_download`": library_seconds,
+            "`hf download` (CLI, with its start-up)": cli_seconds}
+    rows = []
     for repo_id in (DEMO, SHARDS):
         size = sum(len(d) for d in hub.repos[repo_id].files.values())
         rates: dict[str, list[float]] = {w: [] for w in ways}
-        for _ in range(args.repeats):
-            for way, run in ways.items():  # alternated, so drift in the machine's speed hits all alike
+        for run in range(args.repeats):
+            for way in rotated(list(ways), run):  # so drift in the machine's speed hits all alike
                 with tempfile.TemporaryDirectory() as cache:
-                    rates[way].append(size / 1e6 / run(hub, repo_id, Path(cache)))
-        medians = {w: statistics.median(r) for w, r in rates.items()}
-        ratio = medians["app (Downloads)"] / medians["snapshot_download"]
-        print(f"| {repo_id} | {size / 1e6:.0f} MB | " + " | ".join(f"{m:.0f}" for m in medians.values())
-              + f" | {ratio:.2f} |")
-    print(f"The Hub sends {args.mbps:g} MB/s per connection" if args.mbps else "The Hub sends as fast as it can")
+                    rates[way].append(size / 1e6 / ways[way](hub, repo_id, Path(cache)))
+        library = Row(f"{repo_id} ({size / 1e6:.0f} MB), `snapshot_download`", rates["`snapshot_download`"],
+                      " MB/s", 0, baseline=True)
+        rows += [library,
+                 Row(f"{repo_id}, the app", rates["the app (Downloads)"], " MB/s", 0, compared_with=library,
+                     goal="≥ 0.9"),
+                 Row(f"{repo_id}, `hf download` (CLI, with its start-up)",
+                     rates["`hf download` (CLI, with its start-up)"], " MB/s", 0, compared_with=library)]
+    speed = f"{args.mbps:g} MB/s per connection" if args.mbps else "as fast as it can"
+    print_table(f"Downloads from the Hub on 127.0.0.1 (sending {speed}), order rotated", rows)
     hub.faults.bytes_per_second = 10e6
     engine = Engine()
     engine.load(str(demo)).result()
     engine_rate(engine, demo, 0)  # warm-up
-    during = {"nothing": None, "snapshot_download": library_seconds,
-              "the app (Downloads), read once a second": lambda *a: app_seconds(*a, poll=1.0)}
-    rates = {name: [] for name in during}
+    during = {"nothing": None, "`snapshot_download`": library_seconds,
+              "the app (Downloads), its progress read once a second": lambda *a: app_seconds(*a, poll=1.0)}
+    decode = {name: [] for name in during}
     for run in range(args.repeats):
-        for name, fetch in during.items():
-            rates[name].append(decode_while(engine, demo, hub, fetch, run))
+        for name in rotated(list(during), run):
+            decode[name].append(decode_while(engine, demo, hub, during[name], run))
     engine.shutdown()
-    idle = statistics.median(rates["nothing"])
-    print("\n| While downloading (10 MB/s) | Decode tok/s | Ratio to idle |\n|---|---|---|")
-    for name, values in rates.items():
-        print(f"| {name} | {statistics.median(values):.2f} | {statistics.median(values) / idle:.3f} |")
-    app_vs_library = statistics.median(rates["the app (Downloads), read once a second"]) / statistics.median(
-        rates["snapshot_download"])
-    print(f"decode during the app's download / during snapshot_download: {app_vs_library:.3f}")
+    idle = Row("Decode while nothing downloads", decode["nothing"], " tok/s", baseline=True)
+    library = Row("Decode while `snapshot_download` downloads", decode["`snapshot_download`"], " tok/s",
+                  compared_with=idle)
+    print_table("The demo model's decode speed while the same model downloads again and again at 10 MB/s", [
+        idle, library,
+        Row("Decode while the app downloads (progress read once a second)",
+            decode["the app (Downloads), its progress read once a second"], " tok/s", compared_with=idle),
+        Row("The same, compared with `snapshot_download`'s",
+            decode["the app (Downloads), its progress read once a second"], " tok/s", compared_with=library,
+            goal="≥ 0.98"),
+    ])
     ms, requests = search_row(hub)
     print(f"search: one page of 20 in {ms:.1f} ms, {requests} request(s) to the Hub")
     hub.close()

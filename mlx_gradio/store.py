@@ -177,23 +177,6 @@ class Records:
         self.settings.remove(self.table, self.key, value)
 
 
-class MemoryRecords:
-    """`Records` kept in memory only: for benchmarks and tests of the services that take records."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.records: dict[str, dict] = {}
-
-    def all(self) -> list[dict]:
-        return [dict(r) for r in self.records.values()]
-
-    def save(self, document: dict) -> None:
-        self.records[document[self.key]] = dict(document)
-
-    def remove(self, value: str) -> None:
-        self.records.pop(value, None)
-
-
 class Store:
     """The settings and the conversations of one data dir."""
 

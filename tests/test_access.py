@@ -14,15 +14,20 @@ import pytest
 from mlx_gradio.chats import chat
 from mlx_gradio.controller.access import Access
 from mlx_gradio.store import DB_NAME
+from tests.conftest import RunningApp, seed_data_dir
 from tests.test_app import GREEDY
 
 OWNER, GUS, GIA = ("ann", "owner-pw"), ("gus", "gus-pw"), ("gia", "gia-pw")
 
 
-@pytest.fixture
-def shared_app(start_app):
-    """The app as an owner shares it: one owner login and two guests."""
-    return start_app(access=Access(owners=dict([OWNER]), guests=dict([GUS, GIA])))
+@pytest.fixture(scope="module")
+def shared_app(tmp_path_factory: pytest.TempPathFactory, demo_model: Path, tiny_llama: Path):
+    """The app as an owner shares it: one owner login and two guests (one app for the module: each test
+    makes conversations of its own and checks only those)."""
+    folder = seed_data_dir(tmp_path_factory.mktemp("shared") / "data", demo_model, tiny_llama)
+    app = RunningApp(folder, Access(owners=dict([OWNER]), guests=dict([GUS, GIA])))
+    yield app
+    app.close()
 
 
 def guest_conversation(app, owner: str, text: str = "my secret plan") -> dict:
@@ -81,8 +86,9 @@ def test_a_guest_sees_only_their_own_conversations(shared_app):
     gia.predict(api_name="/delete")
     assert shared_app.store.conversations.get(gus_record["id"])["messages"][0]["content"] == "my secret plan"
     gus = shared_app.client(auth=GUS)
-    [(label, opened_id)] = gus.predict(api_name="/page_load")[2]["choices"]
-    assert opened_id == gus_record["id"] and label.endswith("my secret plan")
+    listed = dict((opened_id, label) for label, opened_id in gus.predict(api_name="/page_load")[2]["choices"])
+    assert listed[gus_record["id"]].endswith("my secret plan") and owner_record["id"] not in listed
+    assert all(shared_app.store.conversations.get(i)["owner"] == "gus" for i in listed)
     history = gus.predict(gus_record["id"], api_name="/open_conversation")[0]
     assert history[0]["content"][0]["text"] == "my secret plan"
 
@@ -119,6 +125,7 @@ def test_every_conversation_handler_refuses_another_users_id(shared_app):
 def test_a_guest_cannot_use_server_paths_and_errors_reveal_nothing(shared_app, tmp_path: Path, tiny_vlm: Path):
     gia = shared_app.client(auth=GIA)
     gia.predict(api_name="/page_load")
+    folders = shared_app.store.settings.app()["model_folders"]
     existing, missing = str(tiny_vlm), str(tmp_path / "no-such-model")
     messages = {}
     for name, api, arg in [("folder", "/add_model_folder", existing), ("folder", "/add_model_folder", missing),
@@ -133,7 +140,7 @@ def test_a_guest_cannot_use_server_paths_and_errors_reveal_nothing(shared_app, t
         gia.predict({"text": "hi", "files": []}, existing, *GREEDY, api_name="/send")
     with pytest.raises(Exception, match="Only the owner"):
         gia.predict(1024, 1.0, 1.0, api_name="/save_engine_settings")
-    assert shared_app.store.settings.app()["model_folders"] == []
+    assert shared_app.store.settings.app()["model_folders"] == folders
     assert shared_app.store.conversations.list("gia")[1] == 0
 
 

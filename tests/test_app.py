@@ -1,4 +1,7 @@
-"""The whole app on a free port, driven with gradio_client like a browser tab would drive it."""
+"""The whole app on a free port, driven with gradio_client like a browser tab would drive it.
+
+The answer to a question is checked on the demo model; everything else on the tiny llama.
+"""
 
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ def conversations(app) -> list:
 
 
 def test_reply_streams_in_and_the_conversation_is_saved(start_app):
-    app = start_app()
+    app = start_app(demo=True)
     client = app.client()
     tab = page(client)
     assert tab["model"] == app.controller.models.demo_path
@@ -81,15 +84,16 @@ def test_regenerate_keeps_every_version_and_stop_keeps_what_was_written(start_ap
     again = client.submit(model, *GREEDY, api_name="/regenerate")
     again.result(timeout=300)
     assert answer(again.outputs()) == first
-    assert "36/37 prompt tokens cached" in stats(again.outputs())
-    assert again.outputs()[-1][4] == "2 / 2"
     [saved] = conversations(app)
     [user, reply] = app.store.conversations.get(saved.id)["messages"]
+    prompt = reply["versions"][1]["stats"]["prompt_tokens"]
+    assert f"{prompt - 1}/{prompt} prompt tokens cached" in stats(again.outputs())  # all but the one it must read
+    assert again.outputs()[-1][4] == "2 / 2"
     assert len(reply["versions"]) == 2 and reply["current"] == 1
     previous = client.predict(api_name="/previous_version")
     assert previous[4] == "1 / 2" and app.store.conversations.get(saved.id)["messages"][1]["current"] == 0
 
-    long = [*GREEDY[:-2], 300, True]
+    long = [*GREEDY[:-2], 8000, True]  # far more than any machine writes before the Stop lands
     job = client.submit({"text": "Write a long story about a dragon.", "files": []}, model, *long, api_name="/send")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any("*" not in last_reply(o) and last_reply(o) for o in job.outputs()):
@@ -98,21 +102,22 @@ def test_regenerate_keeps_every_version_and_stop_keeps_what_was_written(start_ap
     job.result(timeout=120)
     assert "stopped" in stats(job.outputs())
     stored = app.store.conversations.get(saved.id)["messages"][-1]["versions"][0]
-    assert stored["stats"]["finish_reason"] == "stopped" and stored["stats"]["generation_tokens"] < 300
-    assert stored["content"] and stored["content"] in answer(job.outputs())
+    assert stored["stats"]["finish_reason"] == "stopped" and stored["stats"]["generation_tokens"] < 8000
+    assert stored["content"].strip() and stored["content"].strip() in answer(job.outputs())
 
 
 def test_edit_answers_again_from_the_edited_message(start_app):
     app = start_app()
     client = app.client()
     model = page(client)["model"]
-    send(client, "What is the capital of France?", model)
+    first = answer(send(client, "What is the capital of France?", model))
     [saved] = conversations(app)
     edit = gr.EditData(None, {"index": 0, "value": "What is the capital of Germany?", "previous_value": ""})
     views = list(app.controller.replies.edit(saved.id, model, *GREEDY, edit=edit, request=LOCAL))
-    assert "Berlin" in views[-1].conversation["messages"][1]["versions"][0]["content"]
+    edited = views[-1].conversation["messages"][1]["versions"][0]["content"]
     messages = app.store.conversations.get(saved.id)["messages"]
     assert messages[0]["content"] == "What is the capital of Germany?" and len(messages) == 2
+    assert edited and edited != first and messages[1]["versions"][0]["content"] == edited  # answered again
 
 
 def test_image_reaches_the_vision_model(start_app, tiny_vlm: Path, images):
@@ -194,14 +199,19 @@ def test_two_tabs_chat_at_the_same_time(start_app):
     def chat(name: str, client, question: str) -> None:
         answers[name] = answer(send(client, question, model))
 
-    threads = [threading.Thread(target=chat, args=("fr", first, "What is the capital of France?")),
-               threading.Thread(target=chat, args=("de", second, "What is the capital of Germany?"))]
+    questions = {"fr": "What is the capital of France?", "de": "What is the capital of Germany?"}
+    threads = [threading.Thread(target=chat, args=("fr", first, questions["fr"])),
+               threading.Thread(target=chat, args=("de", second, questions["de"]))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=300)
-    assert "Paris" in answers["fr"] and "Berlin" in answers["de"]
-    assert len(conversations(app)) == 2
+    assert answers["fr"] and answers["de"] and answers["fr"] != answers["de"]
+    stored = {}
+    for summary in conversations(app):
+        user, reply = app.store.conversations.get(summary.id)["messages"]
+        stored[user["content"]] = reply["versions"][0]["content"].strip()
+    assert stored == {questions[name]: answers[name] for name in questions}  # each tab got its own reply
 
 
 def test_import_gguf_and_add_folder_from_the_page(start_app, tmp_path: Path):

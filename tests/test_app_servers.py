@@ -36,6 +36,15 @@ def wait_ready(profile: ServerProfile, timeout: float = 240) -> None:
         time.sleep(0.5)
 
 
+def wait_for_log(data_dir: Path, text: str, count: int, timeout: float = 120) -> None:
+    """Wait until the app's log holds `text` `count` times (each app run appends to it)."""
+    log = data_dir / "logs" / "mlx-gradio.log"
+    deadline = time.monotonic() + timeout
+    while not log.exists() or log.read_text().count(text) < count:
+        assert time.monotonic() < deadline, f"no {count}× {text!r} in the log"
+        time.sleep(0.2)
+
+
 def server_processes(port: int) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
@@ -45,11 +54,10 @@ def server_processes(port: int) -> list[psutil.Process]:
     return found
 
 
-def test_quitting_stops_the_servers_and_a_killed_apps_server_is_adopted(tmp_path, demo_model):
-    data_dir = seed_data_dir(tmp_path / "data", demo_model)
+def test_quitting_stops_the_servers_and_a_killed_apps_server_is_adopted(tmp_path, demo_model, tiny_llama):
+    data_dir = seed_data_dir(tmp_path / "data", demo_model, tiny_llama)
     store = Store(data_dir)
-    profile = ServerProfile(**{**new_profile("demo", str(data_dir / "models" / demo_model.name)).record(),
-                               "start_with_app": True})
+    profile = ServerProfile(**{**new_profile("tiny", str(tiny_llama)).record(), "start_with_app": True})
     store.server_profiles.save(profile.record())
     store.close()
 
@@ -71,6 +79,7 @@ def test_quitting_stops_the_servers_and_a_killed_apps_server_is_adopted(tmp_path
     app.wait(30)
     assert server.is_running()
     app, _ = launch(data_dir)
+    wait_for_log(data_dir, "from an earlier run", 1)  # the new run has taken the server over
     wait_ready(profile)
     assert [p.pid for p in server_processes(profile.port)] == [server.pid]  # adopted, not started twice
     family = [server, *server.children(recursive=True)]

@@ -17,23 +17,25 @@ PIRATE = ["Talk like a pirate.", 0.0, 1.0, 0, 0.0, 1.0, -1, 6, True]
 
 
 @pytest.fixture(scope="module")
-def qwen_like(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Path:
-    """The demo model with a generation_config.json that recommends its own sampling (as Qwen3's does)."""
+def qwen_like(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    """The tiny llama with a generation_config.json that recommends its own sampling (as Qwen3's does)."""
     folder = tmp_path_factory.mktemp("models") / "recommending-model"
     folder.mkdir()
-    for item in demo_model.iterdir():
+    for item in tiny_llama.iterdir():
+        if item.name == "generation_config.json":
+            continue
         (folder / item.name).symlink_to(item)
     (folder / "generation_config.json").write_text(json.dumps(
         {"do_sample": True, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "eos_token_id": 2}))
     return folder
 
 
-def test_a_conversation_brings_back_its_model_and_settings(start_app, qwen_like: Path):
-    app = start_app()
-    app.store.settings.update_app(model_folders=[str(qwen_like)])
-    parts = app.controller
-    demo = parts.models.demo_path
-    views = list(parts.replies.send("", {"text": "Hello"}, demo, *PIRATE, request=TAB))
+def test_a_conversation_brings_back_its_model_and_settings(make_controller, tiny_llama: Path, qwen_like: Path):
+    controller = make_controller()
+    controller.store.settings.update_app(model_folders=[str(qwen_like)])
+    parts = controller
+    model = str(tiny_llama)
+    views = list(parts.replies.send("", {"text": "Hello"}, model, *PIRATE, request=TAB))
     pirate_id = views[-1].conversation_id
     assert views[-1].conversation["settings"]["system_prompt"] == "Talk like a pirate."
 
@@ -44,45 +46,45 @@ def test_a_conversation_brings_back_its_model_and_settings(start_app, qwen_like:
         fresh)
 
     reopened = parts.chat_settings.show(pirate_id, str(qwen_like), TAB)
-    assert reopened.model == demo and reopened.own
+    assert reopened.model == model and reopened.own
     assert [reopened.values[k] for k in ("system_prompt", "max_tokens", "temperature")] == ["Talk like a pirate.", 6,
                                                                                            0.0]
     # Changing a setting while it is open changes this conversation only, not the defaults for new chats.
     parts.chat_settings.save(pirate_id, *PIRATE[:-2], 9, True, request=TAB)
-    assert app.store.conversations.get(pirate_id)["settings"]["max_tokens"] == 9
-    assert app.store.settings.user(LOCAL_USER)["max_tokens"] == DEFAULT_USER_SETTINGS["max_tokens"]
+    assert controller.store.conversations.get(pirate_id)["settings"]["max_tokens"] == 9
+    assert controller.store.settings.user(LOCAL_USER)["max_tokens"] == DEFAULT_USER_SETTINGS["max_tokens"]
     # Picking another model in the open conversation keeps it with the conversation, settings unchanged.
     picked = parts.chat_settings.pick_model(pirate_id, str(qwen_like), TAB)
-    assert picked.values["temperature"] == 0.0 and app.store.conversations.get(pirate_id)["model"] == str(qwen_like)
+    assert picked.values["temperature"] == 0.0 and controller.store.conversations.get(pirate_id)["model"] == str(qwen_like)
     # In a new chat, picking a model takes its recommended sampling.
     assert parts.chat_settings.pick_model("", str(qwen_like), TAB).values["temperature"] == 0.6
     # Saved with no conversation open, settings are the defaults for new chats.
     parts.chat_settings.save("", "Be brief.", 0.2, 1.0, 0, 0.0, 1.0, -1, 64, False, request=TAB)
-    assert parts.chat_settings.show("", demo, TAB).values["system_prompt"] == "Be brief."
+    assert parts.chat_settings.show("", model, TAB).values["system_prompt"] == "Be brief."
 
 
-def test_a_conversation_whose_model_is_gone_keeps_going_with_the_picked_one(start_app, tmp_path: Path,
-                                                                            qwen_like: Path):
-    app = start_app()
-    parts = app.controller
+def test_a_conversation_whose_model_is_gone_keeps_going_with_the_picked_one(make_controller, tiny_llama: Path,
+                                                                            tmp_path: Path, qwen_like: Path):
+    controller = make_controller()
+    parts = controller
     gone = tmp_path / "deleted-model"
     gone.mkdir()
     for item in qwen_like.iterdir():
         (gone / item.name).symlink_to(item)
-    app.store.settings.update_app(model_folders=[str(gone)])
+    controller.store.settings.update_app(model_folders=[str(gone)])
     views = list(parts.replies.send("", {"text": "Hi"}, str(gone), *GREEDY, request=TAB))
-    app.store.settings.update_app(model_folders=[])
+    controller.store.settings.update_app(model_folders=[])
     for item in gone.iterdir():
         item.unlink()
     gone.rmdir()
-    view = parts.chat_settings.show(views[-1].conversation_id, parts.models.demo_path, TAB)
-    assert view.model == parts.models.demo_path and view.missing_model == "deleted-model"
+    view = parts.chat_settings.show(views[-1].conversation_id, str(tiny_llama), TAB)
+    assert view.model == str(tiny_llama) and view.missing_model == "deleted-model"
     assert "deleted-model" in render.settings_note(view) and "not here any more" in render.settings_note(view)
 
 
-def test_presets_are_saved_renamed_used_and_deleted(start_app):
-    app = start_app()
-    part = app.controller.chat_settings
+def test_presets_are_saved_renamed_used_and_deleted(make_controller):
+    controller = make_controller()
+    part = controller.chat_settings
     presets, pirate = part.save_preset("Pirate", "Talk like a pirate.", TAB)
     presets, poet = part.save_preset("Poet", "Answer in verse.", TAB)
     assert [p["name"] for p in presets] == ["Pirate", "Poet"]

@@ -72,20 +72,21 @@ def test_markdown_export_has_each_turn_the_thinking_folded_and_the_attachments(t
     assert text.rstrip().endswith("Flour and salt.")
 
 
-def test_json_and_openai_imports_round_trip_and_foreign_paths_are_dropped(start_app, tmp_path: Path):
-    app = start_app()
+def test_json_and_openai_imports_round_trip_and_foreign_paths_are_dropped(make_controller, tmp_path: Path,
+                                                                           tiny_llama: Path):
+    controller = make_controller()
     original = conversation_with_everything()
     exported = conversation_io.export_json(original, tmp_path)
-    upload_dir = app.controller.conversations.upload_dir
+    upload_dir = controller.conversations.upload_dir
     upload_dir.mkdir(parents=True, exist_ok=True)
     ours = upload_dir / "ours.json"
     ours.write_bytes(exported.read_bytes())
-    view = app.controller.conversations.import_file(str(ours), gr.Request(session_hash="import"))
-    imported = app.store.conversations.get(view.conversation_id)
+    view = controller.conversations.import_file(str(ours), gr.Request(session_hash="import"))
+    imported = controller.store.conversations.get(view.conversation_id)
     assert imported["id"] != original["id"] and imported["owner"] == LOCAL_USER
     assert [m.get("content") for m in imported["messages"]] == ["What is on the list?", None]
     assert chat.current_version(imported["messages"][1])["reasoning"] == "The list has two items."
-    assert "files" not in imported["messages"][0]  # /nowhere is not one of the app's folders
+    assert "files" not in imported["messages"][0]  # /nowhere is not one of the controller's folders
     assert imported["settings"]["system_prompt"] == "Be brief."
 
     # A hand-edited file with broken stats and versions still opens and renders.
@@ -93,7 +94,7 @@ def test_json_and_openai_imports_round_trip_and_foreign_paths_are_dropped(start_
     broken["messages"][1]["versions"][0].update(stats={"generation_tps": "fast"}, thought_s="long", created=None)
     broken["messages"][1]["current"] = 7
     ours.write_text(json.dumps(broken))
-    view = app.controller.conversations.import_file(str(ours), gr.Request(session_hash="import"))
+    view = controller.conversations.import_file(str(ours), gr.Request(session_hash="import"))
     version = chat.current_version(view.conversation["messages"][1])
     assert version["stats"] is None and version["thought_s"] is None and version["content"] == "Flour and salt."
     assert render.stats_line(view.conversation) == "" and len(render.chatbot_messages(view.conversation)) == 3
@@ -104,12 +105,12 @@ def test_json_and_openai_imports_round_trip_and_foreign_paths_are_dropped(start_
         {"role": "user", "content": [{"type": "text", "text": "Capital of France?"}]},
         {"role": "assistant", "content": "Paris."},
         {"role": "user", "content": "And Spain?"}]}))
-    view = app.controller.conversations.import_file(str(openai_style), gr.Request(session_hash="import"))
+    view = controller.conversations.import_file(str(openai_style), gr.Request(session_hash="import"))
     record = view.conversation
     assert [m["role"] for m in record["messages"]] == ["user", "assistant", "user"]
     assert record["title"] == "Capital of France?" and record["settings"]["system_prompt"] == "You are terse."
     # The imported conversation goes on like any other.
-    views = list(app.controller.replies.send(record["id"], {"text": "Thanks."}, app.controller.models.demo_path,
+    views = list(controller.replies.send(record["id"], {"text": "Thanks."}, str(tiny_llama),
                                              *GREEDY, request=gr.Request(session_hash="import")))
     assert views[-1].conversation["messages"][-1]["role"] == "assistant"
 
@@ -127,9 +128,9 @@ def test_a_bad_import_says_what_is_wrong(tmp_path: Path, content: bytes, why: st
         conversation_io.read_import(path, LOCAL_USER, [])
 
 
-def test_an_import_from_outside_the_upload_folder_is_refused(start_app, tmp_path: Path):
-    app = start_app()
+def test_an_import_from_outside_the_upload_folder_is_refused(make_controller, tmp_path: Path):
+    controller = make_controller()
     secret = tmp_path / "elsewhere.json"
     secret.write_text('[{"role": "user", "content": "hi"}]')
     with pytest.raises(gr.Error, match="Pick a JSON file"):
-        app.controller.conversations.import_file(str(secret), gr.Request(session_hash="import"))
+        controller.conversations.import_file(str(secret), gr.Request(session_hash="import"))

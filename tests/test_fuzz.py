@@ -3,12 +3,16 @@
 Whatever a request carries (odd Unicode, lone surrogates, huge texts, foreign or made-up
 conversation ids, paths, numbers that are not numbers, another user's login or none), each call
 ends in a `gr.Error` or a correct result: never another exception, never a status stuck on
-"loading", never a store that no longer opens. Replies come from a tiny random-weight llama,
-so hundreds of them take seconds.
+"loading", never a store that no longer opens, never a change to another user's conversation
+files (byte for byte) and never, from a guest or no login, a change to the owners' settings.
+The chat, conversations, model picker, settings, servers, endpoints, library, downloads and
+Hub handlers are all in the draw; the Hub is the one on 127.0.0.1. Replies come from a tiny
+random-weight llama, so hundreds of them take seconds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -19,7 +23,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mlx_gradio.controller.access import Access
-from mlx_gradio.store import USER_SETTING_FIELDS, Store
+from mlx_gradio.serving.profiles import new_profile
+from mlx_gradio.store import DB_NAME, USER_SETTING_FIELDS, Store
 
 
 def mostly(good: st.SearchStrategy, odd: st.SearchStrategy) -> st.SearchStrategy:
@@ -27,6 +32,7 @@ def mostly(good: st.SearchStrategy, odd: st.SearchStrategy) -> st.SearchStrategy
     return st.integers(0, 3).flatmap(lambda n: odd if n == 3 else good)
 
 
+OWNERS = {"ann"}
 REQUESTS = [gr.Request(username="ann", session_hash="ann-1"), gr.Request(username="ann", session_hash="ann-2"),
             gr.Request(username="gus", session_hash="gus-1"), gr.Request(username=None, session_hash="nobody")]
 odd_text = st.text(alphabet=st.one_of(st.characters(), st.characters(categories=["Cs"])), max_size=80)
@@ -37,7 +43,7 @@ numbers = mostly(st.one_of(st.integers(0, 24), st.floats(0, 2)), junk)
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
+def world(tmp_path_factory: pytest.TempPathFactory, local_hub):
     """A controller with an owner and a guest, the tiny llama as the model, and files worth pointing at."""
     from mlx_gradio.app_factory import create_controller
     from mlx_gradio.models.gguf import import_gguf
@@ -84,9 +90,18 @@ def conversation_id(controller, request: gr.Request, pick: object) -> object:
     return chosen[pick[1] % len(chosen)] if chosen else ""
 
 
-def call_handler(controller, model: Path, paths: list[str], data: st.DataObject) -> None:
+def saved_record(controller, pick: object) -> object:
+    """The id of one of the saved server profiles or endpoints for a drawn number (looked up when used), or the pick."""
+    if not isinstance(pick, int) or isinstance(pick, bool):
+        return pick
+    saved = [r["id"] for r in controller.store.server_profiles.all() + controller.store.endpoints.all()]
+    return saved[pick % len(saved)] if saved else ""
+
+
+def call_handler(controller, model: Path, paths: list[str], data: st.DataObject,
+                 requests: st.SearchStrategy = mostly(st.sampled_from(REQUESTS[:3]), st.just(REQUESTS[3]))) -> None:
     """Draw one handler and its arguments, and run it to its end."""
-    request = data.draw(mostly(st.sampled_from(REQUESTS[:3]), st.just(REQUESTS[3])), label="request")
+    request = data.draw(requests, label="request")
     ids = id_picks.map(lambda pick: conversation_id(controller, request, pick))
     path = mostly(st.sampled_from(paths), junk)
     models = mostly(st.sampled_from([str(model), ""]), path)
@@ -98,6 +113,17 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject)
                      st.one_of(st.integers(-2, 12), st.lists(st.integers(0, 5), max_size=2), junk),
                      mostly(words, st.one_of(texts, st.lists(st.fixed_dictionaries({"text": texts})), junk)))
     replies, conversations, models_part = controller.replies, controller.conversations, controller.models
+    servers, library, downloads, hub = controller.servers, controller.library, controller.downloads, controller.hub
+    record_ids = mostly(st.integers(0, 9), junk).map(lambda pick: saved_record(controller, pick))
+    never_started = st.one_of(junk, st.text(alphabet="0123456789abcdef", min_size=12, max_size=12))
+    draft = new_profile("fuzz", str(model)).record()
+    profile_fields = st.builds(lambda key, value: {**draft, key: value}, st.sampled_from(sorted(draft)),
+                               mostly(texts, junk))
+    repo_ids = mostly(st.sampled_from(["mlx-community/tiny-random-llama", "mlx-community/tiny-qwen2-vl-bf16",
+                                       "someone/missing"]), st.one_of(texts, junk))
+    deletable = mostly(st.sampled_from(["hf:mlx-community/tiny-random-llama", f"dir:{controller.data_dir}"]),
+                       st.one_of(path, junk))  # the chat's model stays: replies have the most to get wrong
+    keys = st.one_of(st.just(f"dir:{model}"), deletable)
     handlers = {
         "page_load": lambda: controller.page_load(request),
         "list": lambda: conversations.list(data.draw(texts), data.draw(numbers), data.draw(ids), request),
@@ -130,15 +156,85 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject)
         "save_preset": lambda: controller.chat_settings.save_preset(data.draw(mostly(words, texts)),
                                                                     data.draw(mostly(words, texts)), request),
         "delete_preset": lambda: controller.chat_settings.delete_preset(data.draw(texts), request),
+        "server_draft": lambda: servers.draft(request),
+        "server_profiles": lambda: servers.profiles(request),
+        "server_save": lambda: servers.save(data.draw(mostly(profile_fields, junk)), request),
+        "server_duplicate": lambda: servers.duplicate(data.draw(record_ids), request),
+        "server_delete": lambda: servers.delete(data.draw(record_ids), request),
+        "server_start": lambda: servers.start(data.draw(never_started), request),  # a real start is not fuzzed
+        "server_restart": lambda: servers.restart(data.draw(never_started), request),
+        "server_stop": lambda: servers.stop(data.draw(record_ids), request),
+        "server_watch": lambda: servers.watch(request),
+        "server_log": lambda: servers.log_tail(data.draw(record_ids), request),
+        "endpoints": lambda: servers.endpoints(request),
+        "add_endpoint": lambda: servers.add_endpoint(data.draw(mostly(words, texts)),
+                                                     data.draw(mostly(st.just("http://127.0.0.1:9/v1"), texts)),
+                                                     data.draw(texts), data.draw(mostly(words, texts)),
+                                                     data.draw(junk), request),
+        "remove_endpoint": lambda: servers.remove_endpoint(data.draw(record_ids), request),
+        "library_list": lambda: library.list(request),
+        "library_downloaded": lambda: library.downloaded(data.draw(repo_ids), request),
+        "library_use": lambda: library.use(data.draw(keys), request),
+        "library_plan_delete": lambda: library.plan_delete(data.draw(keys), request),
+        "library_delete": lambda: library.delete(data.draw(deletable), request),
+        "other_apps": lambda: library.other_apps(request),
+        "download_start": lambda: downloads.start(data.draw(repo_ids), request),
+        "download_cancel": lambda: downloads.cancel(data.draw(repo_ids), request),
+        "download_forget": lambda: downloads.forget(data.draw(repo_ids), request),
+        "downloads": lambda: downloads.list(request),
+        "hub_search": lambda: hub.search(data.draw(texts), data.draw(texts), data.draw(mostly(st.just("any"), texts)),
+                                         data.draw(numbers), data.draw(mostly(st.just("downloads"), texts)),
+                                         data.draw(numbers), request),
+        "hub_details": lambda: hub.details(data.draw(repo_ids), data.draw(numbers), request),
+        "hub_sign_in": lambda: hub.sign_in(data.draw(texts), request),
+        "hub_sign_out": lambda: hub.sign_out(request),
+        "token_hint": lambda: hub.token_hint(request),
     }
     weighted = [*sorted(handlers), "send", "send", "send", "regenerate", "edit"]  # replies have the most to get wrong
     name = data.draw(st.sampled_from(weighted), label="handler")
+    before = untouchable(controller, controller.data_dir, request.username)
     try:
-        handlers[name]()
+        result = handlers[name]()
         event(f"{name}: done")
+        check_result(controller, name, result, request.username)
     except gr.Error as exc:
         assert str(exc.message).strip(), f"{name} raised an empty error"
         event(f"{name}: {exc.message[:40]}")
+    controller.engine.call(lambda: None).result(timeout=120)  # every queued load and reply has run
+    assert untouchable(controller, controller.data_dir, request.username) == before, \
+        f"{name} changed what {request.username} may not"
+
+
+def untouchable(controller, data_dir: Path, user: str | None) -> dict:
+    """What a call by `user` must leave as it was: other users' conversation files, byte for byte, and for a
+    guest or no login the whole settings file but that guest's own records (settings, presets)."""
+    owned = {s.id for s in controller.store.conversations.list(user)[0]} if user else set()
+    files = {path.name: path.read_bytes() for path in (data_dir / "conversations").glob("*.json")
+             if path.name != "index.json" and path.stem not in owned}
+    settings = {}
+    if user not in OWNERS:
+        saved = json.loads((data_dir / DB_NAME).read_text()) if (data_dir / DB_NAME).exists() else {}
+        settings = {table: kept for table, docs in saved.items()
+                    if (kept := {k: doc for k, doc in docs.items() if doc.get("user") != user})}
+    return {"files": files, "settings": settings}
+
+
+def check_result(controller, name: str, result: object, user: str | None) -> None:
+    """A handler that answered gives this user's own data, and only to whom may see it."""
+    assert user is not None, f"{name} answered a call without a login"
+    is_owner = user in OWNERS
+    owner_only = ("server_", "endpoint", "library_", "download", "hub_", "token_hint", "other_apps", "save_engine",
+                  "add_folder", "import_gguf")
+    assert is_owner or not name.startswith(owner_only) and "endpoint" not in name, f"{name} served guest {user}"
+    if name == "page_load":
+        assert result.user == user and result.is_owner == is_owner
+        assert all(s.owner == user for s in result.conversations.summaries)
+    if name == "list":
+        assert all(s.owner == user for s in result.summaries)
+    views = result if isinstance(result, list) else [result]  # a reply's handler streams its views
+    for view in views if name in ("open", "rename", "send", "regenerate", "edit", "continue") else []:
+        conversation = getattr(view, "conversation", None)
+        assert conversation is None or conversation["owner"] == user
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
@@ -148,7 +244,6 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject)
 def test_every_handler_ends_in_a_clear_error_or_a_correct_result(world, data):
     controller, data_dir, model, paths = world
     call_handler(controller, model, paths, data)
-    controller.engine.call(lambda: None).result(timeout=120)  # every queued load and reply has run
     status = controller.engine.status()
     assert status.state in ("empty", "ready", "error") and not status.generating
     reopened = Store(data_dir)  # the store on disk still opens, with nothing moved aside
@@ -159,3 +254,13 @@ def test_every_handler_ends_in_a_clear_error_or_a_correct_result(world, data):
             reopened.conversations.get(summary.id)
     app = reopened.settings.app()
     assert all(isinstance(app[k], (int, float)) and math.isfinite(app[k]) for k in ("context_limit", "cache_budget_gb"))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(data=st.data())
+def test_a_guest_or_a_call_without_a_login_changes_nothing_of_the_owners(world, data):
+    """The same draw, from the guest and from no login only: each handler is met a few times by each."""
+    controller, _data_dir, model, paths = world
+    call_handler(controller, model, paths, data, st.sampled_from(REQUESTS[2:]))

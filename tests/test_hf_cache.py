@@ -15,7 +15,7 @@ from mlx_gradio.errors import ModelNotFound
 from mlx_gradio.hub.search import HubService
 from mlx_gradio.models import hf_cache
 
-TEXT = "mlx-community/SmolLM2-135M-Instruct-4bit"
+TEXT = "mlx-community/tiny-random-llama"
 ANN, GUS = gr.Request(username="ann", session_hash="a"), gr.Request(username="gus", session_hash="g")
 
 
@@ -51,17 +51,17 @@ def test_ids_that_are_not_owner_name_are_refused(tmp_path, repo_id):
         hf_cache.plan_delete(tmp_path, repo_id)
 
 
-def test_delete_frees_what_it_announced_and_the_model_leaves_the_picker(start_app, local_hub, tmp_path):
-    app = start_app(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}), hub=HubService(local_hub.url),
-                    cache_dir=tmp_path / "hf")
+def test_delete_frees_what_it_announced_and_the_model_leaves_the_picker(make_controller, local_hub, tmp_path):
+    controller = make_controller(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}),
+                                 hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
     snapshot = fill_cache(local_hub, tmp_path / "hf")
-    library, models = app.controller.library, app.controller.models
+    library, models = controller.library, controller.models
     assert str(snapshot) in {m.path for m in models.available()}
     [entry] = [e for e in library.list(ANN) if e.where == "HF cache"]
     assert entry.complete and entry.fit in ("fits", "tight") and entry.key == f"hf:{TEXT}"
     # It is loaded and in use: delete unloads it first.
     assert library.use(entry.key, ANN) == str(snapshot)
-    app.controller.engine.load(str(snapshot)).result()
+    controller.engine.load(str(snapshot)).result()
     plan = library.plan_delete(entry.key, ANN)
     before = shutil.disk_usage(tmp_path).used
     repo_bytes = disk_bytes(tmp_path / "hf" / f"models--{TEXT.replace('/', '--')}" / "blobs")
@@ -69,40 +69,40 @@ def test_delete_frees_what_it_announced_and_the_model_leaves_the_picker(start_ap
     library.delete(entry.key, ANN)
     assert not (tmp_path / "hf" / f"models--{TEXT.replace('/', '--')}").exists()
     assert before - shutil.disk_usage(tmp_path).used >= repo_bytes * 0.9
-    assert app.controller.engine.status().state == "empty"
+    assert controller.engine.status().state == "empty"
     assert str(snapshot) not in {m.path for m in models.available()}
-    assert app.store.settings.app()["model"] is None  # the owner's default no longer points at it
+    assert controller.store.settings.app()["model"] is None  # the owner's default no longer points at it
 
 
-def test_guests_cannot_list_use_or_delete(start_app, local_hub, tmp_path):
-    app = start_app(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}), hub=HubService(local_hub.url),
-                    cache_dir=tmp_path / "hf")
+def test_guests_cannot_list_use_or_delete(make_controller, local_hub, tmp_path):
+    controller = make_controller(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}),
+                                 hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
     fill_cache(local_hub, tmp_path / "hf")
-    library, downloads = app.controller.library, app.controller.downloads
+    library, downloads = controller.library, controller.downloads
     for call in (lambda: library.list(GUS), lambda: library.downloaded(TEXT, GUS),
                  lambda: library.use(f"hf:{TEXT}", GUS),
                  lambda: library.plan_delete(f"hf:{TEXT}", GUS), lambda: library.delete(f"hf:{TEXT}", GUS),
                  lambda: downloads.start(TEXT, GUS), lambda: downloads.list(GUS),
-                 lambda: app.controller.hub.sign_in("hf_x" * 4, GUS)):
+                 lambda: controller.hub.sign_in("hf_x" * 4, GUS)):
         with pytest.raises(gr.Error, match="Only the owner"):
             call()
     assert hf_cache.scan(tmp_path / "hf")[0].complete  # nothing happened
 
 
-def test_only_the_apps_own_folders_are_deleted(start_app, local_hub, demo_model, tmp_path):
-    app = start_app(cache_dir=tmp_path / "hf")
+def test_only_the_apps_own_folders_are_deleted(make_controller, local_hub, demo_model, tiny_llama, tmp_path):
+    controller = make_controller(cache_dir=tmp_path / "hf")
     local = gr.Request(session_hash="l")
     outside = tmp_path / "elsewhere" / "my-model"
-    shutil.copytree(demo_model, outside)
-    app.controller.models.add_folder(str(outside), local)
-    library = app.controller.library
+    shutil.copytree(tiny_llama, outside)
+    controller.models.add_folder(str(outside), local)
+    library = controller.library
     entry = next(e for e in library.list(local) if e.path == str(outside))
     assert entry.where == "folder"
     plan = library.plan_delete(entry.key, local)
     assert not plan.removes_files and plan.freed_bytes == 0
     library.delete(entry.key, local)
     assert (outside / "model.safetensors").exists()  # only taken off the list
-    assert str(outside) not in {m.path for m in app.controller.models.available()}
+    assert str(outside) not in {m.path for m in controller.models.available()}
     for key in ("dir:/etc", f"dir:{tmp_path}", "dir:../../", "hf:../x", "other"):
         with pytest.raises(gr.Error):
             library.plan_delete(key, local)
@@ -112,13 +112,13 @@ def test_only_the_apps_own_folders_are_deleted(start_app, local_hub, demo_model,
     assert (demo_model / "model.safetensors").exists() and not Path(demo.path).exists()
 
 
-def test_a_token_is_checked_kept_in_huggingface_hubs_storage_masked_and_never_logged(start_app, local_hub, caplog):
+def test_a_token_is_checked_kept_in_huggingface_hubs_storage_masked_and_never_logged(make_controller, local_hub, caplog):
     from huggingface_hub import constants, get_token
 
     caplog.set_level(logging.DEBUG)
-    app = start_app()
+    controller = make_controller()
     local = gr.Request(session_hash="l")
-    hub = app.controller.hub
+    hub = controller.hub
     with pytest.raises(gr.Error, match="did not accept"):
         hub.sign_in("hf_wrongwrongwrong", local)
     with pytest.raises(gr.Error, match="not a Hugging Face token"):
@@ -130,34 +130,35 @@ def test_a_token_is_checked_kept_in_huggingface_hubs_storage_masked_and_never_lo
     assert hub.sign_out(local) == "" and get_token() is None
 
 
-def test_offline_the_search_says_so_and_the_local_models_still_work(start_app, tmp_path):
+def test_offline_the_search_says_so_and_the_local_models_still_work(make_controller, tmp_path):
     from mlx_gradio.net import free_port
 
-    app = start_app(hub=HubService(f"http://127.0.0.1:{free_port()}"), cache_dir=tmp_path / "hf")  # nothing there
+    controller = make_controller(hub=HubService(f"http://127.0.0.1:{free_port()}"), cache_dir=tmp_path / "hf",
+                                 demo=True)  # no Hub there; the demo model is all this machine has
     local = gr.Request(session_hash="l")
     with pytest.raises(gr.Error, match="cannot be reached"):
-        app.controller.hub.search("smol", "", "any", 0, "downloads", 0, local)
+        controller.hub.search("smol", "", "any", 0, "downloads", 0, local)
     with pytest.raises(gr.Error, match="cannot be reached"):
-        app.controller.downloads.start(TEXT, local)
-    assert [e.where for e in app.controller.library.list(local)] == ["built-in demo"]
-    assert app.controller.downloads.list(local) == [] and app.controller.hub.token_hint(local) == ""
-    demo = app.controller.models.demo_path
-    app.controller.models.select(demo, local)
-    app.controller.engine.load(demo).result()  # the chat's model loads as ever
-    assert app.controller.engine.status().state == "ready"
+        controller.downloads.start(TEXT, local)
+    assert [e.where for e in controller.library.list(local)] == ["built-in demo"]
+    assert controller.downloads.list(local) == [] and controller.hub.token_hint(local) == ""
+    demo = controller.models.demo_path
+    controller.models.select(demo, local)
+    controller.engine.load(demo).result()  # the chat's model loads as ever
+    assert controller.engine.status().state == "ready"
 
 
-def test_a_model_that_is_downloading_cannot_be_deleted(start_app, local_hub, tmp_path):
-    app = start_app(hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
+def test_a_model_that_is_downloading_cannot_be_deleted(make_controller, local_hub, tmp_path):
+    controller = make_controller(hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
     local = gr.Request(session_hash="l")
-    local_hub.faults.bytes_per_second = 10e6
+    local_hub.faults.bytes_per_second = 20e3  # the tiny llama takes half a minute: it is still coming
     try:
-        app.controller.downloads.start(TEXT, local)
+        controller.downloads.start(TEXT, local)
         folder = tmp_path / "hf" / f"models--{TEXT.replace('/', '--')}"
         while not folder.exists():
             time.sleep(0.05)
         with pytest.raises(gr.Error, match="cancel it first"):
-            app.controller.library.plan_delete(f"hf:{TEXT}", local)
-        app.controller.downloads.cancel(TEXT, local)
+            controller.library.plan_delete(f"hf:{TEXT}", local)
+        controller.downloads.cancel(TEXT, local)
     finally:
         local_hub.faults.bytes_per_second = 0

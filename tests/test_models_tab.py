@@ -62,10 +62,11 @@ def progress_value(page) -> int | None:
 
 def test_download_with_a_moving_progress_bar_then_chat_with_it_then_delete_it(start_app, local_hub, browser_page,
                                                                                tmp_path):
+    """The demo model's 119 MB: a bar that moves in steps, and a download whose answer proves it whole."""
     from tests.test_browser import wait_for_reply
 
     app = start_app(hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
-    local_hub.faults.bytes_per_second = 15e6  # ~8 s: long enough to watch the bar move
+    local_hub.faults.bytes_per_second = 30e6  # ~4 s, in 12 steps of 10 MB: long enough to watch the bar move
     page = browser_page
     page.goto(app.url)
     page.get_by_role("tab", name="Models").click()

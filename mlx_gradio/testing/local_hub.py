@@ -143,6 +143,8 @@ class LocalHub:
         self.faults = Faults()
         self.requests: list[str] = []
         self.bytes_sent = 0  # file bytes served, to tell a resumed download from a fresh one
+        self.sending: dict[str, int] = {}  # repository -> file bodies being sent right now
+        self.most_repos_at_once = 0  # the most repositories whose files were being sent at the same moment
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
@@ -170,6 +172,12 @@ class LocalHub:
     def sent(self, n: int) -> None:
         with self._lock:
             self.bytes_sent += n
+
+    def sending_body(self, repo_id: str, delta: int) -> None:
+        """A file body of `repo_id` starts (+1) or ends (-1); keeps `most_repos_at_once`."""
+        with self._lock:
+            self.sending[repo_id] = self.sending.get(repo_id, 0) + delta
+            self.most_repos_at_once = max(self.most_repos_at_once, sum(1 for n in self.sending.values() if n > 0))
 
     def take_failure(self) -> bool:
         """Whether this file request should fail (one of `faults.fail_next`)."""
@@ -291,7 +299,11 @@ def _handler_for(hub: LocalHub) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
             self.end_headers()
             if not head:
-                self.send_body(path, body)
+                hub.sending_body(repo.repo_id, +1)
+                try:
+                    self.send_body(path, body)
+                finally:
+                    hub.sending_body(repo.repo_id, -1)
 
         def send_body(self, path: str, body: bytes) -> None:
             drop = hub.faults.drop_after.pop(path, None)

@@ -122,7 +122,7 @@ Once upon a time there was a small robot who loved to paint pictures of trees.
 """.strip()
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as pretty, key-sorted JSON (stable across runs)."""
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -198,8 +198,8 @@ def write_tokenizer(path: Path) -> dict[str, int]:
         "tokenizer_class": "Qwen2Tokenizer",
         "unk_token": None,
     }
-    _write_json(path / "tokenizer_config.json", tokenizer_config)
-    _write_json(
+    write_json(path / "tokenizer_config.json", tokenizer_config)
+    write_json(
         path / "special_tokens_map.json",
         {
             "additional_special_tokens": SPECIAL_TOKENS[1:],
@@ -207,7 +207,7 @@ def write_tokenizer(path: Path) -> dict[str, int]:
             "pad_token": "<|endoftext|>",
         },
     )
-    _write_json(path / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    write_json(path / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
     (path / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
     return ids
 
@@ -233,14 +233,14 @@ def write_processor_files(path: Path) -> None:
         "size": {"longest_edge": MAX_PIXELS, "shortest_edge": MIN_PIXELS},
         "temporal_patch_size": TEMPORAL_PATCH_SIZE,
     }
-    _write_json(path / "preprocessor_config.json", image_cfg)
+    write_json(path / "preprocessor_config.json", image_cfg)
     video_cfg = dict(image_cfg)
     video_cfg.pop("image_processor_type")
     video_cfg["video_processor_type"] = "Qwen2VLVideoProcessor"
-    _write_json(path / "video_preprocessor_config.json", video_cfg)
+    write_json(path / "video_preprocessor_config.json", video_cfg)
     # The chat template lives in chat_template.json / .jinja and
     # tokenizer_config.json; transformers warns if it is also put here.
-    _write_json(path / "processor_config.json", {"processor_class": "Qwen2VLProcessor"})
+    write_json(path / "processor_config.json", {"processor_class": "Qwen2VLProcessor"})
 
 
 def make_config(token_ids: dict[str, int]) -> dict[str, Any]:
@@ -301,7 +301,6 @@ def make_random_weights(config: dict[str, Any], seed: int) -> dict[str, mx.array
     import copy
 
     import mlx.core as mx
-    from mlx.utils import tree_flatten
     from mlx_vlm.utils import get_model_and_args, update_module_configs
 
     cfg = copy.deepcopy(config)
@@ -313,6 +312,14 @@ def make_random_weights(config: dict[str, Any], seed: int) -> dict[str, mx.array
     )
     mx.random.seed(seed)
     model = model_module.Model(model_config)
+    return seeded_weights(model, seed, "language_model.lm_head.weight")
+
+
+def seeded_weights(model: Any, seed: int, head: str) -> dict[str, mx.array]:
+    """Seeded random values for every parameter of ``model`` (norms at one),
+    with the output rows of the special tokens (the last ids) zeroed."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
 
     dtype = getattr(mx, WEIGHT_DTYPE)
     params = dict(tree_flatten(model.parameters()))
@@ -341,10 +348,9 @@ def make_random_weights(config: dict[str, Any], seed: int) -> dict[str, mx.array
     # then exactly 0 while hundreds of random logits are not, so greedy decoding
     # never emits <|im_end|>, <|image_pad|>, ... Replies always run to
     # max_tokens and never contain special tokens that would break a later turn.
-    head = weights["language_model.lm_head.weight"]
-    n_regular = head.shape[0] - len(SPECIAL_TOKENS)
-    weights["language_model.lm_head.weight"] = mx.concatenate(
-        [head[:n_regular], mx.zeros((len(SPECIAL_TOKENS), head.shape[1]), dtype)]
+    n_regular = weights[head].shape[0] - len(SPECIAL_TOKENS)
+    weights[head] = mx.concatenate(
+        [weights[head][:n_regular], mx.zeros((len(SPECIAL_TOKENS), weights[head].shape[1]), dtype)]
     )
     mx.eval(weights)
     return weights
@@ -367,8 +373,8 @@ def build_tiny_qwen2_vl(path: Path, seed: int = 0) -> Path:
     token_ids = write_tokenizer(path)
     write_processor_files(path)
     config = make_config(token_ids)
-    _write_json(path / "config.json", config)
-    _write_json(
+    write_json(path / "config.json", config)
+    write_json(
         path / "generation_config.json",
         {
             "bos_token_id": config["bos_token_id"],
