@@ -39,6 +39,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=TOKENS)
 GREEDY_SETTINGS = ["", 0.0, 1.0, 0, 0.0, 1.0, -1, TOKENS, True]
 HISTORY_WORDS = 270  # about 400 tokens of history with the chat template
 FIRST_QUESTION = "Describe a red square."
+FIRST_TOKENS = 128  # the fewest mlx-vlm's chat UI takes; only the first one is timed
 
 
 def decode_rate(stamps: list[float], tokens: int) -> float:
@@ -123,19 +124,21 @@ def time_to_first_token(cmd: list[str], port: int, send, env: dict | None = None
 def ours_sends(model: Path):
     """The message through this app's /send: what the reply shows, without the app's *status* lines."""
     def send(client) -> object:
-        job = client.submit({"text": FIRST_QUESTION, "files": []}, str(model), "", 0.0, 1.0, 0, 0.0, 1.0, -1, 8,
-                            True, api_name="/send")
+        job = client.submit({"text": FIRST_QUESTION, "files": []}, str(model), "", 0.0, 1.0, 0, 0.0, 1.0, -1,
+                            FIRST_TOKENS, True, api_name="/send")
         for output in job:
             text = output[0][-1]["content"][0]["text"] if output[0] else ""
             yield "" if text.startswith("*") else text
+        job.result()  # raises what went wrong, if no token came
     return send
 
 
 def theirs_sends(client) -> object:
     """The same message through mlx-vlm's ChatInterface (its /chat endpoint streams the reply)."""
-    job = client.submit({"text": FIRST_QUESTION, "files": []}, 0.0, 8, 1.0, 1.0, "", api_name="/chat")
+    job = client.submit({"text": FIRST_QUESTION, "files": []}, 0.0, FIRST_TOKENS, 1.0, 1.0, "", api_name="/chat")
     for output in job:
         yield output if isinstance(output, str) else str(output or "")
+    job.result()
 
 
 def stop_process(proc: subprocess.Popen) -> None:

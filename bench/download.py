@@ -121,26 +121,16 @@ def search_row(hub: LocalHub) -> tuple[float, int]:
     return (time.perf_counter() - started) * 1000, len(hub.requests) - before
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "mlx-gradio-bench")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--mbps", type=float, default=40.0,
-                        help="the Hub's speed per connection in MB/s, like a fast home line (0: as fast as it goes)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    demo = prepare_demo_model(args.data_dir)
-    hub = LocalHub([repo_from_folder(DEMO, demo), shards_repo()])
-    hub.faults.bytes_per_second = args.mbps * 1e6
-    for i in range(60):  # enough results for a full page
-        hub.add(HubRepo(f"mlx-community/model-{i:02d}-4bit", {"config.json": b"{}"}, downloads=i))
+def download_speeds(hub: LocalHub, repeats: int, mbps: float) -> None:
+    """The table of download speeds: the app, `snapshot_download` and `hf download`, order rotated."""
+    hub.faults.bytes_per_second = mbps * 1e6
     ways = {"the app (Downloads)": app_seconds, "`snapshot_download`": library_seconds,
             "`hf download` (CLI, with its start-up)": cli_seconds}
     rows = []
     for repo_id in (DEMO, SHARDS):
         size = sum(len(d) for d in hub.repos[repo_id].files.values())
         rates: dict[str, list[float]] = {w: [] for w in ways}
-        for run in range(args.repeats):
+        for run in range(repeats):
             for way in rotated(list(ways), run):  # so drift in the machine's speed hits all alike
                 with tempfile.TemporaryDirectory() as cache:
                     rates[way].append(size / 1e6 / ways[way](hub, repo_id, Path(cache)))
@@ -151,8 +141,12 @@ def main() -> None:
                      goal="≥ 0.9"),
                  Row(f"{repo_id}, `hf download` (CLI, with its start-up)",
                      rates["`hf download` (CLI, with its start-up)"], " MB/s", 0, compared_with=library)]
-    speed = f"{args.mbps:g} MB/s per connection" if args.mbps else "as fast as it can"
+    speed = f"{mbps:g} MB/s per connection" if mbps else "as fast as it can"
     print_table(f"Downloads from the Hub on 127.0.0.1 (sending {speed}), order rotated", rows)
+
+
+def decode_while_downloading(hub: LocalHub, demo: Path, repeats: int) -> None:
+    """The table of the demo model's decode speed while nothing, `snapshot_download` or the app downloads."""
     hub.faults.bytes_per_second = 10e6
     engine = Engine()
     engine.load(str(demo)).result()
@@ -160,7 +154,7 @@ def main() -> None:
     during = {"nothing": None, "`snapshot_download`": library_seconds,
               "the app (Downloads), its progress read once a second": lambda *a: app_seconds(*a, poll=1.0)}
     decode = {name: [] for name in during}
-    for run in range(args.repeats):
+    for run in range(repeats):
         for name in rotated(list(during), run):
             decode[name].append(decode_while(engine, demo, hub, during[name], run))
     engine.shutdown()
@@ -175,6 +169,25 @@ def main() -> None:
             decode["the app (Downloads), its progress read once a second"], " tok/s", compared_with=library,
             goal="≥ 0.98"),
     ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "mlx-gradio-bench")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mbps", type=float, default=40.0,
+                        help="the Hub's speed per connection in MB/s, like a fast home line (0: as fast as it goes)")
+    parser.add_argument("--only", choices=("speed", "decode"), help="run one of the two tables")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    demo = prepare_demo_model(args.data_dir)
+    hub = LocalHub([repo_from_folder(DEMO, demo), shards_repo()])
+    for i in range(60):  # enough results for a full page
+        hub.add(HubRepo(f"mlx-community/model-{i:02d}-4bit", {"config.json": b"{}"}, downloads=i))
+    if args.only != "decode":
+        download_speeds(hub, args.repeats, args.mbps)
+    if args.only != "speed":
+        decode_while_downloading(hub, demo, args.repeats)
     ms, requests = search_row(hub)
     print(f"search: one page of 20 in {ms:.1f} ms, {requests} request(s) to the Hub")
     hub.close()
