@@ -36,11 +36,15 @@ def read_logins(pairs: list[str], files: list[Path], flag: str, parser: argparse
         except OSError as exc:
             parser.error(f"cannot read {path}: {exc.strerror or exc}")
         lines += [(line.strip(), f"{path}") for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    from mlx_gradio.store import LOCAL_USER, RESERVED_NAME
+
     logins: dict[str, str] = {}
     for line, source in lines:
         user, colon, password = line.partition(":")
         if not colon or not user or not password:
             parser.error(f"{source} expects USER:PASS: a user name, a colon and a password")
+        if user == LOCAL_USER:
+            parser.error(f"{source}: {RESERVED_NAME}")
         logins[user] = password
     return logins
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 DB_NAME = "mlx-gradio.json"
 CONVERSATIONS_DIR = "conversations"
 LOCAL_USER = "local"  # the one owner when the app runs without a login
+RESERVED_NAME = (f"The login name “{LOCAL_USER}” is reserved: it stands for the one user of the app without "
+                 "logins. Pick another name.")
 
 USER_SETTING_FIELDS = ("system_prompt", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                        "seed", "max_tokens", "thinking")
@@ -119,6 +122,11 @@ class SettingsStore:
             merged = {**defaults, **copy.deepcopy(dict(saved))}
             merged.pop("user", None)
             return merged
+
+    def has_user(self, user: str) -> bool:
+        """Whether `user` has saved chat settings."""
+        with self._lock:
+            return self._db.table("users").contains(Query().user == user)
 
     def update_user(self, user: str, **changes: Any) -> dict[str, Any]:
         """Save one user's settings; raises `StoreWriteFailed` with nothing changed."""
@@ -237,6 +245,22 @@ class Store:
                                  f"layout ({', '.join(skipped[:3])}); they are kept in {backup}.")
         log.info("Migrated %d conversations and the settings to the new layout (backup: %s)",
                  len(conversations) - len(skipped), backup)
+
+    def hand_over(self, from_user: str, to_user: str) -> int:
+        """Give every conversation of `from_user` to `to_user`, and their chat settings if `to_user` has none yet;
+        returns how many conversations changed hands. Raises `StoreWriteFailed` for one that could not be written
+        (those before it have moved; the rest move at the next call)."""
+        summaries, _ = self.conversations.list(from_user, limit=sys.maxsize)
+        for summary in summaries:
+            conversation = self.conversations.get(summary.id)
+            self.conversations.save({**conversation, "owner": to_user}, create=False, stamp=False)
+        if not self.settings.has_user(to_user) and self.settings.has_user(from_user):
+            self.settings.update_user(to_user, **self.settings.user(from_user))
+        return len(summaries)
+
+    def notify(self, notice: str) -> None:
+        """A sentence for the next owner page load."""
+        self._notices.append(notice)
 
     def take_notices(self) -> list[str]:
         """Warnings for the owner about data moved aside at start, each given once."""

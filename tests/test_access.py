@@ -170,3 +170,86 @@ def test_files_of_the_data_dir_and_outside_it_are_not_served(shared_app):
     missing = session.get(f"/gradio_api/file={data / 'no-such-file'}")
     assert missing.status_code == 403  # the same answer whether a file exists or not
     session.close()
+
+
+def test_what_was_made_without_a_login_goes_to_the_first_owner_when_logins_are_turned_on(make_controller, tmp_path,
+                                                                                         caplog):
+    """The name `local` stands for the one user without logins: no login may take it, and when logins come,
+    that user's conversations and settings belong to the first owner, who is told so."""
+    import logging
+
+    from mlx_gradio.store import LOCAL_USER
+
+    with pytest.raises(ValueError, match="reserved"):
+        Access(owners=dict([OWNER]), guests={LOCAL_USER: "pw"})
+    data_dir = tmp_path / "data"
+    alone = make_controller(data_dir=data_dir)
+    made = []
+    for n in range(3):
+        record = chat.new_conversation(LOCAL_USER, alone.models.demo_path)
+        chat.add_user_message(record, f"plan {n}", [])
+        made.append(alone.store.conversations.save(record))
+    alone.store.settings.update_user(LOCAL_USER, system_prompt="Answer in French.")
+    alone.shutdown()
+    with caplog.at_level(logging.INFO, logger="mlx_gradio"):
+        shared = make_controller(data_dir=data_dir, access=Access(owners=dict([OWNER, ("bob", "pw")]),
+                                                                  guests=dict([GUS])))
+    ann, gus = gr.Request(username="ann", session_hash="a"), gr.Request(username="gus", session_hash="g")
+    assert {s.id for s in shared.conversations.page(shared.access.caller(ann)).summaries} == {c["id"] for c in made}
+    assert not shared.conversations.page(shared.access.caller(gus)).summaries
+    assert shared.store.conversations.list(LOCAL_USER)[1] == 0
+    assert shared.store.settings.user("ann")["system_prompt"] == "Answer in French."
+    assert "3 conversation(s) made without a login now belong to ann" in caplog.text
+    assert any("now belong to ann" in n for n in shared.page_load(ann).notices)
+    assert shared.page_load(gus).notices == []
+
+
+def test_a_guest_sees_model_names_never_the_owners_paths_or_urls(make_controller, tiny_llama: Path, tmp_path: Path):
+    """What the Chat tab's handlers hand Gradio for a guest (the page, the picker, the status line, replies,
+    errors, exports) names models, never a folder or URL of the owner's machine."""
+    import shutil
+
+    from mlx_gradio.ui.chat_events import ChatEvents
+
+    controller = make_controller(access=Access(owners=dict([OWNER]), guests=dict([GUS])))
+    ann, gus = gr.Request(username="ann", session_hash="a"), gr.Request(username="gus", session_hash="g")
+    copy = tmp_path / "models" / "second-llama"
+    shutil.copytree(tiny_llama, copy)
+    controller.models.add_folder(str(copy), ann)
+    controller.models.select(str(tiny_llama), ann)  # the owners' model again
+    endpoint = controller.servers.add_endpoint("Office box", "http://127.0.0.1:9/v1", "", "m", False, ann)
+    events = ChatEvents(controller)
+    secrets = [str(tmp_path), str(tiny_llama), "http://", "https://", "/home/", "/root/"]
+
+    def shown(value: object) -> str:
+        text = json.dumps(value, default=repr, ensure_ascii=False)
+        assert not [s for s in secrets if s in text], text
+        return text
+
+    page = events.page_load(gus)
+    shown(page)
+    choices = {value: label for label, value in page[0]["choices"]}
+    assert {"tiny-random-llama", "second-llama", f"endpoint:{endpoint['id']}"} <= set(choices)
+    assert page[0]["value"] == "tiny-random-llama"
+    views = list(events.send(gus, "", {"text": "Hello"}, "tiny-random-llama", *GREEDY))
+    assert "Hello" in shown(views[-1][0])
+    conversation_id = views[-1][2]
+    shown(events.show_settings(gus, conversation_id, "tiny-random-llama"))
+    exported = Path(events.export(gus, conversation_id)["value"]).read_text()
+    shown(exported)
+    assert '"model": "tiny-random-llama"' in exported
+    # An endpoint: the status line and its failure name it, not its URL.
+    assert "Office box" in shown(events.pick_model(gus, conversation_id, f"endpoint:{endpoint['id']}"))
+    with pytest.raises(gr.Error) as failed:
+        list(events.send(gus, conversation_id, {"text": "Still there?"}, f"endpoint:{endpoint['id']}", *GREEDY))
+    shown(failed.value.message)
+    # A folder that breaks after the guest picked it: the sentence names it, not where it is.
+    list(events.send(gus, "", {"text": "Hi"}, "second-llama", *GREEDY))
+    list(events.send(ann, "", {"text": "Hi"}, "tiny-random-llama", *GREEDY))  # the engine holds another model
+    (copy / "config.json").unlink()
+    with pytest.raises(gr.Error) as failed:
+        list(events.send(gus, "", {"text": "And now?"}, "", *GREEDY))
+    assert "second-llama" in shown(failed.value.message)
+    with pytest.raises(gr.Error) as failed:
+        list(events.send(ann, "", {"text": "And now?"}, str(copy), *GREEDY))
+    assert str(copy) in failed.value.message  # the owner sees where to look

@@ -32,7 +32,7 @@ def qwen_like(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Pat
 
 def test_a_conversation_brings_back_its_model_and_settings(make_controller, tiny_llama: Path, qwen_like: Path):
     controller = make_controller()
-    controller.store.settings.update_app(model_folders=[str(qwen_like)])
+    controller.store.settings.update_app(model_folders=[str(tiny_llama), str(qwen_like)])
     parts = controller
     model = str(tiny_llama)
     views = list(parts.replies.send("", {"text": "Hello"}, model, *PIRATE, request=TAB))
@@ -46,7 +46,7 @@ def test_a_conversation_brings_back_its_model_and_settings(make_controller, tiny
         fresh)
 
     reopened = parts.chat_settings.show(pirate_id, str(qwen_like), TAB)
-    assert reopened.model == model and reopened.own
+    assert reopened.model == "tiny-random-llama" and reopened.own  # the picker names it
     assert [reopened.values[k] for k in ("system_prompt", "max_tokens", "temperature")] == ["Talk like a pirate.", 6,
                                                                                            0.0]
     # Changing a setting while it is open changes this conversation only, not the defaults for new chats.
@@ -73,12 +73,12 @@ def test_a_conversation_whose_model_is_gone_keeps_going_with_the_picked_one(make
         (gone / item.name).symlink_to(item)
     controller.store.settings.update_app(model_folders=[str(gone)])
     views = list(parts.replies.send("", {"text": "Hi"}, str(gone), *GREEDY, request=TAB))
-    controller.store.settings.update_app(model_folders=[])
+    controller.store.settings.update_app(model_folders=[str(tiny_llama)])
     for item in gone.iterdir():
         item.unlink()
     gone.rmdir()
     view = parts.chat_settings.show(views[-1].conversation_id, str(tiny_llama), TAB)
-    assert view.model == str(tiny_llama) and view.missing_model == "deleted-model"
+    assert view.model == "tiny-random-llama" and view.missing_model == "deleted-model"
     assert "deleted-model" in render.settings_note(view) and "not here any more" in render.settings_note(view)
 
 

@@ -51,7 +51,7 @@ def test_app_starts_logs_asks_for_login_and_exits_cleanly(tmp_path: Path, tiny_v
             Client(url, verbose=False)  # no login, no app
         client = Client(url, auth=("ann", "secret"), verbose=False)
         model = client.predict(api_name="/page_load")[0]
-        assert model["value"] == str(tiny_vlm)
+        assert model["value"] == tiny_vlm.name
         deadline = time.monotonic() + 60
         while "loaded" not in client.predict(api_name="/page_load")[1] and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -154,6 +154,10 @@ def test_guests_need_an_owner_and_a_name_is_one_role(tmp_path: Path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--auth", "ann:", "--data-dir", str(tmp_path)])
     assert "expects USER:PASS" in capsys.readouterr().err
+    for flag in ("--guest", "--auth"):  # the name of the one user without logins, who owns what was made then
+        with pytest.raises(SystemExit):
+            parse_args(["--auth", "ann:pw", flag, "local:pw", "--data-dir", str(tmp_path)])
+        assert "“local” is reserved" in capsys.readouterr().err
 
 
 def test_sigterm_while_a_long_prompt_is_read_stops_the_app_promptly(tmp_path: Path, demo_model: Path,

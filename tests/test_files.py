@@ -120,12 +120,60 @@ def test_json_and_openai_imports_round_trip_and_foreign_paths_are_dropped(make_c
     (b'{"hello": 1}', "neither a conversation"),
     (b'[{"role": "wizard", "content": "hi"}]', "no role"),
     (b"[]", "needs 1 to"),
+    (b'{"schema": 1, "messages": ["x"]}', "Message 1 is not a message"),
+    (b'{"schema": 2, "messages": [{"role": "user", "content": "hi"}, 7]}', "Message 2 is not a message"),
+    (b'{"schema": 2, "messages": [{"role": "assistant", "versions": "abc"}]}', "reply without any text"),
 ])
 def test_a_bad_import_says_what_is_wrong(tmp_path: Path, content: bytes, why: str):
     path = tmp_path / "bad.json"
     path.write_bytes(content)
     with pytest.raises(ImportFailed, match=why):
         conversation_io.read_import(path, LOCAL_USER, [])
+
+
+def test_every_field_of_an_import_is_checked_and_its_text_cleaned(make_controller, tmp_path: Path):
+    """Wrong types, a date that is a word, and lone surrogates (which Gradio's JSON encoder cannot write, so a
+    page that shows them never loads) become a conversation the page can show and the store can write."""
+    from mlx_gradio.controller.access import Access
+
+    controller = make_controller(access=Access(owners={"ann": "pw"}))
+    ann = gr.Request(username="ann", session_hash="import")
+    upload_dir = controller.conversations.upload_dir
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    odd = upload_dir / "odd.json"
+    odd.write_text(json.dumps({
+        "schema": 2, "title": "Plan \ud800 B\n", "created": "yesterday", "model": 42,
+        "settings": {"system_prompt": "Be \udfff brief", "temperature": "hot", "top_k": 5, "x" * 50: 1},
+        "messages": [
+            {"role": "user", "content": "Hi \ud83d", "images": "not-a-list", "files": [{"name": "\udc00.py",
+                                                                                         "path": 7}]},
+            {"role": "assistant", "current": "second", "versions": [
+                {"content": "Hello", "created": "noon", "model": ["x"],
+                 "stats": {**{k: 1 for k in ("prompt_tokens", "cached_tokens", "prompt_tps", "generation_tokens",
+                                             "generation_tps", "time_to_first_token", "peak_memory_gb")},
+                           "finish_reason": "stop\ud800", "model_name": "m\udbff", "junk": {"deep": 1}}},
+                {"content": "Hi there"}]}]}, ensure_ascii=True))
+    view = controller.conversations.import_file(str(odd), ann)
+    record = view.conversation
+    json.dumps(record, ensure_ascii=False).encode("utf-8")  # no lone surrogate is left anywhere
+    assert record["title"] == "Plan \ufffd B" and record["model"] is None and record["owner"] == "ann"
+    assert record["created"] > 1e9 and record["settings"] == {"system_prompt": "Be \ufffd brief", "temperature": "hot",
+                                                                "top_k": 5}
+    user, reply = record["messages"]
+    assert user["content"] == "Hi \ufffd" and user["images"] == [] and "files" not in user
+    first = reply["versions"][0]
+    assert first["created"] == 0.0 and first["model"] is None and reply["current"] == 0
+    assert first["stats"]["finish_reason"] == "stop\ufffd" and "junk" not in first["stats"]
+    assert [v["content"] for v in reply["versions"]] == ["Hello", "Hi there"]
+    numbered = upload_dir / "numbered.json"
+    numbered.write_text(json.dumps({"schema": 2, "messages": [{"role": "assistant", "versions": [{"content": 5}]}]}))
+    with pytest.raises(gr.Error, match="neither text nor a list"):
+        controller.conversations.import_file(str(numbered), ann)
+    # The page of that user still loads, and the conversation opens (its settings shown within their ranges).
+    page = controller.page_load(ann)
+    assert any(s.id == record["id"] for s in page.conversations.summaries)
+    shown = controller.chat_settings.show(record["id"], "", ann)
+    assert shown.values["system_prompt"] == "Be \ufffd brief"
 
 
 def test_an_import_from_outside_the_upload_folder_is_refused(make_controller, tmp_path: Path):

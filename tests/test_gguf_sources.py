@@ -59,6 +59,31 @@ def test_lm_studio_and_ollama_files_are_found_with_what_can_be_imported(home: Pa
     assert find_gguf_files(home / "nobody") == []
 
 
+def test_cut_short_and_corrupt_files_are_listed_as_unreadable_and_the_rest_still_listed(home: Path):
+    """A half-finished download, or garbage where a length belongs, must not break the whole list."""
+    import struct
+
+    studio = home / ".lmstudio" / "models" / "someone" / "broken-GGUF"
+    studio.mkdir(parents=True)
+    whole = (home / ".lmstudio" / "models" / "lmstudio-community" / "tiny-llama-GGUF" / "tiny-llama-F32.gguf")
+    data = whole.read_bytes()
+    (studio / "cut-at-10.gguf").write_bytes(data[:10])  # inside the first numbers
+    (studio / "cut-at-300.gguf").write_bytes(data[:300])  # inside the metadata
+    huge_string = data[:24] + struct.pack("<Q", 2 ** 62) + b"x" * 64  # a key "as long" as the whole disk
+    (studio / "huge-length.gguf").write_bytes(huge_string)
+    many = data[:4] + struct.pack("<IQQ", 3, 2 ** 40, 2 ** 40) + b"\0" * 64  # more entries than bytes
+    (studio / "many-entries.gguf").write_bytes(many)
+    nested = data[:4] + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1) + b"k" + b"".join(
+        struct.pack("<IIQ", 9, 9, 1) for _ in range(1)) + struct.pack("<IQ", 9, 1) * 20  # arrays in arrays
+    (studio / "nested.gguf").write_bytes(nested)
+    found = {f.name.split("/")[-1]: f for f in find_gguf_files(home)}
+    for name in ("cut-at-10.gguf", "cut-at-300.gguf", "huge-length.gguf", "many-entries.gguf", "nested.gguf"):
+        assert found[name].problem, name
+    assert "truncated" in found["cut-at-300.gguf"].problem and "truncated" in found["huge-length.gguf"].problem
+    assert "more header entries" in found["many-entries.gguf"].problem
+    assert found["tiny-llama-F32.gguf"].problem == ""  # the good ones are still there, importable
+
+
 def test_ollama_models_elsewhere_are_found_through_ollama_models(home: Path, tmp_path: Path, monkeypatch):
     moved = tmp_path / "ollama-store"
     shutil.move(home / ".ollama" / "models", moved)

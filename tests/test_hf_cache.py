@@ -162,3 +162,25 @@ def test_a_model_that_is_downloading_cannot_be_deleted(make_controller, local_hu
         controller.downloads.cancel(TEXT, local)
     finally:
         local_hub.faults.bytes_per_second = 0
+
+
+def test_a_model_from_the_cache_is_named_by_its_repo_id_not_its_commit(make_controller, local_hub, tmp_path):
+    from mlx_gradio.chats import chat, conversation_io
+    from mlx_gradio.ui import render
+    from tests.test_chat import STATS
+
+    controller = make_controller(hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
+    snapshot = fill_cache(local_hub, tmp_path / "hf")
+    assert snapshot.parent.name == "snapshots" and snapshot.name != "tiny-random-llama"  # a commit hash
+    [offered] = [m for m in controller.models.available() if m.path == str(snapshot)]
+    assert offered.name == TEXT
+    controller.engine.load(str(snapshot)).result()
+    status = controller.engine.status()
+    assert status.model_name == TEXT and f"**{TEXT}** loaded" in render.status_markdown(status)
+    assert controller.models.name_of(str(snapshot)) == TEXT
+    conversation = chat.new_conversation("ann", str(snapshot))
+    chat.add_user_message(conversation, "Hello", [])
+    chat.add_reply_version(conversation, 1, "Hi.", STATS, str(snapshot))
+    line = render.stats_line(conversation)
+    assert TEXT in line and snapshot.name not in line
+    assert f"## {TEXT}" in conversation_io.to_markdown(conversation)

@@ -112,3 +112,27 @@ def test_download_with_a_moving_progress_bar_then_chat_with_it_then_delete_it(st
     page.wait_for_function(
         "!document.querySelector('#local-models')?.innerText.includes('SmolLM2-135M-Instruct-4bit')", timeout=30_000)
     assert not (tmp_path / "hf" / "models--mlx-community--SmolLM2-135M-Instruct-4bit").exists()
+
+
+def test_a_download_that_ends_before_the_first_progress_tick_still_reaches_the_page(make_controller, local_hub,
+                                                                                    tmp_path):
+    """The tab's handlers, stepped by hand: the download ends before the timer's first tick (a small model, a
+    fast line, files already in the cache); that tick still brings the model to the details, the list of this
+    machine and the chat's picker."""
+    from mlx_gradio.ui.models_tab import ModelsEvents
+    from tests.test_downloads import finished, wait_for
+
+    repo_id = "mlx-community/tiny-random-llama"
+    controller = make_controller(hub=HubService(local_hub.url), cache_dir=tmp_path / "hf")
+    events = ModelsEvents(controller)
+    ann = gr.Request(session_hash="a")
+    *_, shown, download, use = events.show(ann, repo_id, 0)
+    assert download["value"].startswith("Download (") and not use["visible"]
+    *_, timer, active = events.download(ann, shown)
+    assert timer.active and active == [repo_id]
+    assert wait_for(controller.downloads.downloads, repo_id, finished).state == "done"
+    _, local, keys, picker, _, _, _, download, use, timer, active = events.tick(ann, active, shown, 0)
+    assert f"hf:{repo_id}" in keys and any(repo_id in str(row) for row in local)
+    assert any(repo_id == label.split(" · ")[0] for label, _ in picker["choices"])
+    assert download["value"].startswith("Download again") and use["visible"]
+    assert not timer.active and active == []

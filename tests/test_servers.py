@@ -39,6 +39,15 @@ def wait_state(servers: Servers, profile_id: str, states: tuple[str, ...], timeo
     raise AssertionError(f"still {servers.get(profile_id)} after {timeout} s; log:\n{servers.log_tail(profile_id)}")
 
 
+def cross_origin_headers(base_url: str, origin: str) -> dict[str, str]:
+    """The headers of a server's answer to a web page at `origin` asking for its models (as a browser would)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{base_url}/models", headers={"Origin": origin})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return {k.lower(): v for k, v in answer.headers.items()}
+
+
 def test_a_text_server_answers_paris_streamed_through_openai_and_stops(servers, demo_model):
     from openai import OpenAI
 
@@ -55,6 +64,8 @@ def test_a_text_server_answers_paris_streamed_through_openai_and_stops(servers, 
     assert len([p for p in pieces if p]) > 1 and "Paris" in "".join(pieces)
     usage = servers.usage(profile.id)
     assert usage.rss_bytes > 50_000_000  # the model's weights live in the server's processes
+    # No other web page in the owner's browser may call it (mlx-lm's own default would allow any).
+    assert "access-control-allow-origin" not in cross_origin_headers(profile.url, "http://evil.example")
     assert "$ " in servers.log_tail(profile.id) and "--host 127.0.0.1" in servers.log_tail(profile.id)
     pid = ready.pid
     stopped = servers.stop(profile.id)
@@ -115,7 +126,7 @@ def test_profiles_are_checked_before_anything_starts(tiny_llama, tiny_vlm):
         check_profile(ServerProfile(**{**text.record(), "host": "0.0.0.0"}))
     with pytest.raises(ProfileInvalid, match="set an API key"):
         check_profile(ServerProfile(**{**new_profile("vlm", str(tiny_vlm)).record(), "host": "0.0.0.0"}))
-    with pytest.raises(ProfileInvalid, match="--port is set by the profile"):
+    with pytest.raises(ProfileInvalid, match="--port is set by the profile's Port field"):
         extra_args("--kv-bits 8 --port=9000")
     with pytest.raises(ProfileInvalid, match="cannot be read"):
         extra_args("--chat-template 'unclosed")
@@ -298,3 +309,34 @@ def test_an_image_reaches_a_vision_server_from_the_chat(start_app, tiny_vlm, ima
 
     # The image's tokens were read by the server (random weights: the words themselves are noise).
     assert prompt_tokens([images["red"]]) > prompt_tokens([]) + 4
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ("--ho 0.0.0.0", "--ho would be read as --host, which the profile's Host field sets"),
+    ("--kv-bits 8 --h=0.0.0.0", "--h would be read as --host"),
+    ("--mod /elsewhere", "--mod would be read as --model"),
+    ("--po 80", "--po would be read as --port"),
+    ("--allowed-origins *", "--allowed-origins is set by the profile's Web pages allowed field"),
+    ("--allow *", "--allow would be read as --allowed-origins"),
+    ("--te 2", "--te would be read as --temp"),
+    ("--api 1", "--api would be read as --api-key"),
+])
+def test_extra_arguments_cannot_override_what_the_profile_sets(tiny_llama, extra, reason):
+    """argparse takes any unambiguous prefix of a flag, and the last value given wins."""
+    profile = ServerProfile(**{**new_profile("tiny", str(tiny_llama)).record(), "extra_args": extra})
+    with pytest.raises(ProfileInvalid, match=reason.replace("*", r"\*")):
+        check_profile(profile)
+
+
+def test_the_profiles_own_flags_come_last_and_web_pages_are_allowed_only_when_listed(tiny_llama):
+    profile = ServerProfile(**{**new_profile("tiny", str(tiny_llama), port=8123).record(),
+                               "extra_args": "--kv-bits 8 --min-p 0.1"})
+    line = command(check_profile(profile))
+    assert line.index("--kv-bits") < line.index("--host") and line.index("--min-p") < line.index("--port")
+    assert line[line.index("--allowed-origins") + 1] == "http://127.0.0.1:8123"  # its own origin: no other page
+    listed = ServerProfile(**{**profile.record(), "allowed_origins": "http://localhost:3000, https://app.example/"})
+    line = command(check_profile(listed))
+    assert line[line.index("--allowed-origins") + 1] == "http://localhost:3000,https://app.example"
+    assert command(ServerProfile(**{**profile.record(), "allowed_origins": "*"}))[-1] == "*"  # the owner asked
+    with pytest.raises(ProfileInvalid, match="is not a web origin"):
+        check_profile(ServerProfile(**{**profile.record(), "allowed_origins": "evil.example/path"}))

@@ -15,15 +15,35 @@ from typing import Any
 
 from ..engine.jobs import GenerationStats
 from ..errors import ImportFailed
+from ..models.folders import model_name
 from . import chat
 
 MAX_IMPORT_BYTES = 20_000_000
 MAX_MESSAGES = 10_000
+MAX_SETTING_TEXT = 100_000  # a system prompt; the settings panel cuts it to its own limit
 
 
 def _file_stem(conversation: dict) -> str:
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in conversation["title"])[:40].strip("-")
     return f"{safe or 'conversation'}-{conversation['id'][:8]}"
+
+
+def without_paths(conversation: dict) -> dict:
+    """A copy to hand a guest: models by name, attachments by file name, no folder of the owner's machine."""
+    def model(value: Any) -> Any:
+        return model_name(value) if isinstance(value, str) and value else value
+
+    messages = []
+    for message in conversation["messages"]:
+        if message["role"] == "user":
+            shown = {**message, "images": [Path(p).name for p in message.get("images") or []]}
+            if message.get("files"):
+                shown["files"] = [{"name": f["name"]} for f in message["files"]]
+            messages.append(shown)
+        else:
+            messages.append({**message, "versions": [{**v, "model": model(v.get("model"))}
+                                                     for v in message["versions"]]})
+    return {**conversation, "model": model(conversation.get("model")), "messages": messages}
 
 
 def export_json(conversation: dict, folder: Path) -> Path:
@@ -51,7 +71,7 @@ def to_markdown(conversation: dict) -> str:
             lines += [message["content"], ""]
             continue
         version = chat.current_version(message)
-        model = Path(version["model"]).name if version.get("model") else "the model"
+        model = model_name(version["model"]) if version.get("model") else "the model"
         lines += [f"## {model}", ""]
         if version.get("reasoning"):
             lines += ["<details><summary>Thinking</summary>", "", version["reasoning"].strip(), "", "</details>", ""]
@@ -122,54 +142,102 @@ def _from_openai(messages: list, owner: str, title: Any) -> dict:
         raise ImportFailed("The list has no user or assistant messages.")
     if system:
         conversation["settings"] = {"system_prompt": "\n\n".join(system)}
-    if isinstance(title, str) and title.strip():
-        conversation["title"] = chat.clean_text(" ".join(title.split()))[:200]
+    if _line(title):
+        conversation["title"] = _line(title)
     return conversation
+
+
+def _number(value: Any) -> float | None:
+    """A number read from a file (not a bool, not NaN), else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value:
+        return float(value)
+    return None
+
+
+def _line(value: Any, limit: int = 200) -> str:
+    """One line of text from a file, cleaned (lone surrogates replaced), "" if it is not text."""
+    return chat.clean_text(" ".join(value.split()))[:limit] if isinstance(value, str) else ""
+
+
+def _stats(stats: Any) -> dict | None:
+    """A reply's numbers, kept only when every number the stats line shows is there; each of the right type."""
+    if not isinstance(stats, dict):
+        return None
+    kept: dict[str, Any] = {}
+    for f in fields(GenerationStats):
+        if f.type in ("int", "float"):
+            value = _number(stats.get(f.name))
+            if value is None and f.default is MISSING:
+                return None
+            if value is not None:
+                kept[f.name] = int(value) if f.type == "int" else value
+    kept["finish_reason"] = _line(stats.get("finish_reason"), 40)
+    if stats.get("model_name"):
+        kept["model_name"] = _line(stats["model_name"])
+    return kept
 
 
 def _version(version: dict) -> dict:
     """A reply version with only the fields this app writes, each of the right type (stats kept only whole)."""
-    def number(value: Any) -> float | None:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-    stats = version.get("stats")
-    whole = isinstance(stats, dict) and all(  # every number the stats line shows
-        number(stats.get(f.name)) is not None for f in fields(GenerationStats)
-        if f.type in ("int", "float") and f.default is MISSING)
-    cleaned = {"content": _text(version.get("content")), "stats": dict(stats) if whole else None,
+    cleaned = {"content": _text(version.get("content")), "stats": _stats(version.get("stats")),
                "model": version["model"] if isinstance(version.get("model"), str) else None,
-               "created": number(version.get("created")) or 0.0}
+               "created": _number(version.get("created")) or 0.0}
     if version.get("reasoning"):
-        cleaned.update(reasoning=_text(version["reasoning"]), thought_s=number(version.get("thought_s")))
+        cleaned.update(reasoning=_text(version["reasoning"]), thought_s=_number(version.get("thought_s")))
     return cleaned
 
 
+def _settings(settings: Any) -> dict:
+    """Recorded settings: names with plain values (text cleaned); the settings panel checks their ranges."""
+    if not isinstance(settings, dict):
+        return {}
+    kept: dict[str, Any] = {}
+    for name, value in settings.items():
+        if not isinstance(name, str) or len(name) > 40:
+            continue
+        if isinstance(value, str):
+            kept[name] = chat.clean_text(value)[:MAX_SETTING_TEXT]
+        elif isinstance(value, bool) or _number(value) is not None:
+            kept[name] = value
+    return kept
+
+
 def _from_ours(data: dict, owner: str, own_folders: list[Path]) -> dict:
-    """A copy of an exported conversation, with a new id and owner; foreign paths are dropped."""
+    """A copy of an exported conversation, with a new id and owner; foreign paths are dropped, every field is
+    checked and its text cleaned."""
     def own(path: Any) -> bool:
         return isinstance(path, str) and any(Path(path).resolve().is_relative_to(f.resolve()) for f in own_folders)
 
+    def listed(value: Any) -> list:
+        return value if isinstance(value, list) else []
+
+    if len(data["messages"]) > MAX_MESSAGES:
+        raise ImportFailed(f"The conversation has {len(data['messages']):,} messages; at most {MAX_MESSAGES:,} "
+                           "can be imported.")
+    for i, message in enumerate(data["messages"]):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise ImportFailed(f"Message {i + 1} is not a message with a user or assistant role.")
     conversation = chat.upgrade(data, owner)
     messages = []
     for message in conversation["messages"]:
-        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-            raise ImportFailed("The conversation has a message without a user or assistant role.")
         if message["role"] == "user":
             kept = {"role": "user", "content": _text(message.get("content")),
-                    "images": [p for p in message.get("images") or [] if own(p) and Path(p).exists()]}
-            files = [f for f in message.get("files") or [] if isinstance(f, dict) and own(f.get("path"))]
+                    "images": [p for p in listed(message.get("images")) if own(p) and Path(p).exists()]}
+            files = [f for f in listed(message.get("files")) if isinstance(f, dict) and own(f.get("path"))]
             if files:
-                kept["files"] = [{"name": str(f.get("name") or Path(f["path"]).name), "path": f["path"]}
+                kept["files"] = [{"name": _line(f.get("name")) or Path(f["path"]).name, "path": f["path"]}
                                  for f in files]
             messages.append(kept)
         else:
-            versions = [v for v in message.get("versions") or [] if isinstance(v, dict)]
+            versions = [v for v in listed(message.get("versions")) if isinstance(v, dict)]
             if not versions:
                 raise ImportFailed("The conversation has a reply without any text.")
             current = message.get("current") if isinstance(message.get("current"), int) else 0
             messages.append({"role": "assistant", "current": min(max(current, 0), len(versions) - 1),
                              "versions": [_version(v) for v in versions]})
-    fresh = chat.new_conversation(owner, conversation.get("model"), str(conversation.get("title") or "Imported"))
-    settings = conversation.get("settings") if isinstance(conversation.get("settings"), dict) else None
-    return {**fresh, "messages": messages, "created": float(conversation.get("created") or time.time()),
+    model = conversation.get("model") if isinstance(conversation.get("model"), str) else None
+    fresh = chat.new_conversation(owner, model, _line(conversation.get("title")) or "Imported")
+    settings = _settings(conversation.get("settings"))
+    created = _number(conversation.get("created"))
+    return {**fresh, "messages": messages, "created": created if created and created > 0 else time.time(),
             **({"settings": settings} if settings else {})}

@@ -6,16 +6,18 @@ changes anything, so a crafted API call meets the same checks as a click.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import gradio as gr
 
 from ..engine.thread import Engine
+from ..errors import StoreWriteFailed
 from ..hub.downloads import Downloads
 from ..hub.search import HubService
 from ..models.memory import machine_memory
 from ..serving.supervisor import Servers
-from ..store import Store
+from ..store import LOCAL_USER, Store
 from .access import Access
 from .chat_settings import ChatSettingsPart
 from .conversations import ConversationsPart
@@ -28,6 +30,8 @@ from .replies import RepliesPart
 from .servers import ServersPart
 from .settings import SettingsPart
 from .views import PageView
+
+log = logging.getLogger(__name__)
 
 
 class Controller:
@@ -76,7 +80,7 @@ class Controller:
             login_required=self.access.login_required,
             models=self.models.available(),
             model=model,
-            status=self.engine.status(),
+            status=self.models.status_for(caller),
             settings=self.chat_settings.show("", model, request),
             app_settings=self.store.settings.app(),
             conversations=self.conversations.page(caller),
@@ -89,9 +93,27 @@ class Controller:
             return self.access.caller(request).is_owner
 
     def startup(self, model: str | None = None) -> None:
-        """Select the model to start with and load it in the background; adopt or start the servers."""
+        """Hand what was made without a login to the first owner (with logins); select the model to start with and
+        load it in the background; adopt or start the servers."""
+        self.hand_over_local()
         self.servers.startup()
         self.models.startup(model)
+
+    def hand_over_local(self) -> None:
+        """With logins on, the conversations (and settings) made without a login belong to the first owner."""
+        owner = self.access.first_owner
+        if owner is None:
+            return
+        try:
+            moved = self.store.hand_over(LOCAL_USER, owner)
+        except StoreWriteFailed as exc:
+            log.warning("Could not give the conversations made without a login to %s (%s); tried again at the "
+                        "next start", owner, exc)
+            return
+        if moved:
+            log.info("%d conversation(s) made without a login now belong to %s, the first owner", moved, owner)
+            self.store.notify(f"The {moved} conversation(s) made before logins were turned on now belong to "
+                              f"{owner}, the first owner.")
 
     def stop_replies(self) -> None:
         """End every reply in flight at its next token or prompt chunk (the app is quitting)."""

@@ -15,7 +15,7 @@ from enum import Enum
 import gradio as gr
 
 from ..errors import AccessDenied
-from ..store import LOCAL_USER
+from ..store import LOCAL_USER, RESERVED_NAME
 
 
 class Role(Enum):
@@ -45,6 +45,13 @@ class Access:
     def __init__(self, owners: dict[str, str] | None = None, guests: dict[str, str] | None = None) -> None:
         self._owners = dict(owners or {})
         self._guests = dict(guests or {})
+        if LOCAL_USER in self._owners or LOCAL_USER in self._guests:
+            raise ValueError(RESERVED_NAME)
+
+    @property
+    def first_owner(self) -> str | None:
+        """The owner named first (who keeps what was made without a login), if logins are on."""
+        return next(iter(self._owners), None)
 
     @property
     def login_required(self) -> bool:

@@ -66,7 +66,8 @@ class ChatSettingsPart:
         values = self.defaults(caller, model)
         if conversation is not None:
             values.update(_known(conversation.get("settings")))
-        return ChatSettings(model, values, self.recommended(model), self._name(model),
+        return ChatSettings(self.models.key_of(model) if model else "", values, self.recommended(model),
+                            self._name(model),
                             own=conversation is not None and bool(conversation.get("settings")),
                             thinking_switch=bool(model) and not is_remote(model) and has_thinking_switch(model))
 

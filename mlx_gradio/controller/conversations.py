@@ -105,6 +105,8 @@ class ConversationsPart:
             if not conversation_id:
                 raise errors.ChatEditError("Open a conversation to export it.")
             conversation = self.own(caller, conversation_id)
+        if not caller.is_owner:
+            conversation = conversation_io.without_paths(conversation)
         # Gradio copies the file into its own cache and serves it from there; no folder of ours is exposed.
         write = conversation_io.export_markdown if markdown else conversation_io.export_json
         return str(write(conversation, _export_folder()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -33,10 +34,23 @@ ADVICE = {
 }
 
 
-def message_for(exc: errors.AppError) -> str:
-    """The sentence a user sees for a service error."""
+# A URL, and an absolute path of two parts or more (a path's last part is kept: it names the model or file).
+URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"“”<>()]+")
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~-])(?:~|[A-Za-z]:)?(?:[/\\][^\s/\\'\"“”<>()]+){2,}[/\\]?")
+
+
+def public(text: str) -> str:
+    """`text` as a guest may see it: no path or URL of the owner's machine (a path becomes its last part, a URL
+    "the server")."""
+    text = URL.sub("the server", text)
+    return ABSOLUTE_PATH.sub(lambda m: re.split(r"[/\\]", m[0].rstrip("/\\"))[-1], text)
+
+
+def message_for(exc: errors.AppError, guest: bool = False) -> str:
+    """The sentence a user sees for a service error (without paths and URLs for a guest)."""
     advice = next((text for kind, text in ADVICE.items() if isinstance(exc, kind)), "")
-    return f"{exc} {advice}".strip()
+    message = f"{exc} {advice}".strip()
+    return public(message) if guest else message
 
 
 @contextmanager

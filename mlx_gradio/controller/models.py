@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, wait
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -14,11 +15,11 @@ from .. import errors
 from ..engine.jobs import ChatRequest, Generation
 from ..engine.thread import Engine, EngineStatus
 from ..models import demo, hf_cache
-from ..models.folders import LocalModel, describe_folder, is_vision_model, list_models
+from ..models.folders import LocalModel, describe_folder, is_vision_model, list_models, model_name
 from ..serving.remote import RemoteTarget, is_remote, start_remote
 from ..store import Store
 from .access import Access, Caller
-from .feedback import message_for, user_errors
+from .feedback import message_for, public, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class ModelsPart:
 
     def available(self) -> list[LocalModel]:
         """Every model the picker offers (the same for every user)."""
-        remote = [LocalModel(t.name, t.key, t.key.split(":")[0], t.vision, 0) for t in self.remote_targets()]
+        remote = [LocalModel(t.name, t.key, t.key.split(":")[0], t.vision, 0, key=t.key) for t in self.remote_targets()]
         return list_models(self.demo_model(), self.store.settings.app()["model_folders"],
                            hf_cache.loadable_models(self.cache_dir)) + remote
 
@@ -63,9 +64,15 @@ class ModelsPart:
                                        "model, or start the server in the Servers tab.")
         return found
 
+    def key_of(self, path: str) -> str:
+        """The picker's value for a model folder, server or endpoint ("" for one that is not offered now)."""
+        if is_remote(path):
+            return path
+        return next((m.key for m in self.available() if m.path == path), "")
+
     def name_of(self, path: str) -> str:
         """What to call a model in a sentence: a server's or endpoint's name, else the folder's."""
-        return self.target(path).name if is_remote(path) else Path(path).name
+        return self.target(path).name if is_remote(path) else model_name(path)
 
     def generate(self, request: ChatRequest) -> Generation:
         """A reply from the engine, or from the server or endpoint the request names."""
@@ -85,8 +92,9 @@ class ModelsPart:
             raise errors.ModelNotFound("Pick a model from the list.")
         if path in (self.demo_path, *self.store.settings.app()["model_folders"]):
             return path
-        if path in {m.path for m in self.available()}:  # scans the Hugging Face cache: only when needed
-            return path
+        offered = next((m for m in self.available() if path in (m.key, m.path)), None)  # scans the HF cache
+        if offered is not None:
+            return offered.path
         if is_remote(path):
             return self.target(path).key  # says the server is not running
         if not caller.is_owner:
@@ -171,7 +179,14 @@ class ModelsPart:
         """Handler: the state of this user's model for the status line (a server's, or the engine's)."""
         with user_errors("show the model's status"):
             caller = self.access.caller(request)
-        return self.remote_status(self.selected(caller)) or self.engine.status()
+        return self.status_for(caller)
+
+    def status_for(self, caller: Caller) -> EngineStatus:
+        """The status of this user's model (a server's, or the engine's); a guest's names no path or URL."""
+        status = self.remote_status(self.selected(caller)) or self.engine.status()
+        if caller.is_owner:
+            return status
+        return replace(status, model_path=None, message=public(status.message))
 
     def remote_status(self, path: str) -> EngineStatus | None:
         """For a server or endpoint: ready if it is offered, else an error; None for a model folder."""
@@ -214,7 +229,7 @@ class ModelsPart:
                 return self.engine.status()
             path = self.model_for(caller, path)
         self.use(caller, path)
-        return self.remote_status(path) or self.engine.status()
+        return self.status_for(caller)
 
     def use(self, caller: Caller, path: str) -> None:
         """Remember a model as this user's choice and start loading it (a no-op when it is loaded)."""

@@ -26,7 +26,7 @@ from ..serving.remote import is_remote
 from ..store import Store
 from .access import Access, Caller
 from .conversations import ConversationsPart
-from .feedback import message_for, user_errors
+from .feedback import message_for, public, user_errors
 from .models import ModelsPart
 from .settings import parse_user_settings, sampling_params
 from .views import ChatView, Draft
@@ -45,6 +45,7 @@ class ActiveReply:
 
     user: str
     session: str
+    owner: bool  # whether an owner asked: a guest's errors and notes name no path or URL of the owner's
     stop_requested: threading.Event = field(default_factory=threading.Event)
     generation: Generation | None = None
 
@@ -131,7 +132,7 @@ class RepliesPart:
         with self._active_lock:
             if conversation_id in self._active:
                 raise errors.ReplyInProgress("A reply is already being written into this conversation.")
-            active = self._active[conversation_id] = ActiveReply(caller.user, caller.session)
+            active = self._active[conversation_id] = ActiveReply(caller.user, caller.session, caller.is_owner)
             return active
 
     def stop_conversation(self, conversation_id: str) -> None:
@@ -348,23 +349,23 @@ class RepliesPart:
             # The tab switched chats or went away: keep what was written, note why nothing came.
             reply.cancelled = True
             try:
-                self._settle(reply, conversation, slot, model, fallback, mark_unanswered)
+                self._settle(reply, conversation, slot, model, fallback, mark_unanswered, active.owner)
             except gr.Error as exc:
                 log.error("A cancelled reply in conversation %s could not be saved: %s", base["id"], exc)
             raise
         finally:
             if generation is not None:
                 generation.stop()  # a no-op once finished
-        final, applied = self._settle(reply, conversation, slot, model, fallback, mark_unanswered)
+        final, applied = self._settle(reply, conversation, slot, model, fallback, mark_unanswered, active.owner)
         restore_input = restore if restore and not applied else None
         yield ChatView(final, restore_input=restore_input)
         if reply.error is not None:
             log.warning("Reply in conversation %s failed: %s", base["id"], reply.error)
             note = " The conversation is unchanged; your edited text is in the message box." if restore_input else ""
-            raise gr.Error(message_for(reply.error) + note, title="Could not finish the reply")
+            raise gr.Error(message_for(reply.error, guest=not active.owner) + note, title="Could not finish the reply")
 
     def _settle(self, reply: _Reply, conversation: dict, slot: int, model: str, fallback: dict,
-                mark_unanswered: bool) -> tuple[dict | None, bool]:
+                mark_unanswered: bool, owner: bool) -> tuple[dict | None, bool]:
         """Put the finished reply (or the reason there is none) in place and save it.
 
         Returns what the chat shows now (None if the conversation was deleted meanwhile) and
@@ -380,7 +381,8 @@ class RepliesPart:
             chat.add_reply_version(conversation, slot, "", stats, model)  # the model ended at once: an empty answer
             result, applied = conversation, True
         elif mark_unanswered:
-            chat.mark_unanswered(fallback, slot, _why_no_reply(reply))
+            why = _why_no_reply(reply)
+            chat.mark_unanswered(fallback, slot, why if owner else public(why))
             result, applied = fallback, False
         else:
             return fallback, False

@@ -111,11 +111,11 @@ class ServersPart:
         return [(status, self.servers.usage(status.profile_id)) for status in self.servers.list()]
 
     def log_tail(self, profile_id: Any, request: gr.Request) -> str:
-        """Handler: the last lines of a server's log."""
+        """Handler: the last lines of a server's log ("" for a profile not saved yet: it has run no server)."""
         with user_errors("show the server's log"):
             self.access.require_owner(self.access.caller(request), "see server logs")
-            profile = self._profile(profile_id)
-        return self.servers.log_tail(profile.id)
+        profile = self._saved().get(str(profile_id or ""))
+        return self.servers.log_tail(profile.id) if profile is not None else ""
 
     # --- chatting through servers and endpoints ---------------------------------------------
 
@@ -220,6 +220,7 @@ class ServersPart:
                 top_p=float(fields.get("top_p", base.top_p)),
                 prompt_cache_size=int(fields.get("prompt_cache_size", base.prompt_cache_size)),
                 api_key=str(fields.get("api_key") or ""), extra_args=str(fields.get("extra_args") or ""),
+                allowed_origins=str(fields.get("allowed_origins") or "").strip(),
                 start_with_app=bool(fields.get("start_with_app")), keep_running=bool(fields.get("keep_running")),
                 network_ok=bool(fields.get("network_ok")))
         except (TypeError, ValueError) as exc:

@@ -38,7 +38,7 @@ class ChatView:
 class ChatSettings:
     """The model and settings the chat shows: an open conversation's own, or a new chat's defaults."""
 
-    model: str
+    model: str  # the picker's value: the model's key, never a path
     values: dict  # USER_SETTING_FIELDS -> value
     recommended: dict  # the model's recommended sampling (generation_config.json)
     model_name: str = ""

@@ -1,1 +1,1 @@
-"""The MLX thread: jobs in, events out; generation, context fitting, the reasoning split, prompt caches in memory and on disk."""
+"""The MLX thread: jobs in, events out; generation, context fitting, reasoning split, prompt caches (memory, disk)."""

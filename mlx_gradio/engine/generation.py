@@ -18,7 +18,7 @@ import mlx.core as mx
 from PIL import Image, ImageOps
 
 from ..errors import ImageNeedsVisionModel, ModelLoadFailed
-from ..models.folders import context_length, read_config
+from ..models.folders import context_length, model_name, read_config
 from .context import fit_prompt
 from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
@@ -70,8 +70,8 @@ def load_model(path: str) -> LoadedModel:
             model, processor = lm_load(str(folder))
     except Exception as exc:  # noqa: BLE001 - any failure (ImportError, MemoryError, ...) is a failed load
         log.exception("Loading %s failed", folder)
-        raise ModelLoadFailed(f"{folder.name} could not be loaded: {type(exc).__name__}: {exc}") from exc
-    return LoadedModel(str(folder), folder.name, vision, model, processor, config)
+        raise ModelLoadFailed(f"{model_name(folder)} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    return LoadedModel(str(folder), model_name(folder), vision, model, processor, config)
 
 
 def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
@@ -231,7 +231,7 @@ class Worker:
             return self.loaded
         read_config(path)  # a missing or broken folder fails here, before the current model is dropped
         self.unload()
-        name = Path(path).name
+        name = model_name(path)
         self.set_status(state="loading", model_path=str(path), model_name=name, message=f"Loading {name}…")
         started = time.perf_counter()
         try:
@@ -321,7 +321,11 @@ class Worker:
     def _text_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-lm model, reusing the conversation's KV cache."""
         from mlx_lm import stream_generate
-        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+        from mlx_lm.models.cache import (
+            can_trim_prompt_cache,
+            make_prompt_cache,
+            trim_prompt_cache,
+        )
 
         request = generation.request
         tokenizer = loaded.processor

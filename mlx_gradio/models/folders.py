@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ModelNotFound
@@ -25,6 +26,7 @@ class LocalModel:
     source: str  # "demo", "hf-cache", "folder", or "server" / "endpoint" (replies from an OpenAI-compatible URL)
     vision: bool
     size_bytes: int
+    key: str = ""  # what the picker and API calls name it by: never a path (see `with_keys`)
 
     @property
     def label(self) -> str:
@@ -35,6 +37,21 @@ class LocalModel:
         where = {"demo": "built-in demo", "hf-cache": "HF cache", "folder": "folder"}[self.source]
         size = f"{self.size_bytes / 1e9:.1f} GB" if self.size_bytes >= 1e9 else f"{self.size_bytes / 1e6:.0f} MB"
         return f"{self.name} · {kind} · {size} · {where}"
+
+
+def model_name(path: str | Path) -> str:
+    """What to call a model folder: "owner/name" for a Hugging Face cache snapshot (not its commit hash), else
+    the folder's name."""
+    folder = Path(path)
+    repo = folder.parent.parent.name
+    if folder.parent.name == "snapshots" and repo.startswith("models--") and "--" in repo.removeprefix("models--"):
+        return repo_id_of(repo)
+    return folder.name
+
+
+def repo_id_of(cache_folder: str) -> str:
+    """The repo id a Hugging Face cache folder name stands for ("models--owner--name" → "owner/name")."""
+    return cache_folder.removeprefix("models--").replace("--", "/", 1)
 
 
 def read_config(path: str | Path) -> dict:
@@ -137,7 +154,7 @@ def describe_folder(path: str | Path, source: str, name: str | None = None) -> L
     if size == 0:
         raise ModelNotFound(f"{folder} has a config.json but no .safetensors weights.")
     return LocalModel(
-        name=name or folder.name,
+        name=name or model_name(folder),
         path=str(folder),
         source=source,
         vision="vision_config" in config,
@@ -154,4 +171,16 @@ def list_models(demo: LocalModel | None, folders: list[str], cached: list[LocalM
         except ModelNotFound as exc:
             log.warning("A model folder from the settings is gone or broken: %s", exc)
     seen = {m.path for m in models}
-    return models + [m for m in cached if m.path not in seen]
+    return with_keys(models + [m for m in cached if m.path not in seen])
+
+
+def with_keys(models: list[LocalModel]) -> list[LocalModel]:
+    """The models with their keys: the name (the repo id, or the folder's name), and "name (2)" for a second
+    model of the same name, in list order."""
+    counts: Counter[str] = Counter()
+    keyed = []
+    for model in models:
+        counts[model.name] += 1
+        n = counts[model.name]
+        keyed.append(replace(model, key=model.name if n == 1 else f"{model.name} ({n})"))
+    return keyed

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import struct
 import tempfile
@@ -41,6 +42,9 @@ OTHER_TYPES = {
 K_QUANTS = {"Q2_K", "Q4_K", "Q6_K"}  # dequantized by MLX, quantized again to MLX's format
 WIDE_LAYERS = ("token_embd.weight", "output.weight")  # kept at 8 bits: they suffer most from 4
 LLAMA3_ORIGINAL_CONTEXT = 8192
+TRUNCATED = "The GGUF file ends in the middle of its header (is it truncated?)."
+MIN_ENTRY_BYTES = 12  # the smallest metadata value or tensor entry: an empty name and a type
+MAX_ARRAY_DEPTH = 4
 # GGUF metadata value types -> struct format of a scalar; 8 is a string, 9 an array.
 SCALAR_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 STRING_TYPE, ARRAY_TYPE = 8, 9
@@ -66,24 +70,29 @@ def read_tensor_types(path: Path) -> dict[str, str]:
 
 
 def read_header(path: Path) -> tuple[str, dict[str, str]]:
-    """The architecture and the name -> ggml type of every tensor, read from the header only."""
+    """The architecture and the name -> ggml type of every tensor, read from the header only; raises
+    `UnsupportedGGUF` for a file that is not GGUF, or is cut short or corrupt (a half-finished download)."""
     architecture = ""
     with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
         if f.read(4) != GGUF_MAGIC:
             raise UnsupportedGGUF(f"{path.name} is not a GGUF file (it does not start with 'GGUF').")
-        version, n_tensors, n_values = struct.unpack("<IQQ", f.read(20))
+        version, n_tensors, n_values = _unpack(f, "I"), _unpack(f, "Q"), _unpack(f, "Q")
         if version < 2:
             raise UnsupportedGGUF(f"{path.name} is GGUF version {version}; only versions 2 and 3 can be read.")
+        if (n_values + n_tensors) * MIN_ENTRY_BYTES > end:
+            raise UnsupportedGGUF(f"{path.name} names more header entries than the file can hold (is it "
+                                  "truncated or corrupt?).")
         for _ in range(n_values):
-            key = _read_string(f)
+            key = _read_string(f, end)
             value_type = _unpack(f, "I")
             if key == "general.architecture" and value_type == STRING_TYPE:
-                architecture = _read_string(f)
+                architecture = _read_string(f, end)
             else:
-                _skip_value(f, value_type)
+                _skip_value(f, value_type, end)
         types = {}
         for _ in range(n_tensors):
-            name = _read_string(f)
+            name = _read_string(f, end)
             n_dims = _unpack(f, "I")
             f.seek(8 * n_dims, 1)
             type_id = _unpack(f, "I")
@@ -97,26 +106,34 @@ def _unpack(f: BinaryIO, fmt: str) -> int:
     size = struct.calcsize("<" + fmt)
     data = f.read(size)
     if len(data) != size:
-        raise UnsupportedGGUF("The GGUF file ends in the middle of its header (is it truncated?).")
+        raise UnsupportedGGUF(TRUNCATED)
     return struct.unpack("<" + fmt, data)[0]
 
 
-def _read_string(f: BinaryIO) -> str:
-    """A GGUF string: a 64-bit length, then UTF-8 bytes."""
-    return f.read(_unpack(f, "Q")).decode("utf-8", errors="replace")
+def _read_string(f: BinaryIO, end: int) -> str:
+    """A GGUF string: a 64-bit length, then UTF-8 bytes (a length past the end of the file is refused)."""
+    length = _unpack(f, "Q")
+    if length > end - f.tell():
+        raise UnsupportedGGUF(TRUNCATED)
+    return f.read(length).decode("utf-8", errors="replace")
 
 
-def _skip_value(f: BinaryIO, value_type: int) -> None:
+def _skip_value(f: BinaryIO, value_type: int, end: int, depth: int = 0) -> None:
     """Move past one metadata value of the given type."""
     if value_type == STRING_TYPE:
-        f.seek(_unpack(f, "Q"), 1)
+        length = _unpack(f, "Q")
+        if length > end - f.tell():
+            raise UnsupportedGGUF(TRUNCATED)
+        f.seek(length, 1)
     elif value_type == ARRAY_TYPE:
+        if depth >= MAX_ARRAY_DEPTH:
+            raise UnsupportedGGUF("The GGUF header nests arrays deeper than any model does (is it corrupt?).")
         item_type, count = _unpack(f, "I"), _unpack(f, "Q")
         if item_type in SCALAR_FORMATS:
             f.seek(count * struct.calcsize(SCALAR_FORMATS[item_type]), 1)
         else:
             for _ in range(count):
-                _skip_value(f, item_type)
+                _skip_value(f, item_type, end, depth + 1)
     elif value_type in SCALAR_FORMATS:
         f.seek(struct.calcsize(SCALAR_FORMATS[value_type]), 1)
     else:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ModelNotFound
-from .folders import LocalModel, describe_folder, read_config
+from .folders import LocalModel, describe_folder, read_config, repo_id_of
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def scan(cache_dir: Path) -> list[CachedModel]:
             complete=bool(path) and is_complete(Path(path)), vision=bool(path) and _is_vision(Path(path)))
     # A download stopped before its first file finished has blobs but no snapshot: scan_cache_dir skips it.
     for folder in Path(cache_dir).glob("models--*--*"):
-        repo_id = folder.name.removeprefix("models--").replace("--", "/", 1)
+        repo_id = repo_id_of(folder.name)
         if repo_id not in models and valid_repo_id(repo_id):
             size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
             models[repo_id] = CachedModel(repo_id, "", size, None, complete=False, vision=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import shlex
 import socket
 import sys
@@ -23,7 +24,13 @@ log = logging.getLogger(__name__)
 
 TEXT, VISION = "text", "vision"
 FIRST_PORT = 8080
-RESERVED_FLAGS = {"--model", "--host", "--port", "--api-key"}  # set by the profile itself
+# The flags the profile's own fields set (and which field): the extra arguments may not name one, nor an
+# abbreviation of one (argparse takes "--ho" for "--host"), and they come first on the command line, so the
+# profile's value is the last one given and wins either way.
+RESERVED_FLAGS = {"--model": "Model", "--host": "Host", "--port": "Port", "--api-key": "API key",
+                  "--max-tokens": "Max tokens per reply", "--temp": "Temperature", "--top-p": "Top p",
+                  "--prompt-cache-size": "Prompt caches kept", "--allowed-origins": "Web pages allowed"}
+ANY_ORIGIN = "*"
 API_KEY_ENV = "MLX_VLM_SERVER_API_KEY"
 
 
@@ -43,6 +50,7 @@ class ServerProfile:
     prompt_cache_size: int = 4
     api_key: str = field(default="", repr=False)  # mlx-vlm only: mlx-lm's server has no key
     extra_args: str = ""
+    allowed_origins: str = ""  # web pages (origins, comma-separated) that may call mlx-lm's server; "*" for any
     start_with_app: bool = False
     keep_running: bool = False  # when the app quits
     network_ok: bool = False  # the owner confirmed an open mlx-lm server on a network address
@@ -127,6 +135,7 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
             and 0 < float(profile.top_p) <= 1 and 0 <= int(profile.prompt_cache_size) <= 1000):
         raise ProfileInvalid("Max tokens, temperature (0–2), top p (0–1] or the prompt cache size is out of range.")
     extra_args(profile.extra_args)
+    origins(profile)
     if profile.api_key and profile.kind == TEXT:
         raise ProfileInvalid("mlx-lm's server has no API key option: anyone who can reach the port can use it. "
                              "Leave the key empty, or run a vision model (mlx-vlm's server takes a key).")
@@ -151,20 +160,39 @@ def extra_args(text: str) -> list[str]:
     except ValueError as exc:
         raise ProfileInvalid(f"The extra arguments cannot be read ({exc}).") from exc
     for arg in args:
-        if arg.split("=", 1)[0] in RESERVED_FLAGS:
-            raise ProfileInvalid(f"{arg.split('=', 1)[0]} is set by the profile's own fields, not the extra arguments.")
+        name = arg.split("=", 1)[0]
+        if name in RESERVED_FLAGS:
+            raise ProfileInvalid(f"{name} is set by the profile's {RESERVED_FLAGS[name]} field, not the extra "
+                                 "arguments.")
+        taken = [flag for flag in RESERVED_FLAGS if len(name) > 2 and name.startswith("--") and flag.startswith(name)]
+        if taken:
+            raise ProfileInvalid(f"{name} would be read as {' or '.join(taken)}, which the profile's "
+                                 f"{' and '.join(RESERVED_FLAGS[f] for f in taken)} field sets: change it there.")
     if args and not args[0].startswith("-"):
         raise ProfileInvalid(f"Extra arguments start with a flag such as --kv-bits, not “{args[0]}”.")
     return args
 
 
+def origins(profile: ServerProfile) -> list[str]:
+    """The web origins that may call the server: the profile's list, or the server's own origin only (so no other
+    page in the owner's browser can); raises `ProfileInvalid` for one that is not scheme://host[:port]."""
+    listed = [o.strip().rstrip("/") for o in (profile.allowed_origins or "").split(",") if o.strip()]
+    for origin in listed:
+        if origin != ANY_ORIGIN and not re.fullmatch(r"https?://[^\s/,*]+", origin):
+            raise ProfileInvalid(f"“{origin[:80]}” is not a web origin: write it like http://localhost:3000, "
+                                 "or * for any page.")
+    return listed or [profile.url.removesuffix("/v1")]
+
+
 def command(profile: ServerProfile) -> list[str]:
-    """The server's command line (with this app's own Python)."""
+    """The server's command line (with this app's own Python): the extra arguments first, the profile's own flags
+    last, so that theirs are the values the server uses."""
+    extras = extra_args(profile.extra_args)
     common = ["--model", profile.model, "--host", profile.host, "--port", str(profile.port),
               "--max-tokens", str(profile.max_tokens)]
-    if profile.kind == VISION:
-        return [sys.executable, "-m", "mlx_vlm.server", *common, *extra_args(profile.extra_args)]
-    return [sys.executable, "-m", "mlx_lm", "server", *common, "--temp", str(profile.temperature),
+    if profile.kind == VISION:  # mlx-vlm's server allows every origin, and has no flag to change that
+        return [sys.executable, "-m", "mlx_vlm.server", *extras, *common]
+    return [sys.executable, "-m", "mlx_lm", "server", *extras, *common, "--temp", str(profile.temperature),
             "--top-p", str(profile.top_p), "--prompt-cache-size", str(profile.prompt_cache_size),
-            *extra_args(profile.extra_args)]
+            "--allowed-origins", ",".join(origins(profile))]
 

@@ -18,6 +18,7 @@ from ..controller.views import ChatSettings, ChatView, ConversationPage, PageVie
 from ..models.folders import LocalModel
 from ..store import USER_SETTING_FIELDS
 from . import render
+from .guest_errors import guest_safe
 
 
 def chat_outputs(view: ChatView) -> tuple:
@@ -65,13 +66,14 @@ def preset_choices(presets: list[dict], selected: str | None = None) -> dict:
 
 
 def picker(models: list[LocalModel], selected: str) -> dict:
-    """The model dropdown."""
-    return gr.update(choices=[(m.label, m.path) for m in models], value=selected)
+    """The model dropdown: the models by key (never a path), `selected` (a path or a key) picked."""
+    value = next((m.key for m in models if selected in (m.path, m.key)), None)
+    return gr.update(choices=[(m.label, m.key) for m in models], value=value)
 
 
 def picker_choices(controller: Controller) -> dict:
     """The chat's model picker with the models on disk now (its selection stays)."""
-    return gr.update(choices=[(m.label, m.path) for m in controller.models.available()])
+    return gr.update(choices=[(m.label, m.key) for m in controller.models.available()])
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class ChatHandles:
     status: gr.Markdown
 
 
+@guest_safe
 class ChatEvents:
     """Handlers for the Chat tab's components.
 

@@ -69,9 +69,11 @@ class ModelsEvents:
     # --- downloads --------------------------------------------------------------------------
 
     def download(self, request: gr.Request, repo_id: str) -> tuple:
-        """Start (or resume) a download; the timer then shows its progress."""
-        self.controller.downloads.start(repo_id, request)
-        return (*self.downloads(request), gr.Timer(active=True))
+        """Start (or resume) a download; the timer then shows its progress, and its end even when that comes
+        before the first tick (a small model, or files already in the cache)."""
+        started = self.controller.downloads.start(repo_id, request)
+        active = {d.repo_id for d in self.controller.downloads.list(request) if d.active} | {started.repo_id}
+        return (*self.downloads(request), gr.Timer(active=True), sorted(active))
 
     def cancel(self, request: gr.Request, repo_id: str) -> tuple:
         self.controller.downloads.cancel(repo_id, request)
@@ -90,16 +92,19 @@ class ModelsEvents:
         repo_ids = [d.repo_id for d in found]
         return hub_render.downloads_html(found), gr.update(choices=repo_ids, value=repo_ids[0] if repo_ids else None)
 
-    def tick(self, request: gr.Request, was_active: list, shown: str) -> tuple:
+    def tick(self, request: gr.Request, was_active: list, shown: str, context: Any) -> tuple:
         """Every second while something downloads: progress; when one ends, the local list, the chat picker,
-        and Use in chat if it is the model shown in the details."""
+        and the details (Download again, Use in chat) if it is the model shown there."""
         found = self.controller.downloads.list(request)
         active = sorted(d.repo_id for d in found if d.active)
         ended = set(was_active or []) - set(active)
         refresh = self.local(request) + (picker_choices(self.controller),) if ended else (gr.skip(),) * 3
-        done = {d.repo_id for d in found if d.state == "done"}
-        use = gr.update(visible=True) if shown in ended and shown in done else gr.skip()
-        return (hub_render.downloads_html(found), *refresh, use, gr.Timer(active=bool(active)), active)
+        if shown and shown in ended:
+            details, slider, fit, _, download, use = self.show(request, shown, context)
+            shown_again = (details, slider, fit, download, use)
+        else:
+            shown_again = (gr.skip(),) * 5
+        return (hub_render.downloads_html(found), *refresh, *shown_again, gr.Timer(active=bool(active)), active)
 
     # --- on this machine --------------------------------------------------------------------
 
@@ -275,13 +280,14 @@ def build_models_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandle
 
     listing = [downloads, download_pick]
     to_chat = [chat.tabs, chat.model, chat.status]
-    download.click(events.download, selected, [*listing, ticker], api_name="download")
+    download.click(events.download, selected, [*listing, ticker, active], api_name="download")
     use_downloaded.click(events.use_download, selected, to_chat, api_name="use_downloaded")
     cancel.click(events.cancel, download_pick, listing, api_name="cancel_download")
-    resume.click(events.resume, download_pick, [*listing, ticker], api_name="resume_download")
+    resume.click(events.resume, download_pick, [*listing, ticker, active], api_name="resume_download")
     forget.click(events.forget, download_pick, listing, api_name="forget_download")
     local_view = [local, local_keys]
-    ticker.tick(events.tick, [active, selected], [downloads, *local_view, chat.model, use_downloaded, ticker, active],
+    ticker.tick(events.tick, [active, selected, context],
+                [downloads, *local_view, chat.model, details, context, fit, download, use_downloaded, ticker, active],
                 show_progress="hidden", api_visibility="private")
 
     local.select(events.pick_local, local_keys, [local_key, local_name, local_buttons, confirm_row],

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..chats import chat
 from ..controller.views import ChatSettings, Draft
 from ..engine.thread import EngineStatus
+from ..models.folders import model_name
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _model_of_last_reply(conversation: dict) -> str:
     for message in reversed(conversation["messages"]):
         if message["role"] == "assistant":
             model = chat.current_version(message).get("model")
-            return Path(model).name if model else ""
+            return model_name(model) if model else ""
     return ""
 
 

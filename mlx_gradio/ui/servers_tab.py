@@ -16,7 +16,7 @@ from . import server_render
 from .chat_events import ChatHandles, picker_choices
 
 FIELDS = ("name", "model", "kind", "host", "port", "max_tokens", "temperature", "top_p", "prompt_cache_size",
-          "api_key", "extra_args", "start_with_app", "keep_running", "network_ok")
+          "api_key", "extra_args", "allowed_origins", "start_with_app", "keep_running", "network_ok")
 TAB_ID = "servers"
 
 
@@ -30,9 +30,12 @@ class ServersEvents:
         """(profile id, its fields...)."""
         return (profile.id, *(getattr(profile, name) for name in FIELDS))
 
-    def choices(self, request: gr.Request, selected: str) -> dict:
-        profiles = self.controller.servers.profiles(request)
-        return gr.update(choices=[(p.name, p.id) for p in profiles], value=selected or None)
+    def choices(self, request: gr.Request, selected: str, draft: ServerProfile | None = None) -> dict:
+        """The saved profiles, and the one being filled in (named as not saved yet) when there is one."""
+        choices = [(p.name, p.id) for p in self.controller.servers.profiles(request)]
+        if draft is not None:
+            choices.append((f"{draft.name} (new, not saved yet)", draft.id))
+        return gr.update(choices=choices, value=draft.id if draft is not None else selected or None)
 
     def models(self) -> dict:
         return gr.update(choices=[(m.label, m.path) for m in self.controller.models.available()])
@@ -42,8 +45,9 @@ class ServersEvents:
         if not self.controller.is_owner(request):
             return (gr.skip(),) * (len(FIELDS) + 7)
         profiles = self.controller.servers.profiles(request)
-        profile = profiles[0] if profiles else self.controller.servers.draft(request)
-        return (self.choices(request, profile.id if profiles else ""), self.models(), *self.form(profile),
+        draft = None if profiles else self.controller.servers.draft(request)
+        profile = profiles[0] if profiles else draft
+        return (self.choices(request, profile.id, draft), self.models(), *self.form(profile),
                 self.engine(request), self.controller.store.settings.app()["idle_unload_minutes"],
                 *self.endpoints(request))
 
@@ -55,7 +59,8 @@ class ServersEvents:
         return self.form(profile) if profile else (gr.skip(),) * (len(FIELDS) + 1)
 
     def new(self, request: gr.Request) -> tuple:
-        return (gr.update(value=None), *self.form(self.controller.servers.draft(request)))
+        draft = self.controller.servers.draft(request)
+        return (self.choices(request, "", draft), *self.form(draft))
 
     def save(self, request: gr.Request, profile_id: str, *values: Any) -> tuple:
         profile = self.controller.servers.save({"id": profile_id, **dict(zip(FIELDS, values, strict=True))}, request)
@@ -83,7 +88,8 @@ class ServersEvents:
 
     def delete(self, request: gr.Request, profile_id: str) -> tuple:
         self.controller.servers.delete(profile_id, request)
-        return self.new(request)[1:] + (self.choices(request, ""),)
+        choices, *form = self.new(request)
+        return (*form, choices)
 
     def watch(self, request: gr.Request, profile_id: str) -> tuple:
         """(the servers' live view, the picked server's log tail, how to call it)."""
@@ -165,6 +171,10 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
                 api_key = gr.Textbox(label="API key (mlx-vlm only; mlx-lm's server has none)", type="password",
                                      max_lines=1)
                 extra_args = gr.Textbox(label="Extra arguments", placeholder="--kv-bits 8", max_lines=1)
+                allowed_origins = gr.Textbox(
+                    label="Web pages allowed to call it (origins, comma-separated; * for any page)",
+                    placeholder="none: only programs, no web page", max_lines=1, elem_id="server-origins",
+                    info="mlx-lm only: mlx-vlm's server answers every web page, and has no option to change that.")
                 network_ok = gr.Checkbox(label="I understand that on a network address, without a key, anyone "
                                                "who can reach this machine can use the server")
             with gr.Row():
@@ -199,7 +209,7 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     offered = gr.State([])
 
     fields = [name, model, kind, host, port, max_tokens, temperature, top_p, prompt_cache_size, api_key,
-              extra_args, start_with_app, keep_running, network_ok]
+              extra_args, allowed_origins, start_with_app, keep_running, network_ok]
     form = [profile_id, *fields]
     view = [live, log, calling]
     blocks.load(events.load, None, [profile, model, *form, engine, idle, endpoint_list, endpoint_pick],
