@@ -107,3 +107,11 @@ class ProfileInvalid(AppError):
 
 class ServerNotRunning(AppError):
     """No server of this app runs for that profile."""
+
+
+class ServerStartFailed(AppError):
+    """A server's process could not be started (its log folder, its Python, the system's limits)."""
+
+
+class StoreReadFailed(AppError):
+    """A saved file could not be read just now (permissions, too many open files); it was left as it is."""

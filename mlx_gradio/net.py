@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import subprocess
 import time
 import urllib.request
+
+log = logging.getLogger(__name__)
 
 
 def is_loopback(host: str) -> bool:
@@ -15,7 +18,8 @@ def is_loopback(host: str) -> bool:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    except ValueError as exc:  # a host name other than localhost: it may resolve to anything
+        log.debug("%s is not a loopback address: %s", host, exc)
         return False
 
 

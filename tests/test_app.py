@@ -252,3 +252,22 @@ def test_the_page_can_be_installed_as_a_desktop_app_with_its_name_and_icon(start
     with urlopen(app.url + icon["src"].lstrip("/"), timeout=30) as answer:
         assert answer.read() == (Path(__file__).resolve().parents[1] / "assets" / "favicon.svg").read_bytes()
     assert 'rel="manifest"' in urlopen(app.url, timeout=30).read().decode()
+
+
+WRONG_TYPES = [(1, "Temperature", "hot"), (2, "Top p", None), (3, "Top k", "ten"), (4, "Min p", [0.1]),
+               (5, "Repetition penalty", {"x": 1}), (6, "Seed", "lucky"), (7, "Max new tokens", None),
+               (7, "Max new tokens", True)]
+
+
+def test_a_crafted_call_with_a_value_of_the_wrong_type_gets_a_sentence_naming_the_field(start_app):
+    """Gradio's own number fields answer a word or null with a generic error; these name the field."""
+    app = start_app()
+    client = app.client()
+    tab = page(client)
+    for position, label, value in WRONG_TYPES:
+        settings = list(GREEDY)
+        settings[position] = value
+        with pytest.raises(Exception, match=f"“{label}.*” takes a number") as refused:
+            send(client, "Hello", tab["model"], settings=settings)
+        assert "upstream" not in str(refused.value).lower()
+    assert app.store.conversations.list(LOCAL_USER)[1] == 0  # nothing was sent

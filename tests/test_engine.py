@@ -203,6 +203,73 @@ def test_any_load_failure_ends_in_the_error_state(engine, tiny_llama: Path, tmp_
     assert engine.status().state == "ready"
 
 
+def test_a_failure_in_the_engines_own_work_is_logged_and_survived(tiny_llama: Path, tmp_path: Path, caplog):
+    """Writing a prompt cache to disk fails with a bug (a real one cannot be made on demand: the file writer is
+    replaced by one that raises); the engine logs it, does not try that cache again, and goes on answering."""
+    import logging
+
+    from mlx_gradio.engine.prompt_files import PromptFiles
+    from mlx_gradio.engine.thread import Engine
+
+    files = PromptFiles(tmp_path / "prompt-cache", budget_bytes=1 << 30)
+    own = Engine(prompt_files=files)
+    try:
+        failures = []
+
+        def broken_save(*args, **kwargs):
+            failures.append(args[0])
+            raise RuntimeError("a bug in the cache writer")
+
+        files.save = broken_save
+        with caplog.at_level(logging.ERROR, logger="mlx_gradio"):
+            ask(own, "first", tiny_llama, [FRANCE])
+            deadline = time.monotonic() + 60
+            while "first" not in failures and time.monotonic() < deadline:  # written when the engine is idle
+                time.sleep(0.05)
+            assert failures == ["first"]
+            text, stats = ask(own, "second", tiny_llama, [FRANCE])
+            assert stats.generation_tokens > 0 and own.call(lambda: 42).result(timeout=60) == 42
+        assert "Could not keep the prompt cache of conversation first on disk" in caplog.text
+        assert "a bug in the cache writer" in caplog.text and own._thread.is_alive()
+    finally:
+        own.shutdown()
+    assert failures.count("first") == 1  # not tried again after every job, nor at the unload on exit
+    assert not own._thread.is_alive()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread that died
+def test_an_engine_thread_that_dies_anyway_is_replaced_and_the_app_says_so(tiny_llama: Path, caplog):
+    """Something that is not an Exception ends the thread (it cannot happen on purpose: a job raises it); the
+    reply in flight gets an error, and the next job finds a new thread, with a status that says what happened."""
+    import logging
+
+    from mlx_gradio.engine.thread import Engine
+    from mlx_gradio.errors import GenerationFailed
+
+    own = Engine()
+    try:
+        own.load(str(tiny_llama)).result(timeout=120)
+
+        worker = own.call(lambda: own._worker).result(timeout=60)
+
+        def fatal(generation) -> None:
+            raise SystemExit("something ended the thread")
+
+        worker.reply = fatal
+        with caplog.at_level(logging.ERROR, logger="mlx_gradio.engine.thread"):
+            with pytest.raises(GenerationFailed, match="internal error"):
+                ask(own, "dies", tiny_llama, [FRANCE])
+            own._thread.join(30)
+            assert not own._thread.is_alive()
+            assert own.call(lambda: 42).result(timeout=60) == 42  # a new thread, with a new worker
+        assert "ended unexpectedly; starting a new one" in caplog.text
+        assert own.status().state == "error" and "restarted" in own.status().message
+        text, stats = ask(own, "after", tiny_llama, [FRANCE])
+        assert stats.generation_tokens > 0 and own.status().state == "ready"
+    finally:
+        own.shutdown()
+
+
 def test_a_long_chat_drops_its_oldest_turns_and_keeps_its_start_for_the_cache(engine, tiny_llama: Path):
     history = []
     for n in range(1, 9):

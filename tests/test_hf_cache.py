@@ -184,3 +184,26 @@ def test_a_model_from_the_cache_is_named_by_its_repo_id_not_its_commit(make_cont
     line = render.stats_line(conversation)
     assert TEXT in line and snapshot.name not in line
     assert f"## {TEXT}" in conversation_io.to_markdown(conversation)
+
+
+def test_the_cache_is_scanned_again_only_when_it_changed(local_hub, tmp_path, monkeypatch):
+    """A scan visits every file of every repository; the picker asks several times per message."""
+    import huggingface_hub
+
+    cache = tmp_path / "hf"
+    scans = []
+    real = huggingface_hub.scan_cache_dir
+    monkeypatch.setattr(huggingface_hub, "scan_cache_dir", lambda folder: scans.append(folder) or real(folder))
+    fill_cache(local_hub, cache)
+    assert [m.name for m in hf_cache.loadable_models(cache)] == [TEXT]
+    hf_cache.loadable_models(cache)
+    hf_cache.scan(cache)
+    assert len(scans) == 1
+    fill_cache(local_hub, cache, "mlx-community/tiny-qwen2-vl-bf16")  # a download: scanned again
+    assert {m.name for m in hf_cache.loadable_models(cache)} == {TEXT, "mlx-community/tiny-qwen2-vl-bf16"}
+    assert len(scans) == 2
+    hf_cache.delete(cache, hf_cache.plan_delete(cache, TEXT))  # (planning a delete reads the cache afresh)
+    scans.clear()
+    assert [m.name for m in hf_cache.loadable_models(cache)] == ["mlx-community/tiny-qwen2-vl-bf16"]
+    hf_cache.loadable_models(cache)
+    assert len(scans) == 1  # after a delete, once

@@ -155,10 +155,8 @@ def test_one_reply_at_a_time_per_conversation_and_stop_is_per_tab(make_controlle
         list(replies.regenerate(conversation_id, model, *GREEDY, request=TAB_B))
     with pytest.raises(gr.Error, match="already being written"):
         list(replies.send(conversation_id, {"text": "me too"}, model, *GREEDY, request=TAB_B))
-    for change in (lambda: conversations.rename(conversation_id, "other", TAB_B),
-                   lambda: replies.next_version(conversation_id, TAB_B)):
-        with pytest.raises(gr.Error, match="being written"):
-            change()
+    with pytest.raises(gr.Error, match="being written"):
+        replies.next_version(conversation_id, TAB_B)
     replies.stop(conversation_id, TAB_B)  # another tab's Stop does not end tab A's reply
     views = list(sending)
     reply = controller.store.conversations.get(conversation_id)["messages"][1]
@@ -167,6 +165,46 @@ def test_one_reply_at_a_time_per_conversation_and_stop_is_per_tab(make_controlle
     # Once the reply is done the conversation is free again.
     conversations.rename(conversation_id, "Capitals", TAB_B)
     assert controller.store.conversations.list(LOCAL_USER)[0][0].title == "Capitals"
+
+
+def test_changes_made_while_a_reply_streams_are_kept_when_it_is_saved(make_controller, tiny_llama, tiny_thinking):
+    """A rename, new settings and another model picked while the reply is written: the reply's saves take them
+    in instead of writing its own copy over them, and one that comes after its last save is kept too."""
+    controller = make_controller()
+    replies, conversations, settings = controller.replies, controller.conversations, controller.chat_settings
+    controller.store.settings.update_app(model_folders=[str(tiny_llama), str(tiny_thinking)])
+    sending = replies.send("", {"text": "Write a long story about a dragon."}, str(tiny_llama),
+                           *GREEDY[:-2], 60, True, request=TAB_A)
+    views = [next(sending)]
+    conversation_id = views[0].conversation_id
+    conversations.rename(conversation_id, "Dragons", TAB_B)
+    settings.save(conversation_id, "Be brief.", 0.3, 1.0, 0, 0.0, 1.0, -1, 99, True, request=TAB_B)
+    settings.pick_model(conversation_id, str(tiny_thinking), TAB_B)
+    assert controller.is_streaming(conversation_id)
+    for view in sending:  # the reply goes on with what it was sent with, and saves as it goes
+        views.append(view)
+    saved = controller.store.conversations.get(conversation_id)
+    assert saved["title"] == "Dragons" and saved["model"] == str(tiny_thinking)
+    assert saved["settings"]["system_prompt"] == "Be brief." and saved["settings"]["max_tokens"] == 99
+    version = chat.current_version(saved["messages"][1])
+    assert version["model"] == str(tiny_llama) and version["stats"]["generation_tokens"] == 60  # what wrote it
+    reopened = settings.show(conversation_id, "", TAB_A)
+    assert reopened.values["max_tokens"] == 99 and reopened.model == "tiny-thinking"
+
+
+def test_a_continue_that_fails_keeps_the_replys_stats_and_its_continue(make_controller, tiny_llama, broken_model):
+    controller = make_controller()
+    controller.store.settings.update_app(model_folders=[str(tiny_llama), str(broken_model)])
+    views: list = []
+    run(controller.replies.send("", {"text": "Tell me a story."}, str(tiny_llama), *GREEDY, request=TAB_A), views)
+    conversation_id = views[-1].conversation_id
+    before = chat.current_version(controller.store.conversations.get(conversation_id)["messages"][1])
+    assert before["stats"]["finish_reason"] == "length"  # cut by max tokens: Continue is offered
+    with pytest.raises(gr.Error):
+        run(controller.replies.continue_reply(conversation_id, str(broken_model), *GREEDY, request=TAB_A), views)
+    after = chat.current_version(controller.store.conversations.get(conversation_id)["messages"][1])
+    assert after["content"] == before["content"] and after["stats"] == before["stats"]
+    assert chat.continuable_slot(controller.store.conversations.get(conversation_id)) == 1
 
 
 def test_a_message_too_long_for_the_context_is_refused_before_any_prompt_read(make_controller, tiny_llama):
@@ -195,6 +233,38 @@ def test_deleting_a_conversation_while_its_reply_is_written_keeps_it_deleted(mak
     assert not (controller.data_dir / "conversations" / f"{conversation_id}.json").exists()
 
 
+def test_a_full_disk_is_a_sentence_for_images_exports_and_model_picks_too(make_controller, tiny_llama, tiny_vlm,
+                                                                        small_disk, images, monkeypatch):
+    import tempfile
+
+    from tests.conftest import fill_disk
+
+    controller = make_controller(small_disk / "data")
+    views: list = []
+    run(controller.replies.send("", {"text": "Hello"}, str(tiny_llama), *GREEDY, request=TAB_A), views)
+    conversation_id = views[-1].conversation_id
+    upload = controller.conversations.upload_dir / "red.png"
+    upload.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(images["red"], upload)
+    monkeypatch.setattr(tempfile, "tempdir", str(small_disk))  # exports are written to the temp dir
+    controller.store.settings.update_app(model_folders=[str(tiny_llama), str(tiny_vlm)])
+    filler = fill_disk(small_disk)
+    before = controller.store.conversations.get(conversation_id)
+    with pytest.raises(gr.Error, match=r"could not be written \(No space left on device\).*Free some disk space"):
+        list(controller.replies.send(conversation_id, {"text": "And this?", "files": [str(upload)]}, str(tiny_vlm),
+                                     *GREEDY, request=TAB_A))
+    assert not list((small_disk / "data" / "images").glob(".*.tmp"))  # no half-written image is left
+    for export in (lambda: controller.conversations.export(conversation_id, TAB_A),
+                   lambda: controller.conversations.export(conversation_id, TAB_A, markdown=True)):
+        with pytest.raises(gr.Error, match="No space left on device"):
+            export()
+    with pytest.raises(gr.Error, match="No space left on device"):
+        controller.models.select(str(tiny_vlm), TAB_A)
+    assert controller.store.conversations.get(conversation_id)["messages"] == before["messages"]
+    filler.unlink()
+    assert Path(controller.conversations.export(conversation_id, TAB_A)).exists()
+
+
 def test_a_full_disk_is_a_clear_error_and_the_next_send_after_freeing_space_works(make_controller, tiny_llama, small_disk):
     from tests.conftest import fill_disk
 
@@ -214,3 +284,16 @@ def test_a_full_disk_is_a_clear_error_and_the_next_send_after_freeing_space_work
                                              request=TAB_A))
     assert reply_text(views[-1].conversation["messages"][1])
     assert controller.store.conversations.list(LOCAL_USER)[1] == 1
+
+
+def test_what_a_user_asks_wrongly_is_logged_as_info_and_trouble_as_a_warning(make_controller, caplog):
+    import logging
+
+    controller = make_controller()
+    with caplog.at_level(logging.DEBUG, logger="mlx_gradio.controller.feedback"):
+        with pytest.raises(gr.Error, match="Type a message"):
+            list(controller.replies.send("", {"text": "  "}, "", *GREEDY, request=TAB_A))
+        with pytest.raises(gr.Error, match="does not exist"):
+            controller.conversations.open("0" * 32, TAB_A)
+    levels = {record.getMessage().split(" failed")[0]: record.levelname for record in caplog.records}
+    assert levels == {"send the message": "INFO", "open that conversation": "WARNING"}

@@ -285,6 +285,65 @@ def test_the_chat_answers_through_a_server_and_through_a_plain_openai_url(start_
     assert app.controller.page_load(local).model == f"server:{profile.id}"  # and the page still loads
 
 
+def test_stop_ends_a_reply_whose_server_has_not_answered_yet(make_controller):
+    """A server that takes the request and sends nothing (a long prompt read on a CPU, a stalled endpoint):
+    Stop ends the reply at once and frees the conversation, instead of the 600 s read timeout."""
+    import threading
+
+    import gradio as gr
+
+    from tests.test_app import GREEDY
+
+    asked = threading.Event()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        held = []
+
+        def take_requests() -> None:
+            while True:
+                try:
+                    connection, _ = silent.accept()
+                except OSError:  # the test is over and closed the socket
+                    return
+                held.append(connection)
+                connection.recv(65536)
+                asked.set()  # and never answer
+
+        threading.Thread(target=take_requests, daemon=True).start()
+        controller = make_controller()
+        local = gr.Request(session_hash="stalled")
+        endpoint = controller.servers.add_endpoint("Silent box", f"http://127.0.0.1:{port}/v1", "", "m", False, local)
+        key = f"endpoint:{endpoint['id']}"
+
+        def send_and_stop(conversation_id: str, text: str) -> list:
+            """Send, wait until the server has the request, press Stop; the views once the reply has ended."""
+            views, done = [], threading.Event()
+
+            def send() -> None:
+                views.extend(controller.replies.send(conversation_id, {"text": text}, key, *GREEDY, request=local))
+                done.set()
+
+            asked.clear()
+            threading.Thread(target=send, daemon=True).start()
+            assert asked.wait(30), "the request never reached the server"
+            shown = next(v.conversation_id for v in views if v.conversation_id)
+            assert controller.is_streaming(shown)
+            controller.replies.stop(shown, local)
+            assert done.wait(30), "Stop did not end the reply"
+            assert not controller.is_streaming(shown)
+            return views
+
+        views = send_and_stop("", "Hello?")
+        note = views[-1].conversation["messages"][-1]
+        assert note["role"] == "user" and note["error"] == "stopped before the reply began."
+        again = send_and_stop(views[-1].conversation_id, "Still there?")  # the conversation is free at once
+        assert [m["content"] for m in again[-1].conversation["messages"]] == ["Hello?", "Still there?"]
+        for connection in held:
+            connection.close()
+
+
 def test_an_image_reaches_a_vision_server_from_the_chat(start_app, tiny_vlm, images):
     import gradio as gr
 
@@ -340,3 +399,47 @@ def test_the_profiles_own_flags_come_last_and_web_pages_are_allowed_only_when_li
     assert command(ServerProfile(**{**profile.record(), "allowed_origins": "*"}))[-1] == "*"  # the owner asked
     with pytest.raises(ProfileInvalid, match="is not a web origin"):
         check_profile(ServerProfile(**{**profile.record(), "allowed_origins": "evil.example/path"}))
+
+
+def test_a_server_that_runs_but_no_longer_answers_is_shown_so_and_restarted_if_asked(tmp_path, tiny_llama):
+    """SIGSTOP makes a real server that is alive and silent (as mlx-lm's can wedge after a prefill)."""
+    from mlx_gradio.serving.supervisor import NOT_ANSWERING
+
+    watched = Servers(tmp_path / "logs", tmp_path / "hf", Store(tmp_path / "data").running_servers,
+                      ready_timeout=240, probe_every=1.0, probe_timeout=3.0)
+    try:
+        profile = check_profile(new_profile("tiny", str(tiny_llama)))
+        watched.start(profile)
+        ready = wait_state(watched, profile.id, (READY, FAILED))
+        assert ready.state == READY
+        server = watched._servers[profile.id]
+        # The app's own request streaming through it counts as a sign of life: no probe meanwhile.
+        with watched.using(profile.id) as answered:
+            before = server.probes
+            for _ in range(30):
+                answered()
+                time.sleep(0.1)
+            assert server.probes == before
+        os.kill(ready.pid, signal.SIGSTOP)
+        stuck = wait_state(watched, profile.id, (NOT_ANSWERING, FAILED), timeout=60)
+        assert stuck.state == NOT_ANSWERING and "no answer within 3 s" in stuck.message
+        assert stuck.pid == ready.pid and psutil.Process(ready.pid).status() == psutil.STATUS_STOPPED
+        os.kill(ready.pid, signal.SIGCONT)
+        again = wait_state(watched, profile.id, (READY, FAILED), timeout=60)
+        assert again.state == READY and again.pid == ready.pid  # the same process, answering again
+        watched.stop(profile.id)
+        # With "restart it when it stops answering": a new process takes its place.
+        restarting = ServerProfile(**{**profile.record(), "restart_when_stuck": True})
+        first = watched.start(restarting)
+        assert wait_state(watched, profile.id, (READY, FAILED)).state == READY
+        os.kill(first.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            status = watched.get(profile.id)
+            if status.pid != first.pid and status.state in (READY, FAILED):
+                break
+            time.sleep(0.2)
+        assert status.pid != first.pid and status.state == READY, status
+        assert not psutil.pid_exists(first.pid) or psutil.Process(first.pid).status() == psutil.STATUS_ZOMBIE
+    finally:
+        watched.shutdown()

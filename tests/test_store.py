@@ -143,6 +143,30 @@ def test_a_file_broken_while_running_is_moved_aside_when_opened(tmp_path: Path):
     assert list((tmp_path / "conversations").glob("*.corrupt-*"))
 
 
+def test_a_file_that_cannot_be_read_just_now_is_left_as_it_is(tmp_path: Path):
+    """EACCES or EMFILE cannot be made here for root; a folder where the file was gives the same kind of error
+    (an OSError that is not "no such file"). The conversation is not moved aside as corrupt, and reads again
+    once the file is back."""
+    from mlx_gradio.errors import StoreReadFailed
+
+    store = Store(tmp_path)
+    record = store.conversations.save(conversation(text="keep me"))
+    path = tmp_path / "conversations" / f"{record['id']}.json"
+    kept = tmp_path / "kept.json"
+    path.replace(kept)
+    path.mkdir()
+    with pytest.raises(StoreReadFailed, match="could not be read just now"):
+        store.conversations.get(record["id"])
+    assert store.conversations.list("ann")[1] == 1  # still listed
+    store.close()
+    reopened = Store(tmp_path)  # and at a start: its row from the index stands in
+    assert [s.title for s in reopened.conversations.list("ann")[0]] == ["keep me 0"]
+    assert not list((tmp_path / "conversations").glob("*.corrupt-*")) and reopened.take_notices() == []
+    path.rmdir()
+    kept.replace(path)
+    assert reopened.conversations.get(record["id"])["messages"] == record["messages"]
+
+
 def test_corrupt_settings_are_moved_aside_and_conversations_still_load(tmp_path: Path):
     store = Store(tmp_path)
     record = store.conversations.save(conversation())

@@ -11,12 +11,15 @@ a version of a reasoning model's reply adds `"reasoning"` (its thinking) and `"t
 from __future__ import annotations
 
 import copy
+import logging
 import time
 import uuid
 
 from ..engine.jobs import ChatMessage
 from ..errors import ChatEditError
 from .attachments import with_files
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 TITLE_LENGTH = 48
@@ -210,7 +213,8 @@ def can_continue(conversation: dict | None) -> bool:
     """Whether the last reply can be continued."""
     try:
         return conversation is not None and continuable_slot(conversation) >= 0
-    except ChatEditError:
+    except ChatEditError as exc:
+        log.debug("No Continue: %s", exc)
         return False
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..engine.jobs import GenerationStats
 from ..errors import ImportFailed
+from ..files import write_atomic
 from ..models.folders import model_name
 from . import chat
 
@@ -47,11 +48,10 @@ def without_paths(conversation: dict) -> dict:
 
 
 def export_json(conversation: dict, folder: Path) -> Path:
-    """Write a conversation to `folder` as pretty JSON and return the file."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write a conversation to `folder` as pretty JSON and return the file (`StoreWriteFailed` on a full disk)."""
     target = folder / f"{_file_stem(conversation)}.json"
     text = json.dumps(conversation, indent=2, ensure_ascii=False)
-    target.write_bytes(text.encode("utf-8", "backslashreplace"))
+    write_atomic(target, text.encode("utf-8", "backslashreplace"))
     return target
 
 
@@ -80,10 +80,9 @@ def to_markdown(conversation: dict) -> str:
 
 
 def export_markdown(conversation: dict, folder: Path) -> Path:
-    """Write a conversation to `folder` as Markdown and return the file."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write a conversation to `folder` as Markdown and return the file (`StoreWriteFailed` on a full disk)."""
     target = folder / f"{_file_stem(conversation)}.md"
-    target.write_bytes(to_markdown(conversation).encode("utf-8", "backslashreplace"))
+    write_atomic(target, to_markdown(conversation).encode("utf-8", "backslashreplace"))
     return target
 
 

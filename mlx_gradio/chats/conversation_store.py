@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import ConversationNotFound, StoreWriteFailed
+from ..errors import ConversationNotFound, StoreReadFailed, StoreWriteFailed
 from ..files import encode_json, move_aside, read_json, write_atomic
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,13 @@ class ConversationStore:
             if row is not None and (row.mtime_ns, row.size) == (stat.st_mtime_ns, stat.st_size):
                 self._rows[conversation_id] = row
                 continue
-            conversation = self._read_file(entry)
+            try:
+                conversation = self._read_file(entry)
+            except StoreReadFailed as exc:  # kept as it is; its old row, if any, stands in until the next start
+                log.warning("%s", exc)
+                if row is not None:
+                    self._rows[conversation_id] = row
+                continue
             if conversation is not None:
                 self._rows[conversation_id] = _IndexRow(summary_of(conversation), stat.st_mtime_ns, stat.st_size)
                 self._dirty = True
@@ -134,7 +140,9 @@ class ConversationStore:
             return {}
 
     def _read_file(self, path: Path) -> dict | None:
-        """One conversation file; an unreadable one is moved aside and None returned."""
+        """One conversation file; one that is not a conversation (bad JSON, cut short) is moved aside and None
+        returned. A file that cannot be read just now (permissions, too many open files) stays where it is:
+        `StoreReadFailed`."""
         try:
             conversation = read_json(path)
             if not isinstance(conversation, dict) or not isinstance(conversation.get("messages"), list):
@@ -142,8 +150,14 @@ class ConversationStore:
             return conversation
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            self.moved_aside.append(move_aside(path, str(exc)))
+        except OSError as exc:
+            raise StoreReadFailed(f"The conversation file {path.name} could not be read just now "
+                                  f"({exc.strerror or exc}); it is kept as it is.") from exc
+        except ValueError as exc:
+            try:
+                self.moved_aside.append(move_aside(path, str(exc)))
+            except OSError as move_failed:
+                log.error("%s is not a conversation (%s) and could not be moved aside: %s", path, exc, move_failed)
             return None
 
     def get(self, conversation_id: str) -> dict:
@@ -189,14 +203,16 @@ class ConversationStore:
         path = self._path(conversation_id)
         try:
             raw = path.read_bytes().decode("utf-8", "replace").casefold()
-        except OSError:
+        except OSError as exc:  # it went away, or cannot be read just now: not a match this time
+            log.debug("Cannot search conversation %s: %s", conversation_id, exc)
             return False
         # Quick check on the raw JSON text (a file with \\u escapes is checked parsed).
         if "\\u" not in raw and not _raw_pattern(needle).search(raw):
             return False
         try:
             conversation = read_json(path)
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            log.debug("Cannot search conversation %s: %s", conversation_id, exc)
             return False
         return any(needle in " ".join(text.split()).casefold() for text in _message_texts(conversation))
 
@@ -221,8 +237,9 @@ class ConversationStore:
             try:
                 stat = path.stat()
                 mtime_ns, size = stat.st_mtime_ns, stat.st_size
-            except OSError:
-                mtime_ns, size = 0, 0  # re-read at the next start
+            except OSError as exc:
+                log.debug("Cannot stat %s after writing it (%s); it is read again at the next start", path, exc)
+                mtime_ns, size = 0, 0
             self._rows[conversation_id] = _IndexRow(summary_of(record), mtime_ns, size)
             self._dirty = True
         return record

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import InvalidImage
+from ..files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,14 @@ def ingest_image(upload: str | Path, images_dir: Path) -> Path:
         raise InvalidImage(f"{name} could not be decoded: {exc}.") from exc
     if fmt not in ALLOWED_FORMATS:
         raise InvalidImage(f"{name} is a {fmt} image; attach a PNG, JPEG, WebP, GIF or BMP image.")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:32]
-    target = images_dir / f"{digest}{ALLOWED_FORMATS[fmt]}"
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise InvalidImage(f"{name} could not be read ({exc.strerror or exc}).") from exc
+    target = images_dir / f"{hashlib.sha256(data).hexdigest()[:32]}{ALLOWED_FORMATS[fmt]}"
     if not target.exists():
-        images_dir.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
+        # The bytes just checked, through a temporary file of its own (two tabs may send the same image at
+        # once); a full disk is a StoreWriteFailed with a sentence, the image store unchanged.
+        write_atomic(target, data)
         log.debug("Stored image %s as %s", name, target)
     return target

@@ -12,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..engine.thread import Engine
-from ..errors import StoreWriteFailed
+from ..errors import AppError
 from ..hub.downloads import Downloads
 from ..hub.search import HubService
 from ..models.memory import machine_memory
@@ -56,7 +56,7 @@ class Controller:
         self.replies = RepliesPart(engine, store, self.access, self.models, self.conversations, self.images_dir,
                                    upload_dir)
         self.settings = SettingsPart(engine, store, self.access)
-        self.chat_settings = ChatSettingsPart(store, self.access, self.models, self.conversations, self.is_streaming)
+        self.chat_settings = ChatSettingsPart(store, self.access, self.models, self.conversations)
         hub = hub or HubService(files_dir=self.data_dir / "hub-files")
         self.hub = HubPart(hub, self.access, machine_memory)
         downloads = Downloads(self.cache_dir, hub.endpoint, store.downloads)
@@ -106,7 +106,7 @@ class Controller:
             return
         try:
             moved = self.store.hand_over(LOCAL_USER, owner)
-        except StoreWriteFailed as exc:
+        except AppError as exc:  # a full disk, a file that cannot be read now: the rest moves at the next start
             log.warning("Could not give the conversations made without a login to %s (%s); tried again at the "
                         "next start", owner, exc)
             return

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -36,20 +35,15 @@ MAX_PRESET_NAME = 80
 class ChatSettingsPart:
     """Handlers for the chat's settings panel: what it shows for a conversation, saving it, presets."""
 
-    def __init__(self, store: Store, access: Access, models: ModelsPart, conversations: ConversationsPart,
-                 is_streaming: Callable[[str], bool]) -> None:
+    def __init__(self, store: Store, access: Access, models: ModelsPart, conversations: ConversationsPart) -> None:
         self.store = store
         self.access = access
         self.models = models
         self.conversations = conversations
-        self._is_streaming = is_streaming
 
     def _name(self, model: str) -> str:
-        """What to call a model in the note; a server that is gone is still named."""
-        try:
-            return self.models.name_of(model) if model else ""
-        except errors.ModelNotFound:
-            return "a server that is not running"
+        """What to call a model in the note."""
+        return self.models.name_of(model) if model else ""
 
     def recommended(self, model: str) -> dict[str, float]:
         """A local model's recommended sampling, clamped to the settings' ranges."""
@@ -83,8 +77,8 @@ class ChatSettingsPart:
             caller = self.access.caller(request)
             conversation = self.conversations.own(caller, conversation_id) if conversation_id else None
             model, missing = self._model_of(caller, conversation, picked)
-        if conversation is not None and not missing:
-            self.models.use(caller, model)
+            if conversation is not None and not missing:
+                self.models.use(caller, model)
         return replace(self._view(caller, conversation, model), missing_model=missing)
 
     def _model_of(self, caller: Caller, conversation: dict | None, picked: str) -> tuple[str, str]:
@@ -109,11 +103,9 @@ class ChatSettingsPart:
         with user_errors("use that model"):
             caller = self.access.caller(request)
             model = self.models.model_for(caller, model)
-            conversation = self.conversations.own(caller, conversation_id) if conversation_id else None
-            if conversation is not None and not self._is_streaming(conversation_id):
-                conversation["model"] = model
-                self.store.conversations.save(conversation, create=False, stamp=False)
-        self.models.use(caller, model)
+            conversation = (self.conversations.change(caller, conversation_id, lambda c: c.update(model=model))
+                            if conversation_id else None)
+            self.models.use(caller, model)
         return self._view(caller, conversation, model)
 
     def save(self, conversation_id: str, *values: Any, request: gr.Request) -> None:
@@ -124,10 +116,7 @@ class ChatSettingsPart:
             if not conversation_id:
                 self.store.settings.update_user(caller.user, **settings)
                 return
-            conversation = self.conversations.own(caller, conversation_id)
-            if not self._is_streaming(conversation_id):  # else the reply records them when it is saved
-                conversation["settings"] = settings
-                self.store.conversations.save(conversation, create=False, stamp=False)
+            self.conversations.change(caller, conversation_id, lambda c: c.update(settings=settings))
 
     # --- system-prompt presets --------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,49 @@ class ConversationsPart:
         self.access = access
         self._is_streaming = is_streaming  # whether a reply is being written into a conversation
         self._stop_replies = stop_replies  # end the reply being written into a conversation
+        # One change at a time to any conversation: a reply's saves and the tabs' changes never overwrite each
+        # other. A change made while a reply is being written waits for that reply's next save (`save_reply`).
+        self._writing = threading.RLock()
+        self._pending: dict[str, list[Callable[[dict], None]]] = {}
+
+    def change(self, caller: Caller, conversation_id: str, fn: Callable[[dict], None],
+               while_streaming: bool = True) -> dict:
+        """Apply `fn` to this user's conversation and keep it: now, or (while a reply is being written into it)
+        with that reply's next save; `while_streaming=False` refuses it then. Returns the conversation as it is
+        with the change."""
+        with self._writing:
+            conversation = self.own(caller, conversation_id)
+            streaming = self._is_streaming(conversation_id)
+            if streaming and not while_streaming:
+                raise errors.ReplyInProgress("A reply is being written into this conversation.")
+            fn(conversation)
+            if streaming:
+                self._pending.setdefault(conversation_id, []).append(fn)
+            elif self.store.conversations.save(conversation, create=False, stamp=False) is None:
+                raise errors.ConversationNotFound("That conversation does not exist (any more).")
+            return conversation
+
+    def save_reply(self, conversation: dict, create: bool = False) -> dict | None:
+        """A reply's save: the changes the tabs made meanwhile are taken in first (None: it was deleted)."""
+        with self._writing:
+            for fn in self._pending.pop(conversation["id"], []):
+                fn(conversation)
+            return self.store.conversations.save(conversation, create=create)
+
+    def reply_ended(self, conversation_id: str, release: Callable[[], None]) -> None:
+        """`release` the conversation from its reply, and keep the changes that came after the reply's last
+        save (it was the last chance to take them in)."""
+        with self._writing:
+            release()
+            late = self._pending.pop(conversation_id, [])
+            if not late or self.store.conversations.summary(conversation_id) is None:
+                return
+            conversation = self.store.conversations.get(conversation_id)
+            for fn in late:
+                fn(conversation)
+            with user_errors("save the conversation's changes"):
+                self.store.conversations.save(conversation, create=False, stamp=False)
+
 
     def own(self, caller: Caller, conversation_id: str) -> dict:
         """A conversation of this user; another user's is refused exactly like one that does not exist."""
@@ -83,9 +127,7 @@ class ConversationsPart:
             caller = self.access.caller(request)
             if not conversation_id or not title:
                 raise errors.ChatEditError("Open a conversation and type a new title first.")
-            conversation = self.own(caller, conversation_id)
-            self._refuse_while_streaming(conversation_id)
-            self.store.conversations.save({**conversation, "title": chat.clean_text(title)})
+            self.change(caller, conversation_id, lambda conversation: conversation.update(title=chat.clean_text(title)))
 
     def delete(self, conversation_id: str, request: gr.Request) -> ChatView:
         """Handler: delete the open conversation and show an empty chat."""
@@ -109,7 +151,8 @@ class ConversationsPart:
             conversation = conversation_io.without_paths(conversation)
         # Gradio copies the file into its own cache and serves it from there; no folder of ours is exposed.
         write = conversation_io.export_markdown if markdown else conversation_io.export_json
-        return str(write(conversation, _export_folder()))
+        with user_errors("export the conversation"):
+            return str(write(conversation, _export_folder()))
 
     def import_file(self, upload: str, request: gr.Request) -> ChatView:
         """Handler: a conversation from an uploaded JSON file (ours, or OpenAI-style messages), opened."""
@@ -122,28 +165,26 @@ class ConversationsPart:
         log.info("Imported conversation %s (%d messages) for %s", saved["id"], len(saved["messages"]), caller.user)
         return ChatView(saved)
 
-    def _refuse_while_streaming(self, conversation_id: str) -> None:
-        """A conversation that a reply is being written into is not changed from elsewhere."""
-        if self._is_streaming(conversation_id):
-            raise errors.ReplyInProgress("A reply is being written into this conversation.")
-
-
 def _export_folder() -> Path:
     """A new folder for one export, under the system's temp dir; exports older than an hour are removed."""
     root = Path(tempfile.gettempdir()) / "mlx-gradio-exports"
-    root.mkdir(exist_ok=True)
-    for old in root.iterdir():
-        try:
-            if time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError as exc:
-            log.debug("Cannot check old export %s: %s", old, exc)
-    return Path(tempfile.mkdtemp(dir=root))
+    try:
+        root.mkdir(exist_ok=True)
+        for old in root.iterdir():
+            try:
+                if time.time() - old.stat().st_mtime > EXPORT_MAX_AGE_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError as exc:
+                log.debug("Cannot check old export %s: %s", old, exc)
+        return Path(tempfile.mkdtemp(dir=root))
+    except OSError as exc:
+        raise errors.StoreWriteFailed(f"The export could not be written to {root} ({exc.strerror or exc}).") from exc
 
 
 def _as_int(value: object) -> int:
     """A count from the page (a number or a numeric string), else the page size."""
     try:
         return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError) as exc:
+        log.debug("Not a count from the page (%s); showing %d", exc, PAGE_SIZE)
         return PAGE_SIZE

@@ -31,6 +31,8 @@ ADVICE = {
     errors.RepoNotFound: "Check the name, or set a token if it is a private repository.",
     errors.NotEnoughSpace: "Free some disk space (delete a model under “On this machine”) and try again.",
     errors.DownloadInProgress: "Its progress is under Downloads.",
+    errors.StoreReadFailed: "Try again in a moment; if it stays, check the data dir's permissions.",
+    errors.ServerStartFailed: "Free some disk space, or check that the data dir's servers folder can be written.",
 }
 
 
@@ -46,6 +48,11 @@ def public(text: str) -> str:
     return ABSOLUTE_PATH.sub(lambda m: re.split(r"[/\\]", m[0].rstrip("/\\"))[-1], text)
 
 
+# What a user asked that cannot be done as asked (the sentence tells them why): not trouble with the app.
+USER_INPUT = (errors.ChatEditError, errors.ImportFailed, errors.InvalidImage, errors.InvalidAttachment,
+              errors.ImageNeedsVisionModel, errors.ContextTooLong, errors.ReplyInProgress, errors.ProfileInvalid)
+
+
 def message_for(exc: errors.AppError, guest: bool = False) -> str:
     """The sentence a user sees for a service error (without paths and URLs for a guest)."""
     advice = next((text for kind, text in ADVICE.items() if isinstance(exc, kind)), "")
@@ -59,6 +66,7 @@ def user_errors(action: str) -> Iterator[None]:
     try:
         yield
     except errors.AppError as exc:
-        level = logging.ERROR if isinstance(exc, errors.StoreWriteFailed) else logging.WARNING
+        level = (logging.ERROR if isinstance(exc, errors.StoreWriteFailed)
+                 else logging.INFO if isinstance(exc, USER_INPUT) else logging.WARNING)
         log.log(level, "%s failed: %s", action, exc)
         raise gr.Error(message_for(exc), title=f"Could not {action}") from exc

@@ -16,7 +16,7 @@ from ..engine.jobs import ChatRequest, Generation
 from ..engine.thread import Engine, EngineStatus
 from ..models import demo, hf_cache
 from ..models.folders import LocalModel, describe_folder, is_vision_model, list_models, model_name
-from ..serving.remote import RemoteTarget, is_remote, start_remote
+from ..serving.remote import ENDPOINT_PREFIX, RemoteTarget, check_answers, is_remote, start_remote
 from ..store import Store
 from .access import Access, Caller
 from .feedback import message_for, public, user_errors
@@ -36,6 +36,7 @@ class ModelsPart:
         self.access = access
         self.cache_dir = Path(cache_dir)
         self._demo_job: Future | None = None
+        self._checked: dict[str, str | None] = {}  # endpoint key -> what its last check found (None: answered)
 
     # --- what is offered --------------------------------------------------------------------
 
@@ -71,8 +72,12 @@ class ModelsPart:
         return next((m.key for m in self.available() if m.path == path), "")
 
     def name_of(self, path: str) -> str:
-        """What to call a model in a sentence: a server's or endpoint's name, else the folder's."""
-        return self.target(path).name if is_remote(path) else model_name(path)
+        """What to call a model in a sentence: a server's or endpoint's name (a gone one is still named), else
+        the folder's."""
+        if not is_remote(path):
+            return model_name(path)
+        found = next((t for t in self.remote_targets() if t.key == path), None)
+        return found.name if found is not None else "a server that is not running"
 
     def generate(self, request: ChatRequest) -> Generation:
         """A reply from the engine, or from the server or endpoint the request names."""
@@ -188,14 +193,30 @@ class ModelsPart:
             return status
         return replace(status, model_path=None, message=public(status.message))
 
+    def check(self, path: str) -> str | None:
+        """Ask an endpoint for one token now; what went wrong (None: it answered) is what its status line says
+        until the next check. A server of this app needs none: its supervisor knows."""
+        target = self.target(path)
+        if not path.startswith(ENDPOINT_PREFIX):
+            return None
+        problem = self._checked[path] = check_answers(target)
+        log.log(logging.WARNING if problem else logging.INFO, "Endpoint %s: %s", target.name, problem or "it answers")
+        return problem
+
     def remote_status(self, path: str) -> EngineStatus | None:
-        """For a server or endpoint: ready if it is offered, else an error; None for a model folder."""
+        """For a server or endpoint: ready if it is offered and (an endpoint) answered its last check, else an
+        error; None for a model folder."""
         if not is_remote(path):
             return None
         try:
             target = self.target(path)
+            problem = self._checked[path] if path in self._checked else self.check(path)
         except errors.ModelNotFound as exc:
+            log.debug("The status line of %s: %s", path, exc)
             return EngineStatus(state="error", message=str(exc))
+        if problem:
+            return EngineStatus(state="error", model_path=path, model_name=target.name,
+                                message=f"{target.name} does not answer: {problem}")
         return EngineStatus(state="ready", model_path=path, model_name=target.name, vision=target.vision,
                             message=f"answers from {target.base_url}")
 
@@ -228,7 +249,9 @@ class ModelsPart:
             if not path:
                 return self.engine.status()
             path = self.model_for(caller, path)
-        self.use(caller, path)
+            self.use(caller, path)
+            if is_remote(path):
+                self.check(path)  # "ready" on the status line means it answered just now
         return self.status_for(caller)
 
     def use(self, caller: Caller, path: str) -> None:

@@ -73,6 +73,8 @@ class _Reply:
     thought_s: float | None = None  # how long the model thought, once the answer began (or the reply ended)
     stats: GenerationStats | None = None
     committed: bool = False
+    earlier_stats: dict | None = None  # the stats of the reply this one continues
+    model_name: str = ""  # what wrote it, named when it began
     error: errors.AppError | None = None
     cancelled: bool = False
 
@@ -96,7 +98,7 @@ class _Reply:
         """A reply that writes on from the end of `version`, in place."""
         reasoning, text = version.get("reasoning") or "", version["content"]
         still_thinking = bool(reasoning) and not text
-        return cls(text=text, reasoning=reasoning, committed=True,
+        return cls(text=text, reasoning=reasoning, committed=True, earlier_stats=version.get("stats"),
                    thought_before=(version.get("thought_s") or 0.0) if still_thinking else 0.0,
                    thought_s=None if still_thinking else version.get("thought_s"))
 
@@ -195,12 +197,12 @@ class RepliesPart:
             chat.add_user_message(conversation, text.strip(), images, files)
             conversation.update(model=model, settings=values)
             with user_errors("send the message"):
-                conversation = self.store.conversations.save(conversation)
+                conversation = self.conversations.save_reply(conversation, create=True)
             slot = len(conversation["messages"])
             yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
                                    mark_unanswered=True, clear_input=True)
         finally:
-            self._release(conversation["id"], active)
+            self.conversations.reply_ended(conversation["id"], lambda: self._release(conversation["id"], active))
 
     def regenerate(self, conversation_id: str, model_path: str, *settings: Any,
                    request: gr.Request) -> Iterator[ChatView]:
@@ -220,7 +222,7 @@ class RepliesPart:
             yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
                                    mark_unanswered=unanswered)
         finally:
-            self._release(conversation_id, active)
+            self.conversations.reply_ended(conversation_id, lambda: self._release(conversation_id, active))
 
     def edit(self, conversation_id: str, model_path: str, *settings: Any, edit: gr.EditData,
              request: gr.Request) -> Iterator[ChatView]:
@@ -240,7 +242,7 @@ class RepliesPart:
             yield from self._reply(active, changed, index + 1, model, values, fallback=original,
                                    mark_unanswered=False, restore={"text": text, "files": []})
         finally:
-            self._release(conversation_id, active)
+            self.conversations.reply_ended(conversation_id, lambda: self._release(conversation_id, active))
 
     def continue_reply(self, conversation_id: str, model_path: str, *settings: Any,
                        request: gr.Request) -> Iterator[ChatView]:
@@ -262,7 +264,7 @@ class RepliesPart:
             yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
                                    mark_unanswered=False, continuing=True)
         finally:
-            self._release(conversation_id, active)
+            self.conversations.reply_ended(conversation_id, lambda: self._release(conversation_id, active))
 
     def stop(self, conversation_id: str, request: gr.Request) -> None:
         """Handler: stop the reply this tab started (what was written stays)."""
@@ -286,12 +288,9 @@ class RepliesPart:
     def _switch_version(self, conversation_id: str, delta: int, request: gr.Request) -> ChatView:
         with user_errors("show that version"):
             caller = self.access.caller(request)
-            conversation = self.conversations.own(caller, conversation_id)
-            if self.is_streaming(conversation_id):
-                raise errors.ReplyInProgress("A reply is being written into this conversation.")
-            chat.select_version(conversation, delta)
-            if self.store.conversations.save(conversation, create=False, stamp=False) is None:
-                raise errors.ConversationNotFound("That conversation does not exist (any more).")
+            conversation = self.conversations.change(caller, conversation_id,
+                                                     lambda conversation: chat.select_version(conversation, delta),
+                                                     while_streaming=False)
         return ChatView(conversation)
 
     # --- one reply --------------------------------------------------------------------------
@@ -310,6 +309,7 @@ class RepliesPart:
                               context_limit=self.store.settings.app()["context_limit"],
                               thinking=values["thinking"], continue_last=continuing)
         reply = _Reply.continuing(chat.current_version(base["messages"][slot])) if continuing else _Reply()
+        reply.model_name = self.models.name_of(model)  # now: a server or endpoint may be gone when the reply ends
         base.update(model=model, settings=values)  # a conversation keeps the model and settings of its replies
         conversation = base
         status = "Waiting for the model…"
@@ -331,11 +331,12 @@ class RepliesPart:
                     chat.add_reply_version(conversation, slot, reply.text, None, model, reply.reasoning,
                                            reply.thought_s)
                     reply.committed = True
-                    saved, last_save = self.store.conversations.save(conversation, create=False), now
+                    saved, last_save = self.conversations.save_reply(conversation), now
                 elif reply.committed:
-                    chat.update_reply_version(conversation, slot, reply.text, None, reply.reasoning, reply.thought_s)
+                    chat.update_reply_version(conversation, slot, reply.text, reply.earlier_stats, reply.reasoning,
+                                              reply.thought_s)
                     if now - last_save >= SAVE_INTERVAL_S:
-                        saved, last_save = self.store.conversations.save(conversation, create=False), now
+                        saved, last_save = self.conversations.save_reply(conversation), now
                 if saved is None:
                     log.info("Conversation %s was deleted while its reply was written; the reply ends", base["id"])
                     break
@@ -371,7 +372,9 @@ class RepliesPart:
         Returns what the chat shows now (None if the conversation was deleted meanwhile) and
         whether the reply took its place.
         """
-        stats = {**asdict(reply.stats), "model_name": self.models.name_of(model)} if reply.stats else None
+        # A Continue that fails or is cut off before its stats keeps those of the reply it continued.
+        stats = ({**asdict(reply.stats), "model_name": reply.model_name} if reply.stats
+                 else reply.earlier_stats)
         finished = reply.stats is not None and reply.stats.finish_reason in ("stop", "length")
         reply.end_thinking(time.monotonic())
         if reply.committed:
@@ -388,7 +391,7 @@ class RepliesPart:
             return fallback, False
         with user_errors("save the reply"):
             # A conversation deleted while its reply was written stays deleted.
-            return self.store.conversations.save(result, create=False), applied
+            return self.conversations.save_reply(result), applied
 
     def _remember_model(self, caller: Caller, model: str) -> None:
         """Keep the model a reply was asked with as this user's choice (the settings stay the conversation's)."""

@@ -128,7 +128,8 @@ class ServersPart:
             if status.state == READY and profile is not None:
                 targets.append(RemoteTarget(f"{SERVER_PREFIX}{profile.id}", profile.name, status.url, profile.api_key,
                                             "default_model" if profile.kind == TEXT else profile.model,
-                                            profile.kind == VISION))
+                                            profile.kind == VISION,
+                                            activity=lambda profile_id=profile.id: self.servers.using(profile_id)))
         for record in self.store.endpoints.all():
             try:
                 targets.append(RemoteTarget(f"{ENDPOINT_PREFIX}{record['id']}", str(record["name"]),
@@ -160,7 +161,8 @@ class ServersPart:
             endpoint = {"id": uuid.uuid4().hex[:12], "name": name, "base_url": base_url,
                         "api_key": str(api_key or "").strip(), "model": model, "vision": bool(vision)}
             self.store.endpoints.save(endpoint)
-        return endpoint
+            problem = self.models.check(f"{ENDPOINT_PREFIX}{endpoint['id']}")
+        return {**endpoint, "problem": problem}
 
     def remove_endpoint(self, endpoint_id: Any, request: gr.Request) -> None:
         """Handler: take an endpoint out of the chat's model picker."""
@@ -222,6 +224,7 @@ class ServersPart:
                 api_key=str(fields.get("api_key") or ""), extra_args=str(fields.get("extra_args") or ""),
                 allowed_origins=str(fields.get("allowed_origins") or "").strip(),
                 start_with_app=bool(fields.get("start_with_app")), keep_running=bool(fields.get("keep_running")),
+                restart_when_stuck=bool(fields.get("restart_when_stuck")),
                 network_ok=bool(fields.get("network_ok")))
         except (TypeError, ValueError) as exc:
             raise errors.ProfileInvalid(f"A number in the profile is not a number ({exc}).") from exc

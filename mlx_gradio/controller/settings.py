@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,8 @@ from ..engine.thread import Engine
 from ..store import USER_SETTING_FIELDS, Store
 from .access import Access
 from .feedback import user_errors
+
+log = logging.getLogger(__name__)
 
 MAX_SYSTEM_PROMPT = 100_000
 # name: (kind, lowest, highest); values outside are clamped, values that are not numbers use the default
@@ -38,7 +41,8 @@ def number(raw: Any, default: float, low: float, high: float, kind: type = float
     """A number from the page, clamped to [low, high]; blanks and non-numbers give `default`."""
     try:
         value = float(raw)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError, OverflowError) as exc:
+        log.debug("Not a number from the page (%s); using %s", exc, default)
         return default
     if math.isnan(value):
         return default

@@ -270,8 +270,11 @@ class Worker:
         """Keep a text model's cache on disk (it leaves memory, or the engine has a moment)."""
         if self.files is None or entry.saved or self.loaded is None or self.loaded.vision:
             return  # mlx-vlm's cache state has no file format: vision conversations are read again
-        self.files.save(conversation_id, entry, self.loaded.path)
-        entry.saved = True  # written, or not writable (no budget, too big, disk full): either way, done
+        try:
+            self.files.save(conversation_id, entry, self.loaded.path)
+        except Exception:  # noqa: BLE001 - the cache stays in memory; the reply or unload that wrote it goes on
+            log.exception("Could not keep the prompt cache of conversation %s on disk", conversation_id)
+        entry.saved = True  # written, or not writable (no budget, too big, disk full, a bug): not tried again
 
     def save_one(self) -> bool:
         """Write the most recently used cache that is not on disk yet; False when there is none."""

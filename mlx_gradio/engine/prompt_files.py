@@ -105,8 +105,9 @@ class PromptFiles:
         for path in self.folder.glob(f"*{SUFFIX}"):
             try:
                 found.append((path.stat().st_mtime, path))
-            except OSError:
-                continue  # removed meanwhile
+            except OSError as exc:
+                log.debug("Skipping prompt cache file %s: %s", path, exc)  # removed meanwhile
+                continue
         return [path for _, path in sorted(found)]
 
     @property

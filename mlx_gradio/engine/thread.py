@@ -62,6 +62,8 @@ class Engine:
         self._worker: Any = None  # the generation.Worker, created on the thread itself
         self._replies: set[Generation] = set()  # queued or running, so shutdown can stop them
         self._replies_lock = threading.Lock()
+        self._shut_down = False
+        self._thread_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
         self._thread.start()
 
@@ -75,7 +77,7 @@ class Engine:
     def call(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run `fn(*args)` on the engine thread (for any MLX work) and return its future."""
         future: Future = Future()
-        self._jobs.put((fn, args, future))
+        self._put((fn, args, future))
         return future
 
     def load(self, model_path: str) -> Future:
@@ -94,7 +96,7 @@ class Engine:
     def set_idle_unload(self, seconds: float) -> None:
         """Unload the model after `seconds` without a reply (0: never); the next message loads it again."""
         self._idle_unload_s = max(0.0, float(seconds))
-        self._jobs.put((lambda: None, (), Future()))  # wake the thread so the new timeout applies now
+        self._put((lambda: None, (), Future()))  # wake the thread so the new timeout applies now
 
     def set_disk_cache_budget(self, budget_bytes: int) -> Future:
         """Bound the bytes of prompt caches kept on disk (0: none; the oldest files go first)."""
@@ -110,16 +112,32 @@ class Engine:
         generation = Generation(request)
         with self._replies_lock:
             self._replies.add(generation)
-        self._jobs.put(generation)
+        self._put(generation)
         return generation
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the replies in flight, unload, and end the thread."""
+        self._shut_down = True
         with self._replies_lock:
             for generation in self._replies:
                 generation.stop()
         self._jobs.put(_SHUTDOWN)
         self._thread.join(timeout)
+
+    def _put(self, job: Any) -> None:
+        """Queue a job; if the engine thread has died (a bug: every failure is caught on it), say so and start
+        a new one, which takes the queued jobs and loads the model again when a reply needs it."""
+        self._jobs.put(job)
+        with self._thread_lock:
+            if self._thread.is_alive() or self._shut_down:
+                return
+            log.error("The engine thread ended unexpectedly; starting a new one (the model loads again)")
+            self.set_status(state="error", model_path=None, model_name=None, generating=False,
+                            message="The engine stopped after an internal error and was restarted; the next "
+                                    "message loads the model again.")
+            self._worker = None
+            self._thread = threading.Thread(target=self._run, name="mlx-engine", daemon=True)
+            self._thread.start()
 
     # --- the engine thread ------------------------------------------------------------------
 
@@ -137,20 +155,37 @@ class Engine:
         from .generation import Worker
 
         self._worker = Worker(self.set_status, self._cache_limit, self._cache_budget, self._prompt_files)
-        while job is not _SHUTDOWN:
-            if isinstance(job, Generation):
-                self._run_generation(job)
-            else:
-                self._run_call(*job)
-            self.set_status(**self._worker.usage())
-            job = self._next_job()
-        self._worker.close()
+        try:
+            while job is not _SHUTDOWN:
+                if isinstance(job, Generation):
+                    self._run_generation(job)
+                else:
+                    self._run_call(*job)
+                self._housekeeping("read the memory in use", self._show_usage)
+                job = self._next_job()
+        except BaseException:
+            log.error("The engine thread is ending on an unexpected error", exc_info=True)
+            self._housekeeping("unload after that error", self._worker.close)  # MLX streams die with their thread
+            raise
+        self._housekeeping("unload at exit", self._worker.close)
+
+    def _show_usage(self) -> None:
+        self.set_status(**self._worker.usage())
+
+    def _housekeeping(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run work of the engine's own between jobs; a failure is logged and survived (None), never the end
+        of the only MLX thread."""
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - every reply, load and import waits on this thread
+            log.exception("The engine could not %s; it goes on", what)
+            return None
 
     def _next_job(self) -> Any:
         """The next job; meanwhile prompt caches go to disk one at a time, and with idle unloading
         on, the model is unloaded when no job comes in time."""
-        while self._jobs.empty() and self._worker.save_one():
-            self.set_status(**self._worker.usage())
+        while self._jobs.empty() and self._housekeeping("write a prompt cache to disk", self._worker.save_one):
+            self._housekeeping("read the memory in use", self._show_usage)
         while True:
             timeout = None
             if self._idle_unload_s and self._worker.loaded is not None:
@@ -159,11 +194,13 @@ class Engine:
                 return self._jobs.get(timeout=timeout)
             except queue.Empty:
                 if self._worker.loaded is not None and time.time() - self.status().last_used >= self._idle_unload_s:
-                    name = self._worker.loaded.path
-                    self._worker.unload()
-                    log.info("Unloaded %s after %.0f s without a reply", name, self._idle_unload_s)
-                    self.set_status(**self._worker.usage(), message="Unloaded while idle; the next message "
-                                                                    "loads it again.")
+                    self._housekeeping("unload the idle model", self._unload_idle)
+
+    def _unload_idle(self) -> None:
+        name = self._worker.loaded.path
+        self._worker.unload()
+        log.info("Unloaded %s after %.0f s without a reply", name, self._idle_unload_s)
+        self.set_status(**self._worker.usage(), message="Unloaded while idle; the next message loads it again.")
 
     def _run_call(self, fn: Callable[..., Any], args: tuple, future: Future) -> None:
         """Run one call job and settle its future."""
@@ -189,6 +226,9 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - report any MLX failure to the reader, keep the thread
             log.exception("Reply for conversation %s with %s failed", request.conversation_id, request.model_path)
             generation.put(GenerationFailed(f"The model failed while generating: {exc}"))
+        except BaseException:  # the thread ends (see `_put`); the reader is told, not left waiting
+            generation.put(GenerationFailed("The engine stopped after an internal error; send the message again."))
+            raise
         finally:
             with self._replies_lock:
                 self._replies.discard(generation)

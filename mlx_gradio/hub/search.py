@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -39,6 +40,8 @@ SEARCH_FIELDS = ["downloads", "likes", "lastModified", "tags", "pipeline_tag", "
 SORTS = {"downloads": "downloads", "likes": "likes", "recently updated": "lastModified"}
 VISION_TASKS = {"image-text-to-text", "image-to-text", "visual-question-answering", "video-text-to-text"}
 CACHE_SECONDS = 300
+MAX_CACHED = 200  # answers kept: pages of results and model details
+MAX_FILES_BYTES = 50_000_000  # the small files read for the details panel (configs, cards)
 PROBE_SECONDS = 60  # a Hub that answered this recently is not probed again before a search
 WEIGHT_FILES = (".safetensors",)
 MODEL_FILES = (".json", ".txt", ".model", ".tiktoken", ".jinja", ".py")  # config, tokenizer, processor, template
@@ -238,7 +241,9 @@ class HubService:
         path = self._call(lambda: hf_hub_download(repo_id, name, revision=revision or None, cache_dir=self.files_dir,
                                                   endpoint=self.endpoint, token=self.api.token), f"read {name}")
         with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(2_000_000)
+            text = f.read(2_000_000)
+        prune_files(self.files_dir, MAX_FILES_BYTES)
+        return text
 
     # --- token ------------------------------------------------------------------------------
 
@@ -279,8 +284,14 @@ class HubService:
         if hit and time.monotonic() - hit[0] < CACHE_SECONDS:
             return hit[1]
         value = fetch()
+        now = time.monotonic()
         with self._lock:
-            self._cache[key] = (time.monotonic(), value)
+            self._cache[key] = (now, value)
+            if len(self._cache) > MAX_CACHED:  # expired answers go first, then the oldest
+                for old in [k for k, (at, _) in self._cache.items() if now - at >= CACHE_SECONDS]:
+                    del self._cache[old]
+                while len(self._cache) > MAX_CACHED:
+                    del self._cache[min(self._cache, key=lambda k: self._cache[k][0])]
         return value
 
     def _probe(self) -> None:
@@ -361,3 +372,24 @@ def _hub_model(info: Any) -> HubModel:
         vision=info.pipeline_tag in VISION_TASKS or "vision" in tags or "vl" in str(config.get("model_type", "")),
         gated=bool(info.gated),
     )
+
+
+def prune_files(folder: Path, budget_bytes: int) -> None:
+    """Keep the details panel's small files within `budget_bytes`: the repositories read longest ago go first."""
+    repos = []
+    for repo in folder.glob("models--*"):
+        try:
+            files = [p for p in repo.rglob("*") if p.is_file()]
+            repos.append((max((p.stat().st_mtime for p in files), default=0.0), sum(p.stat().st_size for p in files),
+                          repo))
+        except OSError as exc:  # being written or removed meanwhile: looked at next time
+            log.debug("Cannot size %s: %s", repo, exc)
+    total = sum(size for _, size, _ in repos)
+    for _, size, repo in sorted(repos):
+        if total <= budget_bytes:
+            return
+        try:
+            shutil.rmtree(repo)
+        except OSError as exc:
+            log.warning("Cannot remove the old details files %s: %s", repo, exc)
+        total -= size

@@ -94,8 +94,8 @@ def has_thinking_switch(path: str | Path) -> bool:
         template = config.get("chat_template") if isinstance(config, dict) else None
         texts += [template] if isinstance(template, str) else [
             t.get("template", "") for t in template or [] if isinstance(t, dict)]
-    except FileNotFoundError:
-        pass
+    except FileNotFoundError as exc:
+        log.debug("%s has no chat template file: %s", path, exc)
     except (OSError, ValueError) as exc:
         log.debug("Cannot read the chat template of %s: %s", path, exc)
     return any("enable_thinking" in str(text) for text in texts)
@@ -109,6 +109,7 @@ def recommended_sampling(path: str | Path) -> dict[str, float]:
     try:
         config = json.loads((Path(path) / "generation_config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
+        log.debug("%s has no generation_config.json", path)
         return {}
     except (OSError, ValueError) as exc:
         log.debug("Cannot read generation_config.json of %s: %s", path, exc)

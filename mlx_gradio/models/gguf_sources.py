@@ -57,8 +57,10 @@ def describe(name: str, app: str, path: Path) -> FoundGGUF:
         check_importable(path)
         problem = ""
     except UnsupportedGGUF as exc:
+        log.debug("%s cannot be imported: %s", path, exc)
         problem = str(exc)
     except OSError as exc:
+        log.debug("%s cannot be read: %s", path, exc)
         problem = f"It cannot be read ({exc.strerror or exc})."
     return FoundGGUF(name, app, str(path), path.stat().st_size if path.exists() else 0, problem)
 

@@ -11,6 +11,8 @@ import json
 import logging
 import re
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -59,14 +61,53 @@ def repo_folder(cache_dir: Path, repo_id: str) -> Path:
     return folder
 
 
+# (what, cache dir) -> (the cache's signature then, the answer): a scan visits every file of every repository.
+_kept: dict[tuple[str, Path], tuple[tuple, list]] = {}
+_kept_lock = threading.Lock()
+
+
+def _until_changed(what: str, cache_dir: Path, compute: Callable[[Path], list]) -> list:
+    """`compute(cache_dir)`, worked out again only when the cache's signature changed since the last time."""
+    key, now = (what, Path(cache_dir)), signature(cache_dir)
+    with _kept_lock:
+        kept = _kept.get(key)
+    if kept is not None and kept[0] == now:
+        return list(kept[1])
+    found = compute(Path(cache_dir))
+    with _kept_lock:
+        _kept[key] = (now, found)
+    return list(found)
+
+
+def signature(cache_dir: Path) -> tuple:
+    """What changes whenever a model is added to the cache, completed, changed or removed: the times of each
+    repository's folders (its blobs, its snapshots and each snapshot), read with a few stats per repository
+    instead of walking every file as a scan does."""
+    stamps = []
+    for repo in sorted(Path(cache_dir).glob("models--*")):
+        for folder in (repo, repo / "blobs", repo / "snapshots", repo / "refs",
+                       *sorted((repo / "snapshots").glob("*"))):
+            try:
+                stamps.append((str(folder), folder.stat().st_mtime_ns))
+            except OSError as exc:  # not there (yet), or gone meanwhile: that is part of the signature too
+                stamps.append((str(folder), type(exc).__name__))
+    return tuple(stamps)
+
+
 def scan(cache_dir: Path) -> list[CachedModel]:
-    """Every model repository in the cache, complete or not, by name."""
+    """Every model repository in the cache, complete or not, by name; scanned again only when it changed."""
+    return _until_changed("scan", cache_dir, _scan)
+
+
+def _scan(cache_dir: Path) -> list[CachedModel]:
+    """Every model repository in the cache, read with huggingface_hub's `scan_cache_dir`."""
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
     try:
         info = scan_cache_dir(cache_dir)
     except CacheNotFound:
+        log.debug("There is no Hugging Face cache at %s yet", cache_dir)
         return []
     models = {}
     for repo in info.repos:
@@ -87,15 +128,18 @@ def scan(cache_dir: Path) -> list[CachedModel]:
 
 
 def loadable_models(cache_dir: Path) -> list[LocalModel]:
-    """The cache's models with a complete snapshot, as the picker offers them."""
-    return [describe_folder(m.path, "hf-cache", name=m.repo_id) for m in scan(cache_dir) if m.complete]
+    """The cache's models with a complete snapshot, as the picker offers them (read again only when the cache
+    changed)."""
+    return _until_changed("loadable", cache_dir, lambda folder: [
+        describe_folder(m.path, "hf-cache", name=m.repo_id) for m in scan(folder) if m.complete])
 
 
 def is_complete(snapshot: Path) -> bool:
     """Whether a snapshot can be loaded: a config, weights, and every shard its index names."""
     try:
         describe_folder(snapshot, "hf-cache")
-    except ModelNotFound:
+    except ModelNotFound as exc:
+        log.debug("Snapshot %s is not complete: %s", snapshot, exc)
         return False
     index = snapshot / "model.safetensors.index.json"
     if not index.exists():
@@ -141,7 +185,8 @@ def delete(cache_dir: Path, plan: DeletePlan) -> None:
 def _is_vision(snapshot: Path) -> bool:
     try:
         return "vision_config" in read_config(snapshot)
-    except ModelNotFound:
+    except ModelNotFound as exc:
+        log.debug("Taking %s for a text model: %s", snapshot, exc)
         return False
 
 

@@ -53,6 +53,7 @@ class ServerProfile:
     allowed_origins: str = ""  # web pages (origins, comma-separated) that may call mlx-lm's server; "*" for any
     start_with_app: bool = False
     keep_running: bool = False  # when the app quits
+    restart_when_stuck: bool = False  # restart it when it runs but no longer answers
     network_ok: bool = False  # the owner confirmed an open mlx-lm server on a network address
 
     @property
@@ -81,7 +82,8 @@ def model_kind(model: str) -> str:
     starting checks that it is)."""
     try:
         return VISION if "vision_config" in read_config(model) else TEXT
-    except ModelNotFound:
+    except ModelNotFound as exc:
+        log.debug("Taking %s for a text model: %s", model, exc)
         return TEXT
 
 

@@ -14,26 +14,32 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import AppError, ServerNotRunning
+from ..errors import AppError, ServerNotRunning, ServerStartFailed
 from .profiles import API_KEY_ENV, TEXT, VISION, ServerProfile, command
 
 log = logging.getLogger(__name__)
 
 STARTING, READY, STOPPING, STOPPED, FAILED = "starting", "ready", "stopping", "stopped", "failed"
-RUNNING = (STARTING, READY, STOPPING)
+NOT_ANSWERING = "not answering"  # alive, but a one-token request got no answer in time (a wedged server)
+RUNNING = (STARTING, READY, NOT_ANSWERING, STOPPING)
 READY_TIMEOUT = 300.0  # seconds for the model to load and answer once
 STOP_TIMEOUT = 10.0  # seconds between SIGTERM and SIGKILL
 WATCH_INTERVAL = 0.5
+PROBE_EVERY = 300.0  # seconds without a sign of life before a ready server is asked for one token
+PROBE_TIMEOUT = 25.0  # seconds that one-token answer may take
 LOG_ROTATE_BYTES = 5_000_000
 
 
@@ -88,23 +94,31 @@ class Server:
         self.popen: subprocess.Popen | None = None
         self.process = None  # psutil.Process, for usage and for adopted servers
         self.stop_requested = False
+        self.busy = 0  # the app's own requests streaming through it: no probe meanwhile
+        self.last_alive = 0.0  # time.time() of its last answer (the ready check, a probe, a chunk of a reply)
+        self.probes = 0
 
 
 class Servers:
     """Start, watch, stop and adopt servers; safe to call from any thread."""
 
     def __init__(self, log_dir: Path, cache_dir: Path, records: ServerRecords,
-                 ready_timeout: float = READY_TIMEOUT) -> None:
+                 ready_timeout: float = READY_TIMEOUT, probe_every: float = PROBE_EVERY,
+                 probe_timeout: float = PROBE_TIMEOUT) -> None:
         self.log_dir = Path(log_dir)
         self.cache_dir = Path(cache_dir)
         self.records = records
         self.ready_timeout = ready_timeout
+        self.probe_every = probe_every
+        self.probe_timeout = probe_timeout
         self._lock = threading.Lock()
         self._servers: dict[str, Server] = {}
         self._wake = threading.Event()
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="server-watch", daemon=True)
         self._watcher.start()
+        self._health = threading.Thread(target=self._check_health, name="server-health", daemon=True)
+        self._health.start()
 
     # --- asking -----------------------------------------------------------------------------
 
@@ -122,6 +136,25 @@ class Servers:
         with self._lock:
             return {s.profile.port for pid, s in self._servers.items() if s.status.running and pid != besides}
 
+    @contextmanager
+    def using(self, profile_id: str) -> Iterator[Callable[[], None]]:
+        """While the app's own request streams through a server: no probe; the callable it yields marks an
+        answer (a chunk came), which is as good a sign of life as a probe."""
+        with self._lock:
+            server = self._servers.get(profile_id)
+        if server is None:
+            yield lambda: None
+            return
+        server.busy += 1
+
+        def answered() -> None:
+            server.last_alive = time.time()
+
+        try:
+            yield answered
+        finally:
+            server.busy -= 1
+
     def usage(self, profile_id: str) -> Usage | None:
         """CPU % (since the last call) and resident memory, summed over the process and its children."""
         import psutil
@@ -132,14 +165,16 @@ class Servers:
             return None
         try:
             processes = [server.process, *server.process.children(recursive=True)]
-        except psutil.Error:
+        except psutil.Error as exc:  # it ended between the check and now
+            log.debug("No usage for %s: %s", server.profile.name, exc)
             return None
         cpu = rss = 0
         for process in processes:
             try:
                 cpu += process.cpu_percent(interval=None)
                 rss += process.memory_info().rss
-            except psutil.Error:
+            except psutil.Error as exc:  # a child that ended meanwhile
+                log.debug("No usage for pid %s: %s", process.pid, exc)
                 continue
         return Usage(cpu, rss)
 
@@ -151,6 +186,7 @@ class Servers:
                 f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
                 text = f.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
+            log.debug("%s has no log yet", path)
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
@@ -164,25 +200,30 @@ class Servers:
             current = self._servers.get(profile.id)
             if current is not None and current.status.running:
                 raise ServerNotRunning(f"{profile.name} is already running; stop it first.")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)  # mlx-lm's /v1/models fails without it
-        log_path = self._rotated_log(profile.id)
         env = {**os.environ, "HF_HUB_CACHE": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
         env.pop(API_KEY_ENV, None)
         if profile.kind == VISION and profile.api_key:
             env[API_KEY_ENV] = profile.api_key  # not on the command line, where `ps` would show it
         args = command(profile)
-        with open(log_path, "ab") as out:
-            out.write(f"$ {' '.join(args)}\n".encode())
-            out.flush()
-            popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env=env, start_new_session=True)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)  # mlx-lm's /v1/models fails without it
+            log_path = self._rotated_log(profile.id)
+            with open(log_path, "ab") as out:
+                out.write(f"$ {' '.join(args)}\n".encode())
+                out.flush()
+                popen = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)
+        except OSError as exc:  # a full disk, a folder we may not write, too many processes or open files
+            log.error("Could not start %s: %s", profile.name, exc)
+            raise ServerStartFailed(f"{profile.name} could not be started: {exc.strerror or exc}"
+                                    f"{f' ({exc.filename})' if exc.filename else ''}.") from exc
         now = time.time()
         server = Server(profile, log_path, ServerStatus(
             profile.id, profile.name, profile.kind, profile.model, profile.url, STARTING, popen.pid,
             started_at=now, deadline=now + self.ready_timeout, message="Loading the model…"))
         server.popen = popen
-        server.process = psutil.Process(popen.pid)
+        server.process = psutil.Process(popen.pid)  # not reaped yet, so there even if it died at once
         server.process.cpu_percent(interval=None)  # the first reading is a baseline
         with self._lock:
             self._servers[profile.id] = server
@@ -210,7 +251,8 @@ class Servers:
                 return
             error, final = probe(server.profile, timeout=max(1.0, status.deadline - time.time()))
             if error is None:
-                self._set(server, READY, "", ready_at=time.time())
+                server.last_alive = time.time()
+                self._set(server, READY, "", ready_at=server.last_alive)
                 log.info("%s is ready at %s", server.profile.name, server.profile.url)
                 return
             if final:  # it runs but cannot answer (mlx-lm keeps serving errors after its model failed to load)
@@ -253,7 +295,8 @@ class Servers:
             if server.status.running and not server.profile.keep_running:
                 try:
                     self.stop(server.profile.id)
-                except ServerNotRunning:
+                except ServerNotRunning as exc:
+                    log.debug("At exit: %s", exc)
                     continue
             elif server.status.running:
                 log.info("Leaving %s running (pid %s), as its profile says", server.profile.name, server.status.pid)
@@ -268,7 +311,8 @@ class Servers:
             return
         try:
             family = [server.process, *server.process.children(recursive=True)]
-        except psutil.Error:
+        except psutil.Error as exc:  # gone already; the signals below find nothing either
+            log.debug("Stopping %s: %s", server.profile.name, exc)
             family = []
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -284,7 +328,8 @@ class Servers:
             for process in alive:
                 try:
                     process.kill()
-                except psutil.Error:
+                except psutil.Error as exc:
+                    log.debug("SIGKILL to %s: %s", process.pid, exc)
                     continue
             psutil.wait_procs(alive, timeout=5)
         if server.popen is not None:
@@ -307,7 +352,8 @@ class Servers:
             try:
                 process = psutil.Process(int(record["pid"]))
                 same = abs(process.create_time() - float(record["create_time"])) < 1.0 and process.is_running()
-            except (psutil.Error, KeyError, TypeError, ValueError):
+            except (psutil.Error, KeyError, TypeError, ValueError) as exc:
+                log.debug("The recorded server %s is not there: %s", record.get("profile_id"), exc)
                 same = False
             if not same or profile is None:
                 log.info("Forgetting the record of a server that is gone: %s", record)
@@ -332,11 +378,64 @@ class Servers:
 
     # --- watching ---------------------------------------------------------------------------
 
+    def _check_health(self) -> None:
+        """Ask a ready server for one token when it has shown no sign of life for `probe_every` seconds (never
+        while the app's own request streams through it); one that does not answer in `probe_timeout` is shown
+        not answering, asked again until it answers, and restarted if its profile says so."""
+        tick = min(5.0, self.probe_every / 2)
+        while not self._closed.wait(tick):
+            with self._lock:
+                running = [s for s in self._servers.values() if s.status.running]
+            for server in running:
+                self._rotate_running_log(server)
+            watched = [s for s in running if s.status.state in (READY, NOT_ANSWERING)]
+            for server in watched:
+                quiet = time.time() - server.last_alive
+                due = server.status.state == NOT_ANSWERING or quiet >= self.probe_every
+                if due and not server.busy and not server.stop_requested and not self._closed.is_set():
+                    self._probe(server)
+
+    def _rotate_running_log(self, server: Server) -> None:
+        """Keep a running server's log within bounds: past `LOG_ROTATE_BYTES` it is copied to `.log.1` and cut
+        to nothing (the server appends to it, so it writes on at the new end)."""
+        try:
+            if server.log_path.stat().st_size <= LOG_ROTATE_BYTES:
+                return
+            shutil.copyfile(server.log_path, server.log_path.with_suffix(".log.1"))
+            os.truncate(server.log_path, 0)
+            log.info("Rotated the log of %s (%s)", server.profile.name, server.log_path)
+        except OSError as exc:  # a full disk, or the log went away: the server runs on either way
+            log.warning("Cannot rotate the log of %s: %s", server.profile.name, exc)
+
+    def _probe(self, server: Server) -> None:
+        server.probes += 1
+        error, _ = probe(server.profile, timeout=self.probe_timeout)
+        if server.stop_requested or server.status.state not in (READY, NOT_ANSWERING):
+            return
+        if error is None:
+            server.last_alive = time.time()
+            if server.status.state == NOT_ANSWERING:
+                log.info("%s answers again", server.profile.name)
+                self._set(server, READY, "It answers again.")
+            return
+        if server.status.state == READY:
+            log.warning("%s is running but does not answer (%s); last log lines:\n%s", server.profile.name, error,
+                        self.log_tail(server.profile.id, lines=12))
+            self._set(server, NOT_ANSWERING, f"Its process runs, but a one-token request got no answer within "
+                                             f"{self.probe_timeout:.0f} s ({error}).")
+        if server.profile.restart_when_stuck:
+            log.warning("Restarting %s, as its profile says for a server that does not answer", server.profile.name)
+            self.stop(server.profile.id)
+            try:
+                self.start(server.profile)
+            except AppError as exc:
+                log.error("Could not restart %s: %s", server.profile.name, exc)
+
     def _watch(self) -> None:
         """Notice servers that exit on their own (a crash, a kill, a bad model) within half a second."""
         while not self._closed.is_set():
             with self._lock:
-                running = [s for s in self._servers.values() if s.status.state in (STARTING, READY)]
+                running = [s for s in self._servers.values() if s.status.state in (STARTING, READY, NOT_ANSWERING)]
             if not running:
                 self._wake.wait()
                 self._wake.clear()
@@ -353,7 +452,8 @@ class Servers:
             return server.popen.poll() is None
         try:
             return server.process.is_running() and server.process.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
+        except psutil.Error as exc:
+            log.debug("%s is not running: %s", server.profile.name, exc)
             return False
 
     def _died(self, server: Server) -> None:

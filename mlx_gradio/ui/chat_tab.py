@@ -8,6 +8,7 @@ from ..chats.attachments import TEXT_SUFFIXES
 from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
 from .chat_events import ChatEvents
+from .fields import checked
 
 # Maths as models write it: display ($$…$$, \[…\]) and inline ($…$, \(…\)).
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "\\[", "right": "\\]", "display": True},
@@ -79,22 +80,23 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
                         save_preset = gr.Button("Save", size="sm", min_width=50)
                         rename_preset = gr.Button("Rename", size="sm", min_width=50)
                         delete_preset = gr.Button("Delete", size="sm", min_width=50)
-                temperature = gr.Slider(0, 2, step=0.05, label="Temperature")
-                top_p = gr.Slider(0, 1, step=0.01, label="Top p")
-                top_k = gr.Slider(0, 200, step=1, label="Top k (0 = off)")
-                min_p = gr.Slider(0, 1, step=0.01, label="Min p")
-                repetition_penalty = gr.Slider(0.8, 2, step=0.01, label="Repetition penalty")
-                seed = gr.Number(label="Seed (-1 = random)", precision=0)
-                max_tokens = gr.Slider(1, 8192, step=1, label="Max new tokens")
+                temperature = checked(gr.Slider(0, 2, step=0.05, label="Temperature"))
+                top_p = checked(gr.Slider(0, 1, step=0.01, label="Top p"))
+                top_k = checked(gr.Slider(0, 200, step=1, label="Top k (0 = off)"))
+                min_p = checked(gr.Slider(0, 1, step=0.01, label="Min p"))
+                repetition_penalty = checked(gr.Slider(0.8, 2, step=0.01, label="Repetition penalty"))
+                seed = checked(gr.Number(label="Seed (-1 = random)", precision=0))
+                max_tokens = checked(gr.Slider(1, 8192, step=1, label="Max new tokens"))
                 thinking = gr.Checkbox(label="Think before answering", value=True, elem_id="thinking-switch",
                                        visible=False, info="This model's template can answer without thinking.")
                 settings_note = gr.Markdown(elem_id="settings-note")
             with gr.Accordion("Engine", open=False, visible=False) as engine_box:
-                context_limit = gr.Number(label="Context limit in tokens (0 = each model's own)", precision=0,
-                                          minimum=0)
-                cache_budget = gr.Number(label="Memory for prompt caches in GB (0 = a quarter of RAM)", minimum=0)
-                disk_cache = gr.Number(label="Disk for prompt caches in GB, kept across restarts (0 = none)",
-                                       minimum=0)
+                context_limit = checked(gr.Number(label="Context limit in tokens (0 = each model's own)",
+                                                  precision=0, minimum=0))
+                cache_budget = checked(gr.Number(label="Memory for prompt caches in GB (0 = a quarter of RAM)",
+                                                 minimum=0))
+                disk_cache = checked(gr.Number(label="Disk for prompt caches in GB, kept across restarts (0 = none)",
+                                               minimum=0))
             with gr.Accordion("Add a model", open=False, visible=False) as add_model_box:
                 folder = gr.Textbox(label="Model folder on this machine", placeholder="/path/to/mlx-model")
                 add_folder = gr.Button("Add folder", size="sm")

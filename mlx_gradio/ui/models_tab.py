@@ -14,6 +14,7 @@ from ..controller.library import HF_PREFIX
 from ..hub.search import SORTS
 from . import hub_render, render
 from .chat_events import ChatHandles, picker, picker_choices
+from .fields import checked
 
 
 class ModelsEvents:
@@ -206,7 +207,7 @@ def build_models_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandle
     with gr.Row(equal_height=True):
         author = gr.Textbox(label="Author", placeholder="e.g. mlx-community", max_lines=1)
         task = gr.Dropdown(list(TASKS), value="any", label="Task")
-        max_size = gr.Number(label="Largest size in GB (0 = any)", value=0, minimum=0)
+        max_size = checked(gr.Number(label="Largest size in GB (0 = any)", value=0, minimum=0))
         sort = gr.Dropdown(list(SORTS), value="downloads", label="Sort by")
     results = gr.Dataframe(headers=hub_render.COLUMNS, interactive=False, wrap=True, elem_id="hub-results")
     with gr.Row(equal_height=True):
@@ -217,8 +218,8 @@ def build_models_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandle
         with gr.Column(scale=3):
             details = gr.Markdown("*Pick a model in the results to see its details.*", elem_id="hub-details")
         with gr.Column(scale=2):
-            context = gr.Slider(256, 32768, step=256, label="Context length (tokens)", visible=False,
-                                elem_id="hub-context")
+            context = checked(gr.Slider(256, 32768, step=256, label="Context length (tokens)", visible=False,
+                                        elem_id="hub-context"))
             fit = gr.Markdown(elem_id="hub-fit")
             with gr.Row():
                 download = gr.Button("Download", variant="primary", visible=False, elem_id="hub-download")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import logging
 import time
+from collections import OrderedDict
 from datetime import datetime
 from pathlib import Path
 
@@ -80,7 +81,8 @@ def _user_content(message: dict) -> str | list:
     return parts if len(parts) != 1 else parts[0]
 
 
-_CACHED: dict[str, str] = {}
+_CACHED: OrderedDict[str, str] = OrderedDict()  # image -> its copy in Gradio's cache, most recently shown last
+MAX_CACHED_IMAGES = 1000
 
 
 def cached_image(path: str) -> str:
@@ -89,6 +91,7 @@ def cached_image(path: str) -> str:
 
     cached = _CACHED.get(path)
     if cached is not None and Path(cached).exists():
+        _CACHED.move_to_end(path)
         return cached
     try:
         cached = processing_utils.save_file_to_cache(path, utils.get_upload_folder())
@@ -96,6 +99,8 @@ def cached_image(path: str) -> str:
         log.warning("Image %s cannot be shown: %s", path, exc)
         return path
     _CACHED[path] = cached
+    while len(_CACHED) > MAX_CACHED_IMAGES:  # the least recently shown are hashed again if they come back
+        _CACHED.popitem(last=False)
     return cached
 
 

@@ -9,8 +9,8 @@ from ..engine.thread import EngineStatus
 from ..models.fit import gb
 from ..serving.supervisor import READY, STARTING, ServerStatus, Usage
 
-STATE_LABELS = {"starting": "◌ starting", "ready": "● ready", "stopping": "◌ stopping", "stopped": "○ stopped",
-                "failed": "✗ failed"}
+STATE_LABELS = {"starting": "◌ starting", "ready": "● ready", "not answering": "⚠ not answering",
+                "stopping": "◌ stopping", "stopped": "○ stopped", "failed": "✗ failed"}
 
 
 def uptime(seconds: float) -> str:

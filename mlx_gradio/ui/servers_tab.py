@@ -14,9 +14,11 @@ from ..controller import Controller
 from ..serving.profiles import TEXT, VISION, ServerProfile
 from . import server_render
 from .chat_events import ChatHandles, picker_choices
+from .fields import checked
 
 FIELDS = ("name", "model", "kind", "host", "port", "max_tokens", "temperature", "top_p", "prompt_cache_size",
-          "api_key", "extra_args", "allowed_origins", "start_with_app", "keep_running", "network_ok")
+          "api_key", "extra_args", "allowed_origins", "start_with_app", "keep_running", "restart_when_stuck",
+          "network_ok")
 TAB_ID = "servers"
 
 
@@ -128,7 +130,10 @@ class ServersEvents:
 
     def add_endpoint(self, request: gr.Request, name: str, url: str, key: str, model: str, vision: bool) -> tuple:
         endpoint = self.controller.servers.add_endpoint(name, url, key, model, vision, request)
-        gr.Info(f"{endpoint['name']} is in the chat's model list.")
+        if endpoint["problem"]:
+            gr.Warning(f"{endpoint['name']} is in the chat's model list, but does not answer: {endpoint['problem']}")
+        else:
+            gr.Info(f"{endpoint['name']} answers; it is in the chat's model list.")
         return ("", "", "", "", False, *self.endpoints(request), picker_choices(self.controller))
 
     def remove_endpoint(self, request: gr.Request, endpoint_id: str) -> tuple:
@@ -148,8 +153,8 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
         engine = gr.Markdown(elem_id="engine-status")
         load_engine = gr.Button("Load", size="sm", min_width=60, scale=0)
         unload_engine = gr.Button("Unload", size="sm", min_width=60, scale=0, elem_id="engine-unload")
-        idle = gr.Number(label="Unload after idle minutes (0 = never)", minimum=0, scale=0, min_width=200,
-                         elem_id="engine-idle")
+        idle = checked(gr.Number(label="Unload after idle minutes (0 = never)", minimum=0, scale=0, min_width=200,
+                                 elem_id="engine-idle"))
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             profile = gr.Dropdown(label="Profile", choices=[], elem_id="server-profile")
@@ -162,12 +167,12 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
             kind = gr.Radio([TEXT, VISION], label="Server (text: mlx_lm.server, vision: mlx_vlm.server)")
             with gr.Row():
                 host = gr.Textbox(label="Host", max_lines=1, info="127.0.0.1: this machine only")
-                port = gr.Number(label="Port", precision=0, minimum=1024, maximum=65535, elem_id="server-port")
+                port = checked(gr.Number(label="Port", precision=0, minimum=1024, maximum=65535, elem_id="server-port"))
             with gr.Accordion("Defaults, key and arguments", open=False):
-                max_tokens = gr.Number(label="Max tokens per reply", precision=0, minimum=1)
-                temperature = gr.Slider(0, 2, step=0.05, label="Temperature (mlx-lm)")
-                top_p = gr.Slider(0.01, 1, step=0.01, label="Top p (mlx-lm)")
-                prompt_cache_size = gr.Number(label="Prompt caches kept (mlx-lm)", precision=0, minimum=0)
+                max_tokens = checked(gr.Number(label="Max tokens per reply", precision=0, minimum=1))
+                temperature = checked(gr.Slider(0, 2, step=0.05, label="Temperature (mlx-lm)"))
+                top_p = checked(gr.Slider(0.01, 1, step=0.01, label="Top p (mlx-lm)"))
+                prompt_cache_size = checked(gr.Number(label="Prompt caches kept (mlx-lm)", precision=0, minimum=0))
                 api_key = gr.Textbox(label="API key (mlx-vlm only; mlx-lm's server has none)", type="password",
                                      max_lines=1)
                 extra_args = gr.Textbox(label="Extra arguments", placeholder="--kv-bits 8", max_lines=1)
@@ -180,6 +185,7 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
             with gr.Row():
                 start_with_app = gr.Checkbox(label="Start with the app")
                 keep_running = gr.Checkbox(label="Keep running when the app quits")
+                restart_when_stuck = gr.Checkbox(label="Restart it when it stops answering")
             with gr.Row():
                 start = gr.Button("▶ Start", variant="primary", size="sm", min_width=60, elem_id="server-start")
                 stop = gr.Button("■ Stop", size="sm", min_width=60, elem_id="server-stop")
@@ -209,7 +215,7 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     offered = gr.State([])
 
     fields = [name, model, kind, host, port, max_tokens, temperature, top_p, prompt_cache_size, api_key,
-              extra_args, allowed_origins, start_with_app, keep_running, network_ok]
+              extra_args, allowed_origins, start_with_app, keep_running, restart_when_stuck, network_ok]
     form = [profile_id, *fields]
     view = [live, log, calling]
     blocks.load(events.load, None, [profile, model, *form, engine, idle, endpoint_list, endpoint_pick],
