@@ -10,7 +10,8 @@ order, `--repeats` times. Every rate counts tokens the same way: the tokens the 
 `stream_options.include_usage`) after the first, over the time from the first to the last piece
 of text seen at this end. Then the time from Start to ready (a real one-token answer), and the
 CPU the supervisor itself uses while a server runs: with only its watcher, and with the Servers
-tab open (usage and log read once a second).
+tab open (usage and log read once a second); and what its health probes cost the server (`--only
+probes` runs that row alone).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from report import Row, print_table  # noqa: E402
 from mlx_gradio.models.demo import prepare_demo_model  # noqa: E402
 from mlx_gradio.net import free_port  # noqa: E402
 from mlx_gradio.serving.profiles import ServerProfile, check_profile, command, new_profile  # noqa: E402
-from mlx_gradio.serving.supervisor import READY, Servers, probe  # noqa: E402
+from mlx_gradio.serving.supervisor import PROBE_EVERY, READY, Servers, probe  # noqa: E402
 from mlx_gradio.store import Store  # noqa: E402
 
 IDLE_SECONDS = 30
@@ -93,16 +94,44 @@ def supervisor_cpu(servers: Servers, profile: ServerProfile, tab_open: bool) -> 
     return 100 * (sum(me.cpu_times()[:2]) - before) / (time.perf_counter() - started)
 
 
+def probe_cpu(servers: Servers, profile: ServerProfile, probes: int = 5) -> float:
+    """Percent of a core the health probes cost the server, at one probe per `PROBE_EVERY` seconds of quiet:
+    the server's CPU time (with its children) for a one-token answer, measured over `probes` of them."""
+    server = psutil.Process(servers.get(profile.id).pid)
+
+    def cpu_seconds() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in [server, *server.children(recursive=True)])
+
+    before = cpu_seconds()
+    for _ in range(probes):
+        error, _ = probe(profile)
+        assert error is None, error
+    return 100 * (cpu_seconds() - before) / probes / PROBE_EVERY
+
+
+def probe_row(servers: Servers, profile: ServerProfile) -> Row:
+    return Row(f"Server CPU for its health probes (one-token answers, one per {PROBE_EVERY / 60:.0f} min of quiet)",
+               [probe_cpu(servers, profile)], " % of a core", 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "mlx-gradio-bench")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("probes",), help="run one row alone")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     model = prepare_demo_model(args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         servers = Servers(Path(tmp) / "logs", Path(tmp) / "hf", Store(Path(tmp) / "data").running_servers)
         profile = check_profile(new_profile("bench", str(model)))
+        if args.only == "probes":
+            try:
+                start_ready(servers, profile)
+                print_table("Demo model served by `mlx_lm.server` (goal < 1 %)", [probe_row(servers, profile)])
+            finally:
+                servers.shutdown()
+            return
         by_hand = replace(profile, port=free_port())
         plain = None
         try:
@@ -131,6 +160,7 @@ def main() -> None:
             plain.wait(30)
             watcher_only = supervisor_cpu(servers, profile, tab_open=False)
             with_tab = supervisor_cpu(servers, profile, tab_open=True)
+            probes = probe_row(servers, profile)
         finally:
             servers.shutdown()
             if plain is not None and plain.poll() is None:
@@ -150,6 +180,7 @@ def main() -> None:
         Row("Start to ready (a real one-token answer)", ready_times, " s"),
         Row("Supervisor CPU while a server runs, watcher only", [watcher_only], " % of a core"),
         Row("Supervisor CPU, Servers tab open (usage and log once a second)", [with_tab], " % of a core"),
+        probes,
     ]
     print_table(f"Demo model, {TOKENS} greedy tokens, runs rotated; CPU over {IDLE_SECONDS} s (goal < 1 %)", rows)
 

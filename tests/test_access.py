@@ -253,3 +253,45 @@ def test_a_guest_sees_model_names_never_the_owners_paths_or_urls(make_controller
     with pytest.raises(gr.Error) as failed:
         list(events.send(ann, "", {"text": "And now?"}, str(copy), *GREEDY))
     assert str(copy) in failed.value.message  # the owner sees where to look
+
+
+def test_a_guest_has_one_reply_at_a_time_and_a_bound_on_conversations(make_controller, tiny_llama: Path,
+                                                                       monkeypatch):
+    """So that guests cannot starve the owner: one reply each (a second tab waits its turn), the owner is not
+    bound, and a guest keeps at most so many conversations."""
+    from mlx_gradio.controller import replies as replies_module
+
+    controller = make_controller(access=Access(owners=dict([OWNER]), guests=dict([GUS, GIA])))
+    replies = controller.replies
+    tab_1, tab_2 = gr.Request(username="gus", session_hash="g1"), gr.Request(username="gus", session_hash="g2")
+    gia = gr.Request(username="gia", session_hash="i")
+    ann = [gr.Request(username="ann", session_hash=f"a{n}") for n in range(2)]
+    model = "tiny-random-llama"
+    first = replies.send("", {"text": "Tell me a story."}, model, *GREEDY, request=tab_1)
+    next(first)  # gus's reply holds its slot from here on
+    with pytest.raises(gr.Error, match="one at a time for each guest"):
+        list(replies.send("", {"text": "And another?"}, model, *GREEDY, request=tab_2))
+    other = replies.send("", {"text": "Hello"}, model, *GREEDY, request=gia)  # another guest has a turn
+    next(other)
+    owners = [replies.send("", {"text": f"Owner {n}"}, model, *GREEDY, request=ann[n]) for n in range(2)]
+    for reply in owners:
+        next(reply)  # the owner is not bound
+    for reply in (first, other, *owners):
+        list(reply)
+    assert len(list(replies.send("", {"text": "Now?"}, model, *GREEDY, request=tab_2))) > 1  # its turn now
+    monkeypatch.setattr(replies_module, "MAX_GUEST_CONVERSATIONS", 2)
+    with pytest.raises(gr.Error, match="You keep 2 conversations, the most a guest may"):
+        list(replies.send("", {"text": "A third?"}, model, *GREEDY, request=tab_1))
+    kept = controller.store.conversations.list("gus")[0]
+    list(replies.send(kept[0].id, {"text": "In one I have"}, model, *GREEDY, request=tab_1))  # still fine
+    # What a guest uploads stays on this machine's disk: so much in all.
+    monkeypatch.setattr(replies_module, "MAX_GUEST_UPLOAD_BYTES", 1000)
+    notes = controller.conversations.upload_dir / "notes.txt"
+    notes.parent.mkdir(parents=True, exist_ok=True)
+    notes.write_text("a line of notes\n" * 40)  # 640 bytes
+    list(replies.send(kept[0].id, {"text": "Read this", "files": [str(notes)]}, model, *GREEDY, request=tab_1))
+    before = controller.store.conversations.get(kept[0].id)["messages"]
+    with pytest.raises(gr.Error, match="a guest may upload"):
+        list(replies.send(kept[0].id, {"text": "And this", "files": [str(notes)]}, model, *GREEDY, request=tab_1))
+    assert controller.store.conversations.get(kept[0].id)["messages"] == before
+    list(replies.send("", {"text": "And this", "files": [str(notes)]}, model, *GREEDY, request=ann[0]))  # no bound

@@ -37,6 +37,9 @@ MAX_IMAGES = 8  # per message
 MAX_FILES = 8  # text files per message
 STREAM_INTERVAL_S = 0.05  # at most 20 browser updates a second while a reply streams
 SAVE_INTERVAL_S = 5.0  # a reply being written is saved this often, so a crash loses little
+MAX_GUEST_CONVERSATIONS = 1000  # a guest who has this many deletes some before starting another
+MAX_GUEST_UPLOAD_BYTES = 1_000_000_000  # images and files a guest may upload in all
+UPLOADED = "uploaded_bytes"  # in a guest's settings: what they have uploaded so far
 
 
 @dataclass(eq=False)
@@ -134,6 +137,9 @@ class RepliesPart:
         with self._active_lock:
             if conversation_id in self._active:
                 raise errors.ReplyInProgress("A reply is already being written into this conversation.")
+            if not caller.is_owner and any(a.user == caller.user for a in self._active.values()):
+                raise errors.ReplyInProgress("You have a reply being written already (in another conversation or "
+                                             "tab): one at a time for each guest, so everyone gets a turn.")
             active = self._active[conversation_id] = ActiveReply(caller.user, caller.session, caller.is_owner)
             return active
 
@@ -155,6 +161,20 @@ class RepliesPart:
         with self._active_lock:
             if self._active.get(conversation_id) is active:
                 del self._active[conversation_id]
+
+    def _check_guest_bounds(self, caller: Caller, conversation_id: str, uploads: list[str]) -> None:
+        """A guest keeps at most so many conversations, and uploads at most so many bytes in all (what is
+        uploaded stays on this machine's disk)."""
+        if not conversation_id:
+            kept = self.store.conversations.list(caller.user, limit=0)[1]
+            if kept >= MAX_GUEST_CONVERSATIONS:
+                raise errors.ChatEditError(f"You keep {kept:,} conversations, the most a guest may; delete some "
+                                           "to start another.")
+        uploaded = self.store.settings.user(caller.user).get(UPLOADED, 0)
+        if uploads and uploaded + _size_of([self._uploaded(u) for u in uploads]) > MAX_GUEST_UPLOAD_BYTES:
+            raise errors.InvalidAttachment(f"You have uploaded {uploaded / 1e9:.1f} GB; a guest may upload "
+                                           f"{MAX_GUEST_UPLOAD_BYTES / 1e9:.0f} GB in all. Ask the owner for more "
+                                           "room, or send the message without its files.")
 
     def _uploaded(self, path: str) -> str:
         """An attachment's path, if it is a file uploaded through the page; nothing else on the server is read."""
@@ -187,6 +207,8 @@ class RepliesPart:
             model = self.models.model_for(caller, model_path)
             if pictures and not self.models.is_vision(model):
                 raise errors.ImageNeedsVisionModel(f"{self.models.name_of(model)} reads text only.")
+            if not caller.is_owner:
+                self._check_guest_bounds(caller, conversation_id, uploads)
             files = [attachments.ingest_text(self._uploaded(upload), self.files_dir) for upload in documents]
             images = [str(_ingest(self._uploaded(upload), self.images_dir)) for upload in pictures]
             conversation = (self.conversations.own(caller, conversation_id) if conversation_id
@@ -198,6 +220,9 @@ class RepliesPart:
             conversation.update(model=model, settings=values)
             with user_errors("send the message"):
                 conversation = self.conversations.save_reply(conversation, create=True)
+                if uploads and not caller.is_owner:
+                    uploaded = self.store.settings.user(caller.user).get(UPLOADED, 0)
+                    self.store.settings.update_user(caller.user, **{UPLOADED: uploaded + _size_of(uploads)})
             slot = len(conversation["messages"])
             yield from self._reply(active, conversation, slot, model, values, fallback=conversation,
                                    mark_unanswered=True, clear_input=True)
@@ -427,6 +452,17 @@ def _file_path(item: Any) -> str:
     if not isinstance(path, str) or not path:
         raise errors.InvalidImage("An attachment could not be read.")
     return path
+
+
+def _size_of(uploads: list[str]) -> int:
+    """Bytes of uploaded files (one gone meanwhile counts nothing: its ingest fails with a sentence)."""
+    total = 0
+    for upload in uploads:
+        try:
+            total += Path(upload).stat().st_size
+        except OSError as exc:
+            log.debug("Cannot size the upload %s: %s", upload, exc)
+    return total
 
 
 def _ingest(upload: str, images_dir: Path) -> Path:

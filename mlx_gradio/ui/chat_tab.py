@@ -10,6 +10,7 @@ from ..controller.conversations import PAGE_SIZE
 from .chat_events import ChatEvents
 from .fields import checked
 
+REPLY_SLOTS = 8  # replies streaming at once, for every user together (the others wait their turn in the queue)
 # Maths as models write it: display ($$…$$, \[…\]) and inline ($…$, \(…\)).
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "\\[", "right": "\\]", "display": True},
          {"left": "$", "right": "$", "display": False}, {"left": "\\(", "right": "\\)", "display": False}]
@@ -117,14 +118,16 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     gr.Timer(1.0).tick(events.status, None, status, show_progress="hidden", api_visibility="private")
 
     # Replies stream into the chat; the conversation list follows the open conversation.
+    # At most REPLY_SLOTS replies hold a worker thread at once (the engine writes one at a time anyway); the
+    # rest wait in Gradio's queue, which shows their place, and the threads stay free for pages and clicks.
+    slots = {"concurrency_limit": REPLY_SLOTS, "concurrency_id": "replies", "show_progress": "hidden"}
     sending = chat_input.submit(events.send, [conversation_id, chat_input, model, *settings], chat_view,
-                                api_name="send", concurrency_limit=None, show_progress="hidden")
+                                api_name="send", **slots)
     regenerating = gr.on([regenerate.click, chatbot.retry], events.regenerate, [conversation_id, model, *settings],
-                         chat_view, api_name="regenerate", concurrency_limit=None, show_progress="hidden")
-    editing = chatbot.edit(events.edit, [conversation_id, model, *settings], chat_view,
-                           api_name="edit", concurrency_limit=None, show_progress="hidden")
+                         chat_view, api_name="regenerate", **slots)
+    editing = chatbot.edit(events.edit, [conversation_id, model, *settings], chat_view, api_name="edit", **slots)
     continuing = continue_button.click(events.continue_reply, [conversation_id, model, *settings], chat_view,
-                                       api_name="continue", concurrency_limit=None, show_progress="hidden")
+                                       api_name="continue", **slots)
     replies = [sending, regenerating, editing, continuing]
     for reply in replies:
         reply.then(events.input_ready, None, chat_input, queue=False, api_visibility="private").then(
