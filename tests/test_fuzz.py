@@ -205,6 +205,12 @@ def call_handler(controller, model: Path, paths: list[str], data: st.DataObject,
         f"{name} changed what {request.username} may not"
 
 
+# The same draws on every run (derandomized), none kept between runs, and no time limit on a reply.
+FUZZ = settings(deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
+
+
 def untouchable(controller, data_dir: Path, user: str | None) -> dict:
     """What a call by `user` must leave as it was: other users' conversation files, byte for byte, and for a
     guest or no login the whole settings file but that guest's own records (settings, presets)."""
@@ -237,9 +243,7 @@ def check_result(controller, name: str, result: object, user: str | None) -> Non
         assert conversation is None or conversation["owner"] == user
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(FUZZ, max_examples=300)
 @given(data=st.data())
 def test_every_handler_ends_in_a_clear_error_or_a_correct_result(world, data):
     controller, data_dir, model, paths = world
@@ -256,9 +260,7 @@ def test_every_handler_ends_in_a_clear_error_or_a_correct_result(world, data):
     assert all(isinstance(app[k], (int, float)) and math.isfinite(app[k]) for k in ("context_limit", "cache_budget_gb"))
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                 HealthCheck.data_too_large])
+@settings(FUZZ, max_examples=200)
 @given(data=st.data())
 def test_a_guest_or_a_call_without_a_login_changes_nothing_of_the_owners(world, data):
     """The same draw, from the guest and from no login only: each handler is met a few times by each."""

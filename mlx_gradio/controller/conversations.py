@@ -76,10 +76,10 @@ class ConversationsPart:
             late = self._pending.pop(conversation_id, [])
             if not late or self.store.conversations.summary(conversation_id) is None:
                 return
-            conversation = self.store.conversations.get(conversation_id)
-            for fn in late:
-                fn(conversation)
             with user_errors("save the conversation's changes"):
+                conversation = self.store.conversations.get(conversation_id)
+                for fn in late:
+                    fn(conversation)
                 self.store.conversations.save(conversation, create=False, stamp=False)
 
 

@@ -196,9 +196,9 @@ class ModelsPart:
     def check(self, path: str) -> str | None:
         """Ask an endpoint for one token now; what went wrong (None: it answered) is what its status line says
         until the next check. A server of this app needs none: its supervisor knows."""
-        target = self.target(path)
         if not path.startswith(ENDPOINT_PREFIX):
             return None
+        target = self.target(path)
         problem = self._checked[path] = check_answers(target)
         log.log(logging.WARNING if problem else logging.INFO, "Endpoint %s: %s", target.name, problem or "it answers")
         return problem

@@ -9,10 +9,14 @@ token, tokens per second); `stop()` closes the stream after the current chunk.
 from __future__ import annotations
 
 import base64
+import http.client
+import json
 import logging
 import mimetypes
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -51,21 +55,31 @@ def is_remote(model: str) -> bool:
     return isinstance(model, str) and model.startswith((SERVER_PREFIX, ENDPOINT_PREFIX))
 
 
+def ask_one_token(base_url: str, api_key: str, model: str, timeout: float) -> tuple[str | None, bool]:
+    """(None, _) if the OpenAI-compatible server at `base_url` answers a one-token chat completion within
+    `timeout`; else (what went wrong, whether waiting longer cannot help: an error answer rather than none yet)."""
+    body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(f"{base_url}/chat/completions", data=json.dumps(body).encode(),
+                                     headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer = json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(2000).decode("utf-8", errors="replace").strip()
+        return f"HTTP {exc.code} {detail}".strip(), exc.code not in (408, 425, 429, 502, 503, 504)
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # no answer, or one that is not HTTP/JSON
+        return str(exc) or type(exc).__name__, False
+    if isinstance(answer, dict) and answer.get("choices"):
+        return None, False
+    return f"an answer without choices: {str(answer)[:200]}", True
+
+
 def check_answers(target: RemoteTarget, timeout: float = CHECK_TIMEOUT) -> str | None:
     """None if `target` answers a one-token chat completion within `timeout`; else what went wrong."""
-    import httpx
-    import openai
-
-    client = openai.OpenAI(base_url=target.base_url, api_key=target.api_key or "not-needed", max_retries=0,
-                           timeout=httpx.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)))
-    try:
-        answer = client.chat.completions.create(model=target.model, max_tokens=1,
-                                                messages=[{"role": "user", "content": "Hi"}])
-    except openai.APIStatusError as exc:
-        return f"it answered with an error ({exc.status_code}): {_detail(exc)}"
-    except (openai.APIError, httpx.HTTPError, OSError) as exc:
-        return f"it cannot be reached: {exc}"
-    return None if answer.choices else "its answer had no choices"
+    return ask_one_token(target.base_url, target.api_key, target.model, timeout)[0]
 
 
 def openai_messages(request: ChatRequest) -> list[dict]:

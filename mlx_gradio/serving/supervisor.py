@@ -11,7 +11,6 @@ and create time) so a later run of the app can adopt it or clean the record up.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,8 +18,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -29,6 +26,7 @@ from typing import Protocol
 
 from ..errors import AppError, ServerNotRunning, ServerStartFailed
 from .profiles import API_KEY_ENV, TEXT, VISION, ServerProfile, command
+from .remote import ask_one_token
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +391,10 @@ class Servers:
                 quiet = time.time() - server.last_alive
                 due = server.status.state == NOT_ANSWERING or quiet >= self.probe_every
                 if due and not server.busy and not server.stop_requested and not self._closed.is_set():
-                    self._probe(server)
+                    try:
+                        self._probe(server)
+                    except Exception:  # noqa: BLE001 - this thread watches every server: it must go on
+                        log.exception("Checking that %s answers failed", server.profile.name)
 
     def _rotate_running_log(self, server: Server) -> None:
         """Keep a running server's log within bounds: past `LOG_ROTATE_BYTES` it is copied to `.log.1` and cut
@@ -425,10 +426,10 @@ class Servers:
                                              f"{self.probe_timeout:.0f} s ({error}).")
         if server.profile.restart_when_stuck:
             log.warning("Restarting %s, as its profile says for a server that does not answer", server.profile.name)
-            self.stop(server.profile.id)
             try:
+                self.stop(server.profile.id)
                 self.start(server.profile)
-            except AppError as exc:
+            except AppError as exc:  # it ended meanwhile (stopped by hand), or it cannot be started again
                 log.error("Could not restart %s: %s", server.profile.name, exc)
 
     def _watch(self) -> None:
@@ -490,21 +491,5 @@ class Servers:
 def probe(profile: ServerProfile, timeout: float = 30.0) -> tuple[str | None, bool]:
     """(None, _) if the server answers a one-token chat completion; else (what went wrong, whether waiting
     longer cannot help: an error answer rather than no answer yet)."""
-    body = {"model": "default_model" if profile.kind == TEXT else profile.model, "max_tokens": 1,
-            "messages": [{"role": "user", "content": "Hi"}], "stream": False}
-    headers = {"Content-Type": "application/json"}
-    if profile.api_key:
-        headers["Authorization"] = f"Bearer {profile.api_key}"
-    request = urllib.request.Request(f"{profile.url}/chat/completions", data=json.dumps(body).encode(),
-                                     headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            answer = json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        body = exc.read(2000).decode("utf-8", errors="replace").strip()
-        return f"HTTP {exc.code} {body}".strip(), exc.code not in (408, 425, 429, 502, 503, 504)
-    except (OSError, ValueError) as exc:
-        return str(exc), False
-    if answer.get("choices"):
-        return None, False
-    return f"an answer without choices: {str(answer)[:200]}", True
+    return ask_one_token(profile.url, profile.api_key, "default_model" if profile.kind == TEXT else profile.model,
+                         timeout)
