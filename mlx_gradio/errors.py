@@ -61,6 +61,10 @@ class ReplyInProgress(AppError):
     """A reply is already being written into this conversation."""
 
 
+class Busy(AppError):
+    """As many replies are under way as the app takes at once; a guest's next one waits for room."""
+
+
 class ContextTooLong(AppError):
     """The message (with what must come with it) does not fit the model's context."""
 

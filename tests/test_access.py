@@ -257,11 +257,11 @@ def test_a_guest_sees_model_names_never_the_owners_paths_or_urls(make_controller
 
 def test_a_guest_has_one_reply_at_a_time_and_a_bound_on_conversations(make_controller, tiny_llama: Path,
                                                                        monkeypatch):
-    """So that guests cannot starve the owner: one reply each (a second tab waits its turn), the owner is not
-    bound, and a guest keeps at most so many conversations."""
+    """So that guests cannot starve the owner: one reply each (a second tab waits its turn), a cap on replies under
+    way for everyone, the owner is not bound, and a guest keeps at most so many conversations."""
     from mlx_gradio.controller import replies as replies_module
 
-    controller = make_controller(access=Access(owners=dict([OWNER]), guests=dict([GUS, GIA])))
+    controller = make_controller(access=Access(owners=dict([OWNER]), guests=dict([GUS, GIA, ("gil", "gil-pw")])))
     replies = controller.replies
     tab_1, tab_2 = gr.Request(username="gus", session_hash="g1"), gr.Request(username="gus", session_hash="g2")
     gia = gr.Request(username="gia", session_hash="i")
@@ -273,9 +273,16 @@ def test_a_guest_has_one_reply_at_a_time_and_a_bound_on_conversations(make_contr
         list(replies.send("", {"text": "And another?"}, model, *GREEDY, request=tab_2))
     other = replies.send("", {"text": "Hello"}, model, *GREEDY, request=gia)  # another guest has a turn
     next(other)
+    # As many replies under way as the app takes: a guest is told to try again later, before anything is kept.
+    monkeypatch.setattr(replies_module, "MAX_REPLIES", 2)
+    gil = gr.Request(username="gil", session_hash="l")
+    with pytest.raises(gr.Error, match="The app is busy: 2 replies are under way.*Try again in a minute"):
+        list(replies.send("", {"text": "Me too"}, model, *GREEDY, request=gil))
+    assert controller.store.conversations.list("gil")[1] == 0
     owners = [replies.send("", {"text": f"Owner {n}"}, model, *GREEDY, request=ann[n]) for n in range(2)]
     for reply in owners:
-        next(reply)  # the owner is not bound
+        next(reply)  # the owner is bound neither by one at a time nor by the cap
+    monkeypatch.setattr(replies_module, "MAX_REPLIES", 64)
     for reply in (first, other, *owners):
         list(reply)
     assert len(list(replies.send("", {"text": "Now?"}, model, *GREEDY, request=tab_2))) > 1  # its turn now
@@ -295,3 +302,18 @@ def test_a_guest_has_one_reply_at_a_time_and_a_bound_on_conversations(make_contr
         list(replies.send(kept[0].id, {"text": "And this", "files": [str(notes)]}, model, *GREEDY, request=tab_1))
     assert controller.store.conversations.get(kept[0].id)["messages"] == before
     list(replies.send("", {"text": "And this", "files": [str(notes)]}, model, *GREEDY, request=ann[0]))  # no bound
+
+
+def test_guests_replies_update_the_page_less_often_the_more_stream_at_once(make_controller):
+    """Many guests streaming at once share the page's work; an owner's reply keeps every update."""
+    from mlx_gradio.controller.replies import STREAM_INTERVAL_S, ActiveReply
+
+    replies = make_controller().replies
+    streaming = [ActiveReply(f"guest{n}", f"s{n}", owner=False, streaming=True) for n in range(3)]
+    waiting = ActiveReply("gil", "w", owner=False)  # a reply that waits for the model sends no updates
+    owner = ActiveReply("ann", "a", owner=True, streaming=True)
+    replies._active = {str(n): active for n, active in enumerate([*streaming, waiting, owner])}
+    assert replies._stream_interval(streaming[0]) == pytest.approx(4 * STREAM_INTERVAL_S)
+    assert replies._stream_interval(owner) == STREAM_INTERVAL_S
+    replies._active = {"0": streaming[0]}
+    assert replies._stream_interval(streaming[0]) == STREAM_INTERVAL_S

@@ -100,6 +100,34 @@ def test_two_sessions_queue_without_mixing(engine, tiny_llama: Path):
     assert results == alone  # each answer is the one its question gets alone: nothing of the other leaked in
 
 
+def test_waiting_replies_take_turns_an_owners_first_then_one_client_after_another(engine, tiny_llama: Path):
+    """One client with three replies waiting cannot keep another's one waiting behind them all, and an owner's
+    reply goes first; a reply that waits is told how many are ahead."""
+    engine.load(str(tiny_llama)).result(timeout=120)
+    gate = threading.Event()
+    busy = engine.call(gate.wait)  # the engine is busy with something else while the replies come in
+    asked = [("gus", False), ("gus", False), ("gus", False), ("gia", False), ("ann", True)]
+    generations = [engine.generate(ChatRequest(f"{client}-{n}", str(tiny_llama), (FRANCE,), GREEDY, client=client,
+                                               first=first)) for n, (client, first) in enumerate(asked)]
+    ended, statuses = [], {}
+
+    def read(n: int) -> None:
+        for event in generations[n].events():
+            statuses.setdefault(n, event.status)
+        ended.append(n)
+
+    readers = [threading.Thread(target=read, args=(n,)) for n in range(len(asked))]
+    for reader in readers:
+        reader.start()
+    gate.set()
+    busy.result(timeout=60)
+    for reader in readers:
+        reader.join(timeout=300)
+    assert [asked[n][0] for n in ended] == ["ann", "gus", "gia", "gus", "gus"]
+    assert statuses[2] == "Waiting for the model: 2 replies ahead of this one…"
+    assert statuses[1] == "Waiting for the model: 1 reply ahead of this one…"
+
+
 def test_unknown_model_and_image_to_text_model_are_clear_errors(engine, tiny_llama: Path, images):
     with pytest.raises(ModelNotFound):
         ask(engine, "x", Path("/nonexistent/model"), [FRANCE])

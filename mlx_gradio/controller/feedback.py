@@ -26,6 +26,7 @@ ADVICE = {
     errors.StoreWriteFailed: "Free some disk space or fix the folder's permissions, then try again; "
                              "nothing that was saved before is lost.",
     errors.ReplyInProgress: "Wait for it to finish, or stop it in the tab that started it.",
+    errors.Busy: "Try again in a minute.",
     errors.HubUnreachable: "Check the internet connection; the models on this machine still work.",
     errors.HubRateLimited: "Try again in a minute; a token raises the limit.",
     errors.RepoNotFound: "Check the name, or set a token if it is a private repository.",

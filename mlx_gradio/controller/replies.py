@@ -35,8 +35,11 @@ log = logging.getLogger(__name__)
 
 MAX_IMAGES = 8  # per message
 MAX_FILES = 8  # text files per message
-STREAM_INTERVAL_S = 0.05  # at most 20 browser updates a second while a reply streams
+# At most 20 browser updates a second while a reply streams. A guest's reply waits this times the number of
+# replies streaming at once, so guests share the page's work rather than slow the owner's page.
+STREAM_INTERVAL_S = 0.05
 SAVE_INTERVAL_S = 5.0  # a reply being written is saved this often, so a crash loses little
+MAX_REPLIES = 64  # under way at once (streaming or waiting for the model); a guest's next one beyond is refused
 MAX_GUEST_CONVERSATIONS = 1000  # a guest who has this many deletes some before starting another
 MAX_GUEST_UPLOAD_BYTES = 1_000_000_000  # images and files a guest may upload in all
 UPLOADED = "uploaded_bytes"  # in a guest's settings: what they have uploaded so far
@@ -49,6 +52,7 @@ class ActiveReply:
     user: str
     session: str
     owner: bool  # whether an owner asked: a guest's errors and notes name no path or URL of the owner's
+    streaming: bool = False  # its text has begun to come (it no longer waits for the model)
     stop_requested: threading.Event = field(default_factory=threading.Event)
     generation: Generation | None = None
 
@@ -137,11 +141,21 @@ class RepliesPart:
         with self._active_lock:
             if conversation_id in self._active:
                 raise errors.ReplyInProgress("A reply is already being written into this conversation.")
-            if not caller.is_owner and any(a.user == caller.user for a in self._active.values()):
-                raise errors.ReplyInProgress("You have a reply being written already (in another conversation or "
-                                             "tab): one at a time for each guest, so everyone gets a turn.")
+            self._refuse_second_reply(caller)
             active = self._active[conversation_id] = ActiveReply(caller.user, caller.session, caller.is_owner)
             return active
+
+    def _refuse_second_reply(self, caller: Caller) -> None:
+        """A guest has one reply under way at a time, and none while the app has as many as it takes
+        (called with the lock held)."""
+        if caller.is_owner:
+            return
+        if any(a.user == caller.user for a in self._active.values()):
+            raise errors.ReplyInProgress("You have a reply being written already (in another conversation or "
+                                         "tab): one at a time for each guest, so everyone gets a turn.")
+        if len(self._active) >= MAX_REPLIES:
+            raise errors.Busy(f"The app is busy: {len(self._active)} replies are under way, as many as it "
+                              "takes at once.")
 
     def stop_conversation(self, conversation_id: str) -> None:
         """Stop whatever reply is being written into a conversation (it is being deleted)."""
@@ -157,6 +171,14 @@ class RepliesPart:
         for reply in active:
             reply.stop()
 
+    def _stream_interval(self, active: ActiveReply) -> float:
+        """Seconds between two page updates of this reply: an owner's as often as they come, a guest's less
+        often the more replies stream at once."""
+        if active.owner:
+            return STREAM_INTERVAL_S
+        with self._active_lock:
+            return STREAM_INTERVAL_S * max(1, sum(a.streaming for a in self._active.values()))
+
     def _release(self, conversation_id: str, active: ActiveReply) -> None:
         with self._active_lock:
             if self._active.get(conversation_id) is active:
@@ -164,7 +186,10 @@ class RepliesPart:
 
     def _check_guest_bounds(self, caller: Caller, conversation_id: str, uploads: list[str]) -> None:
         """A guest keeps at most so many conversations, and uploads at most so many bytes in all (what is
-        uploaded stays on this machine's disk)."""
+        uploaded stays on this machine's disk); a reply they may not have now is refused before their files are
+        kept."""
+        with self._active_lock:
+            self._refuse_second_reply(caller)
         if not conversation_id:
             kept = self.store.conversations.list(caller.user, limit=0)[1]
             if kept >= MAX_GUEST_CONVERSATIONS:
@@ -332,7 +357,8 @@ class RepliesPart:
                                                                                         values["system_prompt"])
         request = ChatRequest(base["id"], model, messages, sampling_params(values),
                               context_limit=self.store.settings.app()["context_limit"],
-                              thinking=values["thinking"], continue_last=continuing)
+                              thinking=values["thinking"], continue_last=continuing, client=active.user,
+                              first=active.owner)
         reply = _Reply.continuing(chat.current_version(base["messages"][slot])) if continuing else _Reply()
         reply.model_name = self.models.name_of(model)  # now: a server or endpoint may be gone when the reply ends
         base.update(model=model, settings=values)  # a conversation keeps the model and settings of its replies
@@ -346,10 +372,11 @@ class RepliesPart:
                 yield ChatView(base, draft and Draft(slot, "", status), streaming=True)
             generation = self.models.generate(request)
             active.attach(generation)
-            last_yield = last_save = time.monotonic()
+            last_yield, last_save = 0.0, time.monotonic()  # the first event is shown at once (the wait, if any)
             for event in generation.events():
                 now = time.monotonic()
                 reply.add(event, now)
+                active.streaming = reply.started
                 status = event.status or status
                 saved: dict | None = conversation
                 if reply.started and not reply.committed:
@@ -365,7 +392,7 @@ class RepliesPart:
                 if saved is None:
                     log.info("Conversation %s was deleted while its reply was written; the reply ends", base["id"])
                     break
-                if event.done or now - last_yield >= STREAM_INTERVAL_S:
+                if event.done or now - last_yield >= self._stream_interval(active):
                     draft = None if reply.committed else Draft(slot, reply.text, status)
                     yield ChatView(conversation, draft, streaming=True)
                     last_yield = now

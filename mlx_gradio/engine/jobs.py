@@ -49,6 +49,8 @@ class ChatRequest:
     context_limit: int = 0  # tokens; 0 means the model's own context length
     thinking: bool = True  # the template's `enable_thinking` (a template without one ignores it)
     continue_last: bool = False  # the last message is a reply that was cut short: write on from its end
+    client: str = ""  # who asks (a user): waiting replies take turns between clients
+    first: bool = False  # served before the others waiting (an owner's reply)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 MLX streams belong to the thread that made them, and Gradio calls handlers from a pool of
 threads, so every piece of MLX work is a job on this thread's queue. Handlers get a `Future`
 (load, unload, any call) or a `Generation` whose events they read as the reply streams.
-Replies are queued as `Generation` objects of their own, so a later version can take several
-pending ones at once and decode them together in a batch.
+Replies wait as `Generation` objects of their own, so a later version can take several pending
+ones at once and decode them together in a batch. Waiting replies take turns: an owner's first,
+then one per client in turn, so one busy client cannot keep the others waiting.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import AppError, GenerationFailed
-from .jobs import ChatRequest, Generation
+from .jobs import ChatRequest, Generation, GenerationEvent
 from .prompt_cache import DEFAULT_LIMIT
 from .prompt_files import PromptFiles
 
 log = logging.getLogger(__name__)
 
 _SHUTDOWN = object()
+_NEXT_REPLY = object()  # on the job queue for each waiting reply: run the one whose turn it is
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class Engine:
         self._cache_budget = cache_budget
         self._worker: Any = None  # the generation.Worker, created on the thread itself
         self._replies: set[Generation] = set()  # queued or running, so shutdown can stop them
+        self._waiting: list[Generation] = []  # queued, in the order they came
+        self._turns: dict[str, int] = {}  # client -> when (a count of replies begun) its last reply began
+        self._begun = 0
         self._replies_lock = threading.Lock()
         self._shut_down = False
         self._thread_lock = threading.Lock()
@@ -112,8 +117,30 @@ class Engine:
         generation = Generation(request)
         with self._replies_lock:
             self._replies.add(generation)
-        self._put(generation)
+            ahead = self._ahead_of(request)
+            self._waiting.append(generation)
+        if ahead:
+            replies = "reply" if ahead == 1 else "replies"
+            generation.put(GenerationEvent(status=f"Waiting for the model: {ahead} {replies} ahead of this one…"))
+        self._put(_NEXT_REPLY)
         return generation
+
+    def _ahead_of(self, request: ChatRequest) -> int:
+        """How many waiting replies come before a new one (a fair guess: turns may change as others come)."""
+        if request.first:
+            return sum(g.request.first for g in self._waiting) + self.status().generating
+        return len(self._waiting) + self.status().generating
+
+    def _take_turn(self) -> Generation:
+        """The waiting reply to run now: an owner's first, else that of the client whose last reply began
+        longest ago; the earliest of that client's."""
+        with self._replies_lock:
+            generation = min(self._waiting, key=lambda g: (not g.request.first,
+                                                           self._turns.get(g.request.client, -1)))
+            self._waiting.remove(generation)
+            self._begun += 1
+            self._turns[generation.request.client] = self._begun
+            return generation
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the replies in flight, unload, and end the thread."""
@@ -157,8 +184,8 @@ class Engine:
         self._worker = Worker(self.set_status, self._cache_limit, self._cache_budget, self._prompt_files)
         try:
             while job is not _SHUTDOWN:
-                if isinstance(job, Generation):
-                    self._run_generation(job)
+                if job is _NEXT_REPLY:
+                    self._run_generation(self._take_turn())
                 else:
                     self._run_call(*job)
                 self._housekeeping("read the memory in use", self._show_usage)

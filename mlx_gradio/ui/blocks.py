@@ -9,12 +9,13 @@ import gradio as gr
 
 from ..controller import Controller
 from .chat_events import ChatHandles
-from .chat_tab import build_chat_tab
+from .chat_tab import REPLY_SLOTS, build_chat_tab
 from .models_tab import build_models_tab
 from .servers_tab import build_servers_tab
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 MAX_UPLOAD = "20mb"
+PAGE_THREADS = 40  # Gradio's own default, for pages and clicks: replies waiting for the model never take these
 DELETE_CACHE = (3600, 24 * 3600)  # every hour, remove uploads and cached copies older than a day
 
 
@@ -55,5 +56,6 @@ def launch_options(controller: Controller) -> dict[str, Any]:
         "favicon_path": str(ASSETS / "favicon.svg"),  # also the icon of the installed app (PWA)
         "pwa": True,  # the page can be installed as a desktop app, named after the Blocks' title
         "auth": access.authenticate if access.login_required else None,
+        "max_threads": PAGE_THREADS + REPLY_SLOTS,
         "auth_message": "Sign in to mlx-gradio." if access.login_required else None,
     }

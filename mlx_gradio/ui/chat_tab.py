@@ -7,10 +7,12 @@ import gradio as gr
 from ..chats.attachments import TEXT_SUFFIXES
 from ..controller import Controller
 from ..controller.conversations import PAGE_SIZE
+from ..controller.replies import MAX_REPLIES
 from .chat_events import ChatEvents
 from .fields import checked
 
-REPLY_SLOTS = 8  # replies streaming at once, for every user together (the others wait their turn in the queue)
+# Replies under way at once, for every user together: the guests' cap and room for an owner's own beyond it.
+REPLY_SLOTS = MAX_REPLIES + 8
 # Maths as models write it: display ($$…$$, \[…\]) and inline ($…$, \(…\)).
 LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "\\[", "right": "\\]", "display": True},
          {"left": "$", "right": "$", "display": False}, {"left": "\\(", "right": "\\)", "display": False}]
@@ -118,8 +120,8 @@ def build_chat_tab(controller: Controller, blocks: gr.Blocks) -> tuple[gr.Dropdo
     gr.Timer(1.0).tick(events.status, None, status, show_progress="hidden", api_visibility="private")
 
     # Replies stream into the chat; the conversation list follows the open conversation.
-    # At most REPLY_SLOTS replies hold a worker thread at once (the engine writes one at a time anyway); the
-    # rest wait in Gradio's queue, which shows their place, and the threads stay free for pages and clicks.
+    # Replies wait for the model inside the app, which takes them in turns (an owner's first, then one user after
+    # another) and says how many are ahead; each holds one of the threads set aside for them (see `launch_options`).
     slots = {"concurrency_limit": REPLY_SLOTS, "concurrency_id": "replies", "show_progress": "hidden"}
     sending = chat_input.submit(events.send, [conversation_id, chat_input, model, *settings], chat_view,
                                 api_name="send", **slots)
