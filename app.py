@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default $MLX_GRADIO_HOME or ~/.mlx-gradio)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--model", help="model folder or Hugging Face repo id (in the local cache) to load at start")
+    parser.add_argument("--api-port", type=int, metavar="PORT",
+                        help="serve the app's OpenAI-compatible API on this port for this run (the host and keys "
+                             "are the Servers tab's; it is switched on there to start with every run)")
     parser.add_argument("--no-browser", action="store_true", help="do not open the page in the default browser")
     args = parser.parse_args(argv)
     args.owners = read_logins(args.auth, args.auth_file, "--auth", parser)
@@ -141,10 +144,10 @@ def main(argv: list[str] | None = None) -> None:
                       args.host, args.port, exc)
             raise SystemExit(2) from exc
         try:
-            controller.startup(args.model)
+            controller.startup(args.model, args.api_port)
         except AppError as exc:
             log.error("Cannot load --model %s: %s; loading the last used model instead", args.model, exc)
-            controller.startup()
+            controller.startup(api_port=args.api_port)
         blocks.block_thread()  # until Ctrl+C or SIGTERM; it closes the server itself
     except KeyboardInterrupt:
         log.info("Stopping while the app was still starting")

@@ -119,3 +119,7 @@ class ServerStartFailed(AppError):
 
 class StoreReadFailed(AppError):
     """A saved file could not be read just now (permissions, too many open files); it was left as it is."""
+
+
+class ApiStartFailed(AppError):
+    """The app's own API could not listen where it was asked to (a port in use, a host without a key)."""

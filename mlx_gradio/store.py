@@ -47,6 +47,10 @@ DEFAULT_APP_SETTINGS: dict[str, Any] = {
     "cache_budget_gb": 0.0,  # prompt caches in memory; 0 means a quarter of this machine's RAM
     "idle_unload_minutes": 0.0,  # unload the engine's model after this long without a reply; 0: never
     "disk_cache_gb": 2.0,  # conversations' prompt caches kept on disk across restarts; 0: none
+    "api_enabled": False,  # the app's own OpenAI-compatible API
+    "api_host": "127.0.0.1",
+    "api_port": 8421,  # not LM Studio's 1234, Ollama's 11434 nor mlx_lm.server's 8080
+    "api_origins": [],  # web pages that may call the API (none: no CORS)
 }
 
 
@@ -196,6 +200,7 @@ class Store:
         self.server_profiles = Records(self.settings, "server_profiles", "id")
         self.running_servers = Records(self.settings, "running_servers", "profile_id")
         self.endpoints = Records(self.settings, "endpoints", "id")
+        self.api_keys = Records(self.settings, "api_keys", "id")
         self._notices: list[str] = []
         if self.settings.recovered_from:
             self._notices.append(f"The saved settings could not be read, so they were moved to "

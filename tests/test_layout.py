@@ -8,9 +8,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "mlx_gradio"
 
 # Lowest first: a module may import its own area and the areas before it, never one after it.
-LAYERS = ["errors", "files", "logs", "net", "models", "engine", "chats", "store", "hub", "serving", "controller", "ui",
-          "app_factory"]
-SERVICES = {"errors", "files", "logs", "net", "models", "engine", "chats", "store", "hub", "serving"}
+LAYERS = ["errors", "files", "logs", "net", "models", "engine", "chats", "store", "hub", "serving", "api", "controller",
+          "ui", "app_factory"]
+SERVICES = {"errors", "files", "logs", "net", "models", "engine", "chats", "store", "hub", "serving", "api"}
 
 
 def area(module: str) -> str:

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..api.activity import RequestLog
+from ..api.keys import ApiKeys
+from ..api.routes import ApiService, Catalog
+from ..api.runner import ApiServer
 from ..engine.thread import Engine
 from ..errors import AppError
 from ..hub.downloads import Downloads
@@ -19,6 +23,7 @@ from ..models.memory import machine_memory
 from ..serving.supervisor import Servers
 from ..store import LOCAL_USER, Store
 from .access import Access
+from .api import ApiPart
 from .chat_settings import ChatSettingsPart
 from .conversations import ConversationsPart
 from .downloads import DownloadsPart
@@ -64,6 +69,11 @@ class Controller:
         self.library = LibraryPart(self.models, engine, store, self.access, downloads, machine_memory)
         self.servers = ServersPart(Servers(self.data_dir / "servers", self.cache_dir, store.running_servers), store,
                                    self.models, self.access)
+        catalog = Catalog(models=lambda: [m for m in self.models.available() if m.source not in ("server", "endpoint")],
+                          prepare=self.models.prepare,
+                          generate=self.models.generate, loaded=lambda: engine.status().model_path,
+                          context_limit=lambda: store.settings.app()["context_limit"])
+        self.api = ApiPart(ApiServer(ApiService(catalog, ApiKeys(store.api_keys), RequestLog())), store, self.access)
 
     def is_streaming(self, conversation_id: str) -> bool:
         """Whether a reply is being written into this conversation."""
@@ -92,12 +102,13 @@ class Controller:
         with user_errors("load the page"):
             return self.access.caller(request).is_owner
 
-    def startup(self, model: str | None = None) -> None:
+    def startup(self, model: str | None = None, api_port: int | None = None) -> None:
         """Hand what was made without a login to the first owner (with logins); select the model to start with and
-        load it in the background; adopt or start the servers."""
+        load it in the background; adopt or start the servers; start the API if it is on (or on `api_port`)."""
         self.hand_over_local()
         self.servers.startup()
         self.models.startup(model)
+        self.api.startup(api_port)
 
     def hand_over_local(self) -> None:
         """With logins on, the conversations (and settings) made without a login belong to the first owner."""
@@ -122,6 +133,7 @@ class Controller:
     def shutdown(self) -> None:
         """Stop the replies in flight and the downloads, unload the model, and write what is kept in memory."""
         self.stop_replies()
+        self.api.shutdown()
         self.downloads.shutdown()
         self.servers.shutdown()
         self.engine.shutdown()

@@ -33,6 +33,7 @@ ADVICE = {
     errors.NotEnoughSpace: "Free some disk space (delete a model under “On this machine”) and try again.",
     errors.DownloadInProgress: "Its progress is under Downloads.",
     errors.StoreReadFailed: "Try again in a moment; if it stays, check the data dir's permissions.",
+    errors.ApiStartFailed: "Nothing else changed; the chat works as before.",
     errors.ServerStartFailed: "Free some disk space, or check that the data dir's servers folder can be written.",
 }
 

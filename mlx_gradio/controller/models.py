@@ -150,6 +150,11 @@ class ModelsPart:
             wait([job], timeout=0.5)
         job.result()
 
+    def prepare(self, model_path: str) -> None:
+        """Block until `model_path` can be used (the demo model is fetched and converted first)."""
+        for _ in self.wait_for_demo(model_path):
+            pass
+
     def resolve(self, spec: str) -> str:
         """A model folder for a path or a Hugging Face repo id in the local cache (the --model flag)."""
         if Path(spec).expanduser().is_dir():

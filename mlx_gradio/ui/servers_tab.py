@@ -13,6 +13,7 @@ import gradio as gr
 from ..controller import Controller
 from ..serving.profiles import TEXT, VISION, ServerProfile
 from . import server_render
+from .api_panel import build_api_panel
 from .chat_events import ChatHandles, picker_choices
 from .fields import checked
 
@@ -140,15 +141,17 @@ class ServersEvents:
         self.controller.servers.remove_endpoint(endpoint_id, request)
         return (*self.endpoints(request), picker_choices(self.controller))
 
-    def tab_selected(self, event: gr.SelectData) -> gr.Timer:
-        """The live view ticks only while the Servers tab is shown."""
-        return gr.Timer(active=event.value == "Servers" or getattr(event, "id", None) == TAB_ID)
+    def tab_selected(self, event: gr.SelectData) -> tuple[gr.Timer, gr.Timer]:
+        """The live views (servers, the API's requests) tick only while the Servers tab is shown."""
+        shown = event.value == "Servers" or getattr(event, "id", None) == TAB_ID
+        return gr.Timer(active=shown), gr.Timer(active=shown)
 
 
 def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandles) -> None:
     """Lay out the Servers tab inside the current Blocks context and wire it to the controller."""
     events = ServersEvents(controller)
     profile_id = gr.State("")
+    api_timer = build_api_panel(controller, blocks)
     with gr.Row(equal_height=False, elem_id="engine-panel"):
         engine = gr.Markdown(elem_id="engine-status")
         load_engine = gr.Button("Load", size="sm", min_width=60, scale=0)
@@ -239,4 +242,4 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     load_engine.click(events.load_engine, None, engine, api_name="load_engine")
     unload_engine.click(events.unload_engine, None, engine, api_name="unload_engine")
     gr.on([idle.blur, idle.submit], events.save_idle, idle, idle, api_name="save_idle_unload")
-    chat.tabs.select(events.tab_selected, None, ticker, api_visibility="private")
+    chat.tabs.select(events.tab_selected, None, [ticker, api_timer], api_visibility="private")

@@ -1,0 +1,150 @@
+"""OpenAI's chat completions: a request body read into the engine's terms, and the answer in OpenAI's shape."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.jobs import ChatMessage, GenerationStats, SamplingParams
+from . import fields
+from .errors import bad_request
+
+UNCAPPED = 1 << 20  # no max_tokens: as many as the context leaves (the engine caps it)
+MAX_IMAGE_BYTES = 20_000_000
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """What a chat completion request asks for, checked."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None  # what the client asked for (None: as many as the context leaves)
+    thinking: bool = True  # `chat_template_kwargs.enable_thinking`, for templates that can think or not
+
+
+def read_chat(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
+    """Check a chat completion body; `save_image` keeps an image's bytes and returns its path."""
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' is required: one of the ids GET /v1/models lists.", "model")
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise bad_request("'messages' must be a non-empty list.", "messages")
+    if body.get("tools") and body.get("tool_choice") != "none":
+        raise bad_request("Tools are not served by this API yet; send the request without 'tools'.", "tools")
+    if fields.number(body, "n", 1, 1, 1, integer=True) != 1:
+        raise bad_request("'n' must be 1.", "n")
+    messages = tuple(_message(m, f"messages[{i}]", save_image) for i, m in enumerate(raw))
+    max_tokens = fields.number(body, "max_completion_tokens", None, 1, UNCAPPED, integer=True)
+    if max_tokens is None:
+        max_tokens = fields.number(body, "max_tokens", None, 1, UNCAPPED, integer=True)
+    params = SamplingParams(
+        temperature=fields.number(body, "temperature", 0.0, 0, 2),
+        top_p=fields.number(body, "top_p", 1.0, 0, 1),
+        top_k=fields.number(body, "top_k", 0, 0, 1_000_000, integer=True),
+        min_p=fields.number(body, "min_p", 0.0, 0, 1),
+        repetition_penalty=fields.number(body, "repetition_penalty", 1.0, 0.01, 10),
+        seed=fields.number(body, "seed", -1, -(2**63), 2**63 - 1, integer=True),
+        max_tokens=max_tokens or UNCAPPED)
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object.", "stream_options")
+    template = body.get("chat_template_kwargs") or {}
+    if not isinstance(template, dict):
+        raise bad_request("'chat_template_kwargs' must be an object.", "chat_template_kwargs")
+    return ChatCall(model, messages, params, fields.stops(body), fields.flag(body, "stream"),
+                    fields.flag(options, "include_usage"), max_tokens, fields.flag(template, "enable_thinking", True))
+
+
+def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> ChatMessage:
+    if not isinstance(raw, dict):
+        raise bad_request(f"'{where}' must be an object with a role and content.", where)
+    role = raw.get("role")
+    if role == "tool" or raw.get("tool_calls"):
+        raise bad_request("Tool calls are not served by this API yet.", f"{where}.role")
+    if role not in ROLES:
+        raise bad_request(f"'{where}.role' must be one of {', '.join(ROLES)}; it is {role!r}.", f"{where}.role")
+    content = raw.get("content")
+    if content is None and role == "assistant":
+        content = ""
+    if isinstance(content, str):
+        return ChatMessage(ROLES[role], fields.text(content, f"{where}.content"))
+    if not isinstance(content, list):
+        raise bad_request(f"'{where}.content' must be a string or a list of parts.", f"{where}.content")
+    texts, images = [], []
+    for j, part in enumerate(content):
+        name = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(fields.text(part.get("text"), f"{name}.text"))
+        elif kind == "image_url" and role == "user":
+            images.append(save_image(_image_bytes(part.get("image_url"), name)))
+        else:
+            raise bad_request(f"'{name}' must be a text part{' or an image_url part' if role == 'user' else ''}.",
+                              name)
+    return ChatMessage(ROLES[role], "\n".join(texts), tuple(images))
+
+
+def _image_bytes(image: Any, where: str) -> bytes:
+    """An image part's bytes: only `data:` URLs (the API fetches nothing from the network)."""
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+        raise bad_request(f"'{where}.image_url' must be a data: URL with base64 image bytes (this API fetches "
+                          "no URLs).", where)
+    encoded = url.split(";base64,", 1)[1]
+    if len(encoded) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise bad_request(f"'{where}' is larger than {MAX_IMAGE_BYTES // 1_000_000} MB.", where)
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad_request(f"'{where}.image_url' is not valid base64.", where) from exc
+
+
+# --- answers ---------------------------------------------------------------------------------
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def usage(stats: GenerationStats | None) -> dict:
+    """OpenAI's usage block, with the prompt tokens read from the prompt cache."""
+    prompt = stats.prompt_tokens if stats else 0
+    completion = stats.generation_tokens if stats else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens if stats else 0}}
+
+
+def completion(call_id: str, model: str, text: str, reasoning: str, finish: str,
+               stats: GenerationStats | None) -> dict:
+    """The whole answer of a request that did not stream."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    return {"id": call_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+            "usage": usage(stats)}
+
+
+def chunk(call_id: str, model: str, delta: dict | None, finish: str | None = None,
+          usage_block: dict | None = None) -> dict:
+    """One streamed piece: a delta, the finish reason, or (with no choices) the usage."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+    piece = {"id": call_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+             "choices": choices}
+    if usage_block is not None:
+        piece["usage"] = usage_block
+    return piece

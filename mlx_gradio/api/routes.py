@@ -1,0 +1,315 @@
+"""The API's routes on the engine the chat uses: /v1/models and /v1/chat/completions.
+
+Every refusal is an answer in OpenAI's error shape with the right status (400 a bad field, 401 a
+missing or wrong key, 404 an unknown model, 429 a full queue with `Retry-After`); nothing answers
+with a traceback. Each request is recorded (never its prompt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
+
+from .. import errors
+from ..chats.images import ingest_image
+from ..engine.jobs import ChatRequest, Generation
+from ..files import write_atomic
+from ..models.folders import LocalModel
+from . import openai_chat
+from .activity import RequestLog, RequestRecord
+from .answer import Answer, api_error
+from .errors import ApiError, bad_request, too_many, unauthorized, unknown_model
+from .keys import ApiKeys
+
+log = logging.getLogger(__name__)
+
+MAX_UNDER_WAY = 16  # generation requests at once (waiting for the model or streaming); more get a 429
+RETRY_AFTER_S = 5
+MAX_BODY_BYTES = 64_000_000
+LOCAL_CLIENT = "this machine"
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """What the API serves, as the app sees it."""
+
+    models: Callable[[], list[LocalModel]]  # the models on this machine (not servers or endpoints)
+    prepare: Callable[[str], None]  # blocks until a model can be used (the demo model is fetched first)
+    generate: Callable[[ChatRequest], Generation]
+    loaded: Callable[[], str | None]  # the folder of the model the engine holds
+    context_limit: Callable[[], int]  # tokens (0: each model's own)
+
+
+class Scratch:
+    """A request's own temporary folder (its images), removed when the request ends."""
+
+    def __init__(self) -> None:
+        self.folder: Path | None = None
+
+    def image(self, data: bytes) -> str:
+        """Keep an image's bytes once they are checked to be an image; returns its path."""
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="mlx-gradio-api-"))
+        raw = self.folder / f"upload-{len(list(self.folder.iterdir()))}"
+        try:
+            write_atomic(raw, data)
+            return str(ingest_image(raw, self.folder))
+        except errors.InvalidImage as exc:
+            raise bad_request(f"An image part could not be read: {exc}", "messages") from exc
+        except errors.StoreWriteFailed as exc:
+            raise ApiError(500, f"The image could not be kept for the reply: {exc}", kind="server_error") from exc
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class ApiService:
+    """The routes and what they share: the keys, the request log and the count of requests under way."""
+
+    def __init__(self, catalog: Catalog, keys: ApiKeys, requests: RequestLog) -> None:
+        self.catalog = catalog
+        self.keys = keys
+        self.requests = requests
+        self._under_way = 0
+        self._lock = threading.Lock()
+
+    def build(self, origins: list[str]) -> FastAPI:
+        """The FastAPI app; web pages of `origins` may call it (none unless the owner lists some)."""
+        app = FastAPI(title="mlx-gradio API", docs_url=None, redoc_url=None, openapi_url=None)
+        if origins:
+            app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                               allow_headers=["Authorization", "Content-Type", "x-api-key"])
+
+        @app.exception_handler(ApiError)
+        async def refused(request: Request, exc: ApiError) -> JSONResponse:
+            return JSONResponse(exc.openai_body(), status_code=exc.status, headers=exc.headers)
+
+        @app.exception_handler(HTTPException)
+        async def no_route(request: Request, exc: HTTPException) -> JSONResponse:
+            error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}.",
+                             code="not_found" if exc.status_code == 404 else None)
+            return JSONResponse(error.openai_body(), status_code=exc.status_code)
+
+        @app.exception_handler(Exception)
+        async def failed(request: Request, exc: Exception) -> JSONResponse:
+            log.error("API %s %s failed", request.method, request.url.path, exc_info=exc)
+            error = ApiError(500, "The app failed on this request; its log says why.", kind="server_error")
+            return JSONResponse(error.openai_body(), status_code=500)
+
+        @app.get("/health")
+        async def health() -> dict:
+            return {"status": "ok"}
+
+        @app.get("/v1/models")
+        async def models(request: Request) -> dict:
+            self.client(request)
+            return {"object": "list", "data": [self._model_card(m) for m in await self._models()]}
+
+        @app.get("/v1/models/{model_id:path}")
+        async def model(model_id: str, request: Request) -> dict:
+            self.client(request)
+            return self._model_card(self._find(model_id, await self._models()))
+
+        @app.post("/v1/chat/completions")
+        async def chat_completions(request: Request) -> Response:
+            return await self._chat(request)
+
+        return app
+
+    # --- who asks ---------------------------------------------------------------------------
+
+    def client(self, request: Request) -> str:
+        """The name of the key the request sends (`Authorization: Bearer …` or `x-api-key`); with no keys
+        made, every request is from this machine (the API then listens on loopback only)."""
+        secret = request.headers.get("x-api-key") or ""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            secret = secret or token.strip()
+        if not self.keys.all():
+            return LOCAL_CLIENT
+        if not secret:
+            raise unauthorized("This API needs a key: send it as 'Authorization: Bearer <key>' or 'x-api-key'.")
+        key = self.keys.match(secret)
+        if key is None:
+            raise unauthorized("That API key is not valid (it may have been revoked); ask the owner for one.")
+        return key.name
+
+    # --- models -----------------------------------------------------------------------------
+
+    async def _models(self) -> list[LocalModel]:
+        return await anyio.to_thread.run_sync(self.catalog.models)  # may scan the HF cache
+
+    def _model_card(self, model: LocalModel) -> dict:
+        try:
+            created = int(Path(model.path).stat().st_mtime)
+        except OSError:
+            created = 0  # the demo model before it is fetched
+        return {"id": model.key, "object": "model", "created": created, "owned_by": "mlx-gradio",
+                "loaded": model.path == self.catalog.loaded(), "vision": model.vision,
+                "size_bytes": model.size_bytes}
+
+    @staticmethod
+    def _find(model_id: object, models: list[LocalModel]) -> LocalModel:
+        found = next((m for m in models if model_id in (m.key, m.name)), None)
+        if found is None:
+            raise unknown_model(model_id)
+        return found
+
+    # --- generation -------------------------------------------------------------------------
+
+    def _claim(self) -> None:
+        with self._lock:
+            if self._under_way >= MAX_UNDER_WAY:
+                raise too_many(RETRY_AFTER_S, f"{self._under_way} requests are under way, as many as this API "
+                                              f"takes at once; try again in {RETRY_AFTER_S} s.")
+            self._under_way += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._under_way -= 1
+
+    async def _chat(self, request: Request) -> Response:
+        started = time.perf_counter()
+        record = RequestRecord(LOCAL_CLIENT, "chat/completions")
+        scratch = Scratch()
+        lease = _Lease(scratch.close)
+        try:
+            record.client = self.client(request)
+            body = await _json(request)
+            call = openai_chat.read_chat(body, scratch.image)
+            record.model = call.model
+            model = self._find(call.model, await self._models())
+            self._claim()
+            lease.then(self._release)
+            try:
+                await anyio.to_thread.run_sync(self.catalog.prepare, model.path)
+            except errors.AppError as exc:
+                raise ApiError(503, str(exc), kind="server_error") from exc
+            chat = ChatRequest(_conversation_of(record.client), model.path, call.messages, call.params,
+                               context_limit=self.catalog.context_limit(), thinking=call.thinking,
+                               client=f"api:{record.client}")
+            answer = Answer(self.catalog.generate(chat), call.stop, started)
+            lease.then(answer.generation.stop)
+            await answer.begin()
+            if call.stream:
+                stream = _Stream(self._stream(answer, call, model.key, record, started, lease), lease.end)
+                lease = None  # the stream ends it, however it ends
+                return stream
+            async for _ in answer.pieces():
+                pass
+            self._finish(record, answer, call, started)
+            return JSONResponse(openai_chat.completion(openai_chat.completion_id(), model.key, answer.text,
+                                                       answer.reasoning, answer.finish, answer.stats))
+        except (ApiError, errors.AppError) as exc:
+            error = exc if isinstance(exc, ApiError) else api_error(exc)
+            record.status, record.note = error.status, error.message
+            record.seconds = time.perf_counter() - started
+            self.requests.add(record)
+            raise error from (None if error is exc else exc)
+        finally:
+            if lease is not None:
+                lease.end()
+
+    async def _stream(self, answer: Answer, call: openai_chat.ChatCall, model: str, record: RequestRecord,
+                      started: float, lease: _Lease) -> AsyncIterator[str]:
+        call_id = openai_chat.completion_id()
+        try:
+            yield _event(openai_chat.chunk(call_id, model, {"role": "assistant", "content": ""}))
+            async for reasoning, text in answer.pieces():
+                delta = {"reasoning_content": reasoning} if reasoning else {}
+                if text:
+                    delta["content"] = text
+                yield _event(openai_chat.chunk(call_id, model, delta))
+            yield _event(openai_chat.chunk(call_id, model, {}, answer.finish))
+            if call.include_usage:
+                yield _event(openai_chat.chunk(call_id, model, None, usage_block=openai_chat.usage(answer.stats)))
+            yield "data: [DONE]\n\n"
+            self._finish(record, answer, call, started)
+        except errors.AppError as exc:
+            error = api_error(exc)
+            record.status, record.note = error.status, f"failed while streaming: {error.message}"
+            self._finish(record, answer, call, started)
+            yield _event(error.openai_body())
+        except BaseException:  # the client went away (a cancelled stream): the reply is stopped, the slot freed
+            record.status, record.note = 499, "the client went away; the reply was stopped"
+            self._finish(record, answer, call, started)
+            raise
+        finally:
+            lease.end()
+
+    def _finish(self, record: RequestRecord, answer: Answer, call: openai_chat.ChatCall, started: float) -> None:
+        stats = answer.stats
+        record.seconds = time.perf_counter() - started
+        record.first_token_s = answer.first_token_s
+        if stats is not None:
+            record.prompt_tokens, record.cached_tokens = stats.prompt_tokens, stats.cached_tokens
+            record.completion_tokens, record.tokens_per_s = stats.generation_tokens, stats.generation_tps
+            room = stats.context_length - stats.prompt_tokens if stats.context_length else None
+            if call.max_tokens is not None and room is not None and call.max_tokens > room:
+                record.note = record.note or f"max_tokens {call.max_tokens:,} capped at the {room:,} the context left"
+        self.requests.add(record)
+
+
+class _Lease:
+    """What a request holds until it ends (its slot, its reply, its images), let go once however it ends."""
+
+    def __init__(self, first: Callable[[], None]) -> None:
+        self._ends = [first]
+
+    def then(self, end: Callable[[], None]) -> None:
+        self._ends.append(end)
+
+    def end(self) -> None:
+        ends, self._ends = self._ends, []
+        for end in reversed(ends):
+            end()
+
+
+class _Stream(StreamingResponse):
+    """Server-sent events that end their request's lease even when the client left before the first one."""
+
+    def __init__(self, events: AsyncIterator[str], end: Callable[[], None]) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._end = end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._end()
+
+
+def _conversation_of(client: str) -> str:
+    """The prompt cache a client's requests share: a client that resends its conversation reuses the prefix."""
+    return "api-" + hashlib.sha256(client.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _json(request: Request) -> object:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise ApiError(413, f"The request is larger than {MAX_BODY_BYTES // 1_000_000} MB.")
+    try:
+        return json.loads(await request.body())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad_request(f"The body is not valid JSON: {exc}.") from exc

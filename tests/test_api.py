@@ -1,0 +1,177 @@
+"""The app's own OpenAI-compatible API: the official `openai` SDK against the API the app serves from its engine."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import gradio as gr
+import httpx
+import openai
+import pytest
+
+from mlx_gradio.models.demo import DEMO_NAME
+from mlx_gradio.net import free_port
+
+OWNER = gr.Request()  # no logins: the one user of the app is its owner
+PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def api_on(controller, host: str = "127.0.0.1") -> str:
+    """Switch the API on from the panel's handler on a free port; returns its base URL."""
+    view = controller.api.apply(True, host, free_port(), "", request=OWNER)
+    assert view.running and view.url.endswith("/v1")
+    return view.url
+
+
+def client_for(url: str, key: str = "no key") -> openai.OpenAI:
+    return openai.OpenAI(base_url=url, api_key=key, max_retries=0, timeout=300)
+
+
+def test_the_demo_model_answers_paris_streamed_and_not_and_a_resent_conversation_reuses_the_cache(make_controller):
+    controller = make_controller(demo=True)
+    client = client_for(api_on(controller))
+    listed = {m.id: m for m in client.models.list().data}
+    assert DEMO_NAME in listed and all("/" not in m.id or m.id.count("/") == 1 for m in listed.values())
+    assert all(not Path(m.id).is_absolute() for m in listed.values())  # ids, never paths
+
+    stream = client.chat.completions.create(model=DEMO_NAME, messages=PARIS, temperature=0, max_tokens=12,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Paris" in text
+    assert chunks[-1].usage.completion_tokens >= 2 and not chunks[-1].choices
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+
+    # The client resends the conversation with the answer and a follow-up: the prefix comes from the cache.
+    follow_up = [*PARIS, {"role": "assistant", "content": text}, {"role": "user", "content": "And of Germany?"}]
+    answer = client.chat.completions.create(model=DEMO_NAME, messages=follow_up, temperature=0, max_tokens=8)
+    assert answer.choices[0].message.content and answer.usage.completion_tokens >= 1
+    assert answer.usage.prompt_tokens_details.cached_tokens > 20
+    assert client.models.retrieve(DEMO_NAME).model_extra["loaded"] is True
+    served = controller.api.view(OWNER).requests
+    assert [r.status for r in served[:2]] == [200, 200] and served[0].cached_tokens > 20
+    assert served[1].first_token_s is not None and served[1].completion_tokens == chunks[-1].usage.completion_tokens
+
+
+def test_stop_sequences_cut_the_text_where_they_begin(make_controller, tiny_llama: Path):
+    client = client_for(api_on(make_controller()))
+    ask = {"model": "tiny-random-llama", "messages": [{"role": "user", "content": "Hello"}], "temperature": 0,
+           "max_tokens": 40}
+    whole = client.chat.completions.create(**ask).choices[0].message.content
+    assert len(whole) > 12
+    stop = whole[6:10]
+    cut = whole[: whole.index(stop)]
+    assert client.chat.completions.create(**ask, stop=[stop]).choices[0].message.content == cut
+    streamed = client.chat.completions.create(**ask, stop=stop, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut
+
+
+def test_every_refusal_has_its_status_and_openais_error_shape(make_controller, tiny_llama: Path, monkeypatch):
+    controller = make_controller()
+    url = api_on(controller)
+    client = client_for(url)
+    ask = {"model": "tiny-random-llama", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
+    with pytest.raises(openai.NotFoundError, match="not on this machine"):
+        client.chat.completions.create(**{**ask, "model": "no-such-model"})
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(**ask, temperature="hot")
+    assert refused.value.body["param"] == "temperature"
+    for wrong in ({"messages": []}, {"messages": [{"role": "robot", "content": "x"}]}, {"max_tokens": 0},
+                  {"top_k": 1.5}, {"stop": ["a", "b", "c", "d", "e"]}, {"stream": "yes"},
+                  {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]}):
+        refused = httpx.post(f"{url}/chat/completions", json={**ask, **wrong})
+        assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error", wrong
+    raw = httpx.post(f"{url}/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
+    missing = httpx.get(f"{url}/no/such/route")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+    # Keys: once one is made, every request needs one, by either header; a revoked one is refused.
+    view, secret = controller.api.create_key("editor", request=OWNER)
+    bare = httpx.get(f"{url}/models")
+    assert bare.status_code == 401 and "needs a key" in bare.json()["error"]["message"]
+    with pytest.raises(openai.AuthenticationError, match="not valid"):
+        client.models.list()
+    assert client_for(url, secret).chat.completions.create(**ask).usage.completion_tokens >= 1
+    assert httpx.get(f"{url}/models", headers={"x-api-key": secret}).status_code == 200
+    assert controller.api.view(OWNER).requests[0].client == "editor"
+    assert secret not in repr(controller.api.view(OWNER))  # the secret is shown once, never kept
+    _, other = controller.api.create_key("script", request=OWNER)
+    controller.api.revoke_key(view.keys[0].id, request=OWNER)
+    with pytest.raises(openai.AuthenticationError):
+        client_for(url, secret).models.list()
+    assert client_for(url, other).models.list().data
+
+    # A full queue: 429 with Retry-After, in OpenAI's shape.
+    from mlx_gradio.api import routes
+
+    monkeypatch.setattr(routes, "MAX_UNDER_WAY", 0)
+    with pytest.raises(openai.RateLimitError) as busy:
+        client_for(url, other).chat.completions.create(**ask)
+    assert busy.value.response.headers["Retry-After"] == str(routes.RETRY_AFTER_S)
+
+
+def test_where_the_api_cannot_listen_is_a_sentence(make_controller):
+    controller = make_controller()
+    with pytest.raises(gr.Error, match="make an API key first"):
+        controller.api.apply(True, "0.0.0.0", free_port(), "", request=OWNER)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        with pytest.raises(gr.Error, match="another program listens there. Pick another port"):
+            controller.api.apply(True, "127.0.0.1", taken.getsockname()[1], "", request=OWNER)
+    finally:
+        taken.close()
+    assert not controller.api.view(OWNER).running
+    assert controller.store.settings.app()["api_enabled"] is False  # nothing saved that did not start
+
+
+def test_a_client_that_goes_away_stops_its_reply_and_frees_the_engine(make_controller, tiny_llama: Path):
+    controller = make_controller()
+    url = api_on(controller)
+    body = {"model": "tiny-random-llama", "messages": [{"role": "user", "content": "Tell me everything"}],
+            "max_tokens": 100_000, "stream": True}
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=300) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")  # the reply has begun: then the client hangs up
+    deadline = time.monotonic() + 60
+    while controller.engine.status().generating or not controller.api.view(OWNER).requests:
+        assert time.monotonic() < deadline, "the reply went on after its client went away"
+        time.sleep(0.05)
+    record = controller.api.view(OWNER).requests[0]
+    assert record.status == 499 and "went away" in record.note
+    answer = client_for(url).chat.completions.create(model="tiny-random-llama", max_tokens=4,
+                                                     messages=[{"role": "user", "content": "Hi"}])
+    assert answer.usage.completion_tokens >= 1
+
+
+def test_a_guest_cannot_see_or_change_the_api(make_controller):
+    from mlx_gradio.controller.access import Access
+
+    controller = make_controller(access=Access(owners={"ann": "pw"}, guests={"gus": "pw"}))
+    gus = gr.Request(username="gus", session_hash="g")
+    for call in (lambda: controller.api.view(gus), lambda: controller.api.create_key("mine", request=gus),
+                 lambda: controller.api.apply(True, "127.0.0.1", free_port(), "", request=gus)):
+        with pytest.raises(gr.Error, match="Only the owner"):
+            call()
+    assert controller.api.keys.all() == [] and not controller.api.server.running
+
+
+def test_the_servers_tab_switches_the_api_on_and_it_stays_on_across_a_restart(start_app, tmp_path: Path):
+    app = start_app()
+    port = free_port()
+    shown = app.client().predict(True, "127.0.0.1", port, "", api_name="/apply_api")
+    assert f"http://127.0.0.1:{port}/v1" in shown[0] and shown[1] is True
+    url = f"http://127.0.0.1:{port}/v1"
+    assert "tiny-random-llama" in {m.id for m in client_for(url).models.list().data}
+    app.close()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/models")
+    again = start_app(app.data_dir)
+    assert again.controller.api.view(OWNER).running
+    assert client_for(url).models.list().data
+    shown = again.client().predict(False, "127.0.0.1", port, "", api_name="/apply_api")
+    assert shown[1] is False and "off" in shown[0]
