@@ -175,3 +175,56 @@ def test_the_servers_tab_switches_the_api_on_and_it_stays_on_across_a_restart(st
     assert client_for(url).models.list().data
     shown = again.client().predict(False, "127.0.0.1", port, "", api_name="/apply_api")
     assert shown[1] is False and "off" in shown[0]
+
+
+def test_the_demo_model_answers_paris_through_completions_and_anthropics_messages(make_controller):
+    import anthropic
+
+    controller = make_controller(demo=True)
+    url = api_on(controller)
+    completion = client_for(url).completions.create(model=DEMO_NAME, prompt="The capital of France is",
+                                                    max_tokens=4, temperature=0)
+    assert "Paris" in completion.choices[0].text and completion.usage.completion_tokens >= 1
+
+    claude = anthropic.Anthropic(base_url=url.removesuffix("/v1"), api_key="no key", max_retries=0, timeout=300)
+    with claude.messages.stream(model=DEMO_NAME, max_tokens=12, messages=PARIS,
+                                system="You are a helpful assistant.", metadata={"user_id": "x"}) as stream:
+        streamed = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert "Paris" in streamed and final.content[-1].text == streamed
+    assert final.stop_reason in ("end_turn", "max_tokens") and final.usage.output_tokens >= 2
+    whole = claude.messages.create(model=DEMO_NAME, max_tokens=12, messages=PARIS,
+                                   system="You are a helpful assistant.")
+    assert whole.content[0].text == streamed  # greedy: the same words, the prompt now from the cache
+    assert whole.usage.cache_read_input_tokens > 10
+    counted = claude.messages.count_tokens(model=DEMO_NAME, messages=PARIS, system="You are a helpful assistant.")
+    assert counted.input_tokens == whole.usage.input_tokens + whole.usage.cache_read_input_tokens
+    cut = claude.messages.create(model=DEMO_NAME, max_tokens=12, messages=PARIS,
+                                 stop_sequences=["Paris"])
+    assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == "Paris" and "Paris" not in cut.content[0].text
+
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.messages.create(model="no-such-model", max_tokens=4, messages=PARIS)
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError, match="tool blocks are not served"):
+        claude.messages.create(model=DEMO_NAME, max_tokens=4, messages=[
+            *PARIS, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}])
+    raw = httpx.post(f"{url}/messages", json={"model": DEMO_NAME, "messages": PARIS})
+    assert raw.status_code == 400 and raw.json() == {
+        "type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: required."}}
+
+
+def test_a_plain_completion_streams_what_it_answers_whole_and_refuses_what_it_cannot_serve(make_controller,
+                                                                                           tiny_llama: Path):
+    url = api_on(make_controller())
+    client = client_for(url)
+    ask = {"model": "tiny-random-llama", "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}
+    whole = client.completions.create(**ask)
+    assert whole.choices[0].text and whole.usage.completion_tokens == 12 and whole.choices[0].finish_reason == "length"
+    streamed = client.completions.create(**ask, stream=True, stream_options={"include_usage": True})
+    pieces = list(streamed)
+    assert "".join(p.choices[0].text for p in pieces if p.choices) == whole.choices[0].text
+    assert pieces[-1].usage.completion_tokens == 12
+    for wrong in ({"suffix": "end"}, {"echo": True}, {"prompt": ["a", "b"]}, {"prompt": ""}):
+        refused = httpx.post(f"{url}/completions", json={**ask, **wrong})
+        assert refused.status_code == 400 and refused.json()["error"]["message"], wrong

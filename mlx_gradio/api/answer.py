@@ -28,6 +28,11 @@ class Answer:
         self.text = ""
         self.reasoning = ""
 
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop sequence that ended the text, if one did."""
+        return self._stops.matched
+
     async def begin(self) -> None:
         """Wait for the reply's first words (or its end); a refusal of the engine is raised as an `ApiError`."""
         try:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+ANTHROPIC_KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                   404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                   503: "overloaded_error"}
+
 
 @dataclass
 class ApiError(Exception):
@@ -18,6 +22,11 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def anthropic_body(self) -> dict:
+        """The body Anthropic's API answers with (its SDK picks the exception by status)."""
+        kind = ANTHROPIC_KINDS.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
 
     def openai_body(self) -> dict:
         """The body OpenAI's API answers with, which its SDK turns into the matching exception."""

@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ..engine.jobs import ChatMessage, GenerationStats, SamplingParams
+from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
-from .errors import bad_request
+from .answer import Answer
+from .call import UNCAPPED, ChatCall, sampling
+from .errors import ApiError, bad_request
 
-UNCAPPED = 1 << 20  # no max_tokens: as many as the context leaves (the engine caps it)
 MAX_IMAGE_BYTES = 20_000_000
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-@dataclass(frozen=True)
-class ChatCall:
-    """What a chat completion request asks for, checked."""
-
-    model: str
-    messages: tuple[ChatMessage, ...]
-    params: SamplingParams
-    stop: tuple[str, ...]
-    stream: bool
-    include_usage: bool
-    max_tokens: int | None  # what the client asked for (None: as many as the context leaves)
-    thinking: bool = True  # `chat_template_kwargs.enable_thinking`, for templates that can think or not
 
 
 def read_chat(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
@@ -51,14 +38,7 @@ def read_chat(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
     max_tokens = fields.number(body, "max_completion_tokens", None, 1, UNCAPPED, integer=True)
     if max_tokens is None:
         max_tokens = fields.number(body, "max_tokens", None, 1, UNCAPPED, integer=True)
-    params = SamplingParams(
-        temperature=fields.number(body, "temperature", 0.0, 0, 2),
-        top_p=fields.number(body, "top_p", 1.0, 0, 1),
-        top_k=fields.number(body, "top_k", 0, 0, 1_000_000, integer=True),
-        min_p=fields.number(body, "min_p", 0.0, 0, 1),
-        repetition_penalty=fields.number(body, "repetition_penalty", 1.0, 0.01, 10),
-        seed=fields.number(body, "seed", -1, -(2**63), 2**63 - 1, integer=True),
-        max_tokens=max_tokens or UNCAPPED)
+    params = sampling(body, max_tokens or UNCAPPED)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object.", "stream_options")
@@ -148,3 +128,36 @@ def chunk(call_id: str, model: str, delta: dict | None, finish: str | None = Non
     if usage_block is not None:
         piece["usage"] = usage_block
     return piece
+
+
+def sse(data: dict) -> str:
+    """One server-sent event as OpenAI's API sends them."""
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class OpenAIChat:
+    """POST /v1/chat/completions."""
+
+    endpoint = "chat/completions"
+
+    def read(self, body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
+        return read_chat(body, save_image)
+
+    def whole(self, model: str, answer: Answer, call: ChatCall) -> dict:
+        return completion(completion_id(), model, answer.text, answer.reasoning, answer.finish, answer.stats)
+
+    async def stream(self, model: str, answer: Answer, call: ChatCall) -> AsyncIterator[str]:
+        call_id = completion_id()
+        yield sse(chunk(call_id, model, {"role": "assistant", "content": ""}))
+        async for reasoning, text in answer.pieces():
+            delta = {"reasoning_content": reasoning} if reasoning else {}
+            if text:
+                delta["content"] = text
+            yield sse(chunk(call_id, model, delta))
+        yield sse(chunk(call_id, model, {}, answer.finish))
+        if call.include_usage:
+            yield sse(chunk(call_id, model, None, usage_block=usage(answer.stats)))
+        yield "data: [DONE]\n\n"
+
+    def error_event(self, error: ApiError) -> str:
+        return sse(error.openai_body())

@@ -30,11 +30,14 @@ from ..chats.images import ingest_image
 from ..engine.jobs import ChatRequest, Generation
 from ..files import write_atomic
 from ..models.folders import LocalModel
-from . import openai_chat
 from .activity import RequestLog, RequestRecord
 from .answer import Answer, api_error
+from .anthropic_messages import AnthropicMessages, read_messages
+from .call import ChatCall, Dialect
 from .errors import ApiError, bad_request, too_many, unauthorized, unknown_model
 from .keys import ApiKeys
+from .openai_chat import OpenAIChat
+from .openai_completions import OpenAICompletions
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class Catalog:
     generate: Callable[[ChatRequest], Generation]
     loaded: Callable[[], str | None]  # the folder of the model the engine holds
     context_limit: Callable[[], int]  # tokens (0: each model's own)
+    count_tokens: Callable[[ChatRequest], int]  # a prompt's tokens by its model's template (loads the model)
 
 
 class Scratch:
@@ -98,19 +102,18 @@ class ApiService:
 
         @app.exception_handler(ApiError)
         async def refused(request: Request, exc: ApiError) -> JSONResponse:
-            return JSONResponse(exc.openai_body(), status_code=exc.status, headers=exc.headers)
+            return _refusal(request, exc)
 
         @app.exception_handler(HTTPException)
         async def no_route(request: Request, exc: HTTPException) -> JSONResponse:
-            error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}.",
-                             code="not_found" if exc.status_code == 404 else None)
-            return JSONResponse(error.openai_body(), status_code=exc.status_code)
+            return _refusal(request, ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}.",
+                                              code="not_found" if exc.status_code == 404 else None))
 
         @app.exception_handler(Exception)
         async def failed(request: Request, exc: Exception) -> JSONResponse:
             log.error("API %s %s failed", request.method, request.url.path, exc_info=exc)
-            error = ApiError(500, "The app failed on this request; its log says why.", kind="server_error")
-            return JSONResponse(error.openai_body(), status_code=500)
+            return _refusal(request, ApiError(500, "The app failed on this request; its log says why.",
+                                              kind="server_error"))
 
         @app.get("/health")
         async def health() -> dict:
@@ -128,7 +131,19 @@ class ApiService:
 
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> Response:
-            return await self._chat(request)
+            return await self._generate(request, OpenAIChat())
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            return await self._generate(request, OpenAICompletions())
+
+        @app.post("/v1/messages")
+        async def messages(request: Request) -> Response:
+            return await self._generate(request, AnthropicMessages())
+
+        @app.post("/v1/messages/count_tokens")
+        async def count_tokens(request: Request) -> dict:
+            return await self._count_tokens(request)
 
         return app
 
@@ -184,68 +199,87 @@ class ApiService:
         with self._lock:
             self._under_way -= 1
 
-    async def _chat(self, request: Request) -> Response:
+    async def _generate(self, request: Request, dialect: Dialect) -> Response:
+        """A reply in `dialect`'s shapes: checked, queued for the engine, streamed or whole."""
         started = time.perf_counter()
-        record = RequestRecord(LOCAL_CLIENT, "chat/completions")
+        record = RequestRecord(LOCAL_CLIENT, dialect.endpoint)
         scratch = Scratch()
         lease = _Lease(scratch.close)
         try:
             record.client = self.client(request)
-            body = await _json(request)
-            call = openai_chat.read_chat(body, scratch.image)
+            call = dialect.read(await _json(request), scratch.image)
             record.model = call.model
             model = self._find(call.model, await self._models())
+            if call.raw and model.vision:
+                raise bad_request(f"{model.key} is a vision model; plain completions need a text model (use chat "
+                                  "completions for this one).", "model")
             self._claim()
             lease.then(self._release)
             try:
                 await anyio.to_thread.run_sync(self.catalog.prepare, model.path)
             except errors.AppError as exc:
                 raise ApiError(503, str(exc), kind="server_error") from exc
-            chat = ChatRequest(_conversation_of(record.client), model.path, call.messages, call.params,
-                               context_limit=self.catalog.context_limit(), thinking=call.thinking,
-                               client=f"api:{record.client}")
-            answer = Answer(self.catalog.generate(chat), call.stop, started)
+            answer = Answer(self.catalog.generate(self._request(record.client, model, call)), call.stop, started)
             lease.then(answer.generation.stop)
             await answer.begin()
             if call.stream:
-                stream = _Stream(self._stream(answer, call, model.key, record, started, lease), lease.end)
+                stream = _Stream(self._stream(dialect, answer, call, model.key, record, started, lease), lease.end)
                 lease = None  # the stream ends it, however it ends
                 return stream
             async for _ in answer.pieces():
                 pass
             self._finish(record, answer, call, started)
-            return JSONResponse(openai_chat.completion(openai_chat.completion_id(), model.key, answer.text,
-                                                       answer.reasoning, answer.finish, answer.stats))
+            return JSONResponse(dialect.whole(model.key, answer, call))
         except (ApiError, errors.AppError) as exc:
-            error = exc if isinstance(exc, ApiError) else api_error(exc)
-            record.status, record.note = error.status, error.message
-            record.seconds = time.perf_counter() - started
-            self.requests.add(record)
-            raise error from (None if error is exc else exc)
+            raise self._refused(record, exc, started) from exc
         finally:
             if lease is not None:
                 lease.end()
 
-    async def _stream(self, answer: Answer, call: openai_chat.ChatCall, model: str, record: RequestRecord,
-                      started: float, lease: _Lease) -> AsyncIterator[str]:
-        call_id = openai_chat.completion_id()
+    async def _count_tokens(self, request: Request) -> dict:
+        """Anthropic's token count of a Messages request's prompt, by the model's own template and tokenizer."""
+        started = time.perf_counter()
+        record = RequestRecord(LOCAL_CLIENT, "messages/count_tokens")
+        scratch = Scratch()
         try:
-            yield _event(openai_chat.chunk(call_id, model, {"role": "assistant", "content": ""}))
-            async for reasoning, text in answer.pieces():
-                delta = {"reasoning_content": reasoning} if reasoning else {}
-                if text:
-                    delta["content"] = text
-                yield _event(openai_chat.chunk(call_id, model, delta))
-            yield _event(openai_chat.chunk(call_id, model, {}, answer.finish))
-            if call.include_usage:
-                yield _event(openai_chat.chunk(call_id, model, None, usage_block=openai_chat.usage(answer.stats)))
-            yield "data: [DONE]\n\n"
+            record.client = self.client(request)
+            call = read_messages(await _json(request), scratch.image, need_max_tokens=False)
+            record.model = call.model
+            model = self._find(call.model, await self._models())
+            await anyio.to_thread.run_sync(self.catalog.prepare, model.path)
+            count = await anyio.to_thread.run_sync(self.catalog.count_tokens,
+                                                   self._request(record.client, model, call))
+            record.prompt_tokens, record.seconds = count, time.perf_counter() - started
+            self.requests.add(record)
+            return {"input_tokens": count}
+        except (ApiError, errors.AppError) as exc:
+            raise self._refused(record, exc, started) from exc
+        finally:
+            scratch.close()
+
+    def _refused(self, record: RequestRecord, exc: ApiError | errors.AppError, started: float) -> ApiError:
+        """Record a refusal; returns it as the API's error."""
+        error = exc if isinstance(exc, ApiError) else api_error(exc)
+        record.status, record.note, record.seconds = error.status, error.message, time.perf_counter() - started
+        self.requests.add(record)
+        return error
+
+    def _request(self, client: str, model: LocalModel, call: ChatCall) -> ChatRequest:
+        return ChatRequest(_conversation_of(client), model.path, call.messages, call.params,
+                           context_limit=self.catalog.context_limit(), thinking=call.thinking, raw=call.raw,
+                           client=f"api:{client}")
+
+    async def _stream(self, dialect: Dialect, answer: Answer, call: ChatCall, model: str, record: RequestRecord,
+                      started: float, lease: _Lease) -> AsyncIterator[str]:
+        try:
+            async for event in dialect.stream(model, answer, call):
+                yield event
             self._finish(record, answer, call, started)
         except errors.AppError as exc:
             error = api_error(exc)
             record.status, record.note = error.status, f"failed while streaming: {error.message}"
             self._finish(record, answer, call, started)
-            yield _event(error.openai_body())
+            yield dialect.error_event(error)
         except BaseException:  # the client went away (a cancelled stream): the reply is stopped, the slot freed
             record.status, record.note = 499, "the client went away; the reply was stopped"
             self._finish(record, answer, call, started)
@@ -253,7 +287,7 @@ class ApiService:
         finally:
             lease.end()
 
-    def _finish(self, record: RequestRecord, answer: Answer, call: openai_chat.ChatCall, started: float) -> None:
+    def _finish(self, record: RequestRecord, answer: Answer, call: ChatCall, started: float) -> None:
         stats = answer.stats
         record.seconds = time.perf_counter() - started
         record.first_token_s = answer.first_token_s
@@ -296,13 +330,16 @@ class _Stream(StreamingResponse):
             self._end()
 
 
+def _refusal(request: Request, error: ApiError) -> JSONResponse:
+    """A refusal in the shape of the API the path belongs to (Anthropic's for /v1/messages, else OpenAI's)."""
+    anthropic = request.url.path.startswith("/v1/messages")
+    return JSONResponse(error.anthropic_body() if anthropic else error.openai_body(), status_code=error.status,
+                        headers=error.headers)
+
+
 def _conversation_of(client: str) -> str:
     """The prompt cache a client's requests share: a client that resends its conversation reuses the prefix."""
     return "api-" + hashlib.sha256(client.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-
-
-def _event(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 async def _json(request: Request) -> object:

@@ -321,6 +321,17 @@ class Worker:
         else:
             self._text_reply(loaded, generation)
 
+    def prompt_tokens(self, request: ChatRequest) -> int:
+        """How many tokens the request's prompt takes with its model's chat template (loading the model; a
+        vision model's images count as their markers, before mlx-vlm expands them)."""
+        loaded = self.ensure_model(request.model_path)
+        if loaded.vision:
+            tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+            return len(tokenizer.encode(_vision_prompt(loaded, request.messages, request.thinking)))
+        chat = [template_message(loaded.processor, m) for m in request.messages]
+        return len(loaded.processor.apply_chat_template(chat, add_generation_prompt=True,
+                                                        enable_thinking=request.thinking))
+
     def _text_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-lm model, reusing the conversation's KV cache."""
         from mlx_lm import stream_generate
@@ -339,6 +350,8 @@ class Worker:
                                                       enable_thinking=request.thinking))
 
         def encode(messages: Sequence[ChatMessage]) -> list[int]:
+            if request.raw:
+                return list(tokenizer.encode(messages[-1].content))
             if not request.continue_last:
                 return templated(messages)
             *history, partial = messages  # the reply so far follows the generation prompt, as the model wrote it
@@ -399,16 +412,13 @@ class Worker:
     def _vision_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
         from mlx_vlm import PromptCacheState, VisionFeatureCache, stream_generate
-        from mlx_vlm.prompt_utils import apply_chat_template
 
         request = generation.request
         params = request.params
         tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
 
         def templated(messages: Sequence[ChatMessage]) -> str:
-            return apply_chat_template(loaded.processor, loaded.config, [_vision_message(m) for m in messages],
-                                       num_images=sum(len(m.images) for m in messages),
-                                       enable_thinking=request.thinking)
+            return _vision_prompt(loaded, messages, request.thinking)
 
         def template(messages: Sequence[ChatMessage]) -> str:
             if not request.continue_last:
@@ -445,6 +455,14 @@ class Worker:
         generation.put(_final_event(generation, relayed, last.prompt_tokens if last else 0,
                                     last.cached_tokens if last else 0, last.generation_tokens if last else 0,
                                     context, fitted.dropped))
+
+
+def _vision_prompt(loaded: LoadedModel, messages: Sequence[ChatMessage], thinking: bool) -> str:
+    """The prompt text of a vision model's chat template, one marker per image."""
+    from mlx_vlm.prompt_utils import apply_chat_template
+
+    return apply_chat_template(loaded.processor, loaded.config, [_vision_message(m) for m in messages],
+                               num_images=sum(len(m.images) for m in messages), enable_thinking=thinking)
 
 
 def _partial(request: ChatRequest) -> ChatMessage | None:

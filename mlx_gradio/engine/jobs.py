@@ -49,6 +49,7 @@ class ChatRequest:
     context_limit: int = 0  # tokens; 0 means the model's own context length
     thinking: bool = True  # the template's `enable_thinking` (a template without one ignores it)
     continue_last: bool = False  # the last message is a reply that was cut short: write on from its end
+    raw: bool = False  # one message, the whole prompt, read without the chat template (a plain completion)
     client: str = ""  # who asks (a user): waiting replies take turns between clients
     first: bool = False  # served before the others waiting (an owner's reply)
 

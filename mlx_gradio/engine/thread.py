@@ -108,6 +108,10 @@ class Engine:
         files = self._prompt_files
         return self.call(lambda: files.set_budget(budget_bytes) if files is not None else None)
 
+    def count_tokens(self, request: ChatRequest) -> Future:
+        """The number of tokens of the request's prompt, as its model reads it (the model is loaded)."""
+        return self.call(lambda: self._worker.prompt_tokens(request))
+
     def forget_conversation(self, conversation_id: str) -> Future:
         """Drop a conversation's prompt cache, in memory and on disk (it was deleted)."""
         return self.call(lambda: self._worker.forget(conversation_id))

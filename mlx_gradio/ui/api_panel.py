@@ -51,7 +51,7 @@ class ApiEvents:
 def build_api_panel(controller: Controller, blocks: gr.Blocks) -> gr.Timer:
     """Lay out the panel and wire it; returns its timer, which ticks while the Servers tab is shown."""
     events = ApiEvents(controller)
-    with gr.Accordion("App API: the models of this app for other programs (OpenAI-compatible)", open=True,
+    with gr.Accordion("App API: the models of this app for other programs (OpenAI and Anthropic APIs)", open=True,
                       elem_id="api-panel"):
         status = gr.Markdown(elem_id="api-status")
         with gr.Row():

@@ -18,8 +18,9 @@ def status_markdown(view: ApiView) -> str:
     else:
         access = "no keys: programs on this machine only"
     return (f"**App API: on** at `{view.url}` · {access}.\n\n"
-            f"`OPENAI_BASE_URL={view.url}` · `OPENAI_API_KEY=<a key, or anything without keys>` · "
-            "models: `GET /v1/models` (ids as in the Chat tab's list)")
+            f"`OPENAI_BASE_URL={view.url}` · `ANTHROPIC_BASE_URL={view.url.removesuffix('/v1')}` · the key as "
+            "`OPENAI_API_KEY` / `ANTHROPIC_API_KEY` (anything without keys) · models: `GET /v1/models` (ids as in "
+            "the Chat tab's list)")
 
 
 def requests_markdown(records: list[RequestRecord]) -> str:

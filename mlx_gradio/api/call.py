@@ -1,0 +1,59 @@
+"""A generation request as every dialect reads it, and what a dialect does with the answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..engine.jobs import ChatMessage, SamplingParams
+from . import fields
+from .answer import Answer
+from .errors import ApiError
+
+UNCAPPED = 1 << 20  # no max_tokens: as many as the context leaves (the engine caps it)
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """What a request asks for, checked."""
+
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None  # what the client asked for (None: as many as the context leaves)
+    thinking: bool = True  # for templates that can think or not
+    raw: bool = False  # the one message is the whole prompt (a plain completion)
+
+
+class Dialect(Protocol):
+    """One API's request and answer shapes (OpenAI chat or completions, Anthropic messages)."""
+
+    endpoint: str  # as the request log names it
+
+    def read(self, body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
+        """The request, checked; an `ApiError` names what is wrong."""
+
+    def whole(self, model: str, answer: Answer, call: ChatCall) -> dict:
+        """The answer of a request that did not stream."""
+
+    def stream(self, model: str, answer: Answer, call: ChatCall) -> AsyncIterator[str]:
+        """The answer as server-sent events; `Answer.pieces` raises `AppError` if the reply fails."""
+
+    def error_event(self, error: ApiError) -> str:
+        """A failure after the stream began, as this API sends it."""
+
+
+def sampling(body: dict, max_tokens: int, temperature_max: float = 2.0) -> SamplingParams:
+    """The sampling fields OpenAI's and mlx-lm's clients send (greedy unless asked otherwise, as mlx_lm.server)."""
+    return SamplingParams(
+        temperature=fields.number(body, "temperature", 0.0, 0, temperature_max),
+        top_p=fields.number(body, "top_p", 1.0, 0, 1),
+        top_k=fields.number(body, "top_k", 0, 0, 1_000_000, integer=True),
+        min_p=fields.number(body, "min_p", 0.0, 0, 1),
+        repetition_penalty=fields.number(body, "repetition_penalty", 1.0, 0.01, 10),
+        seed=fields.number(body, "seed", -1, -(2**63), 2**63 - 1, integer=True),
+        max_tokens=max_tokens)
