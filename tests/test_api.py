@@ -177,14 +177,17 @@ def test_the_servers_tab_switches_the_api_on_and_it_stays_on_across_a_restart(st
     assert shown[1] is False and "off" in shown[0]
 
 
-def test_the_demo_model_answers_paris_through_completions_and_anthropics_messages(make_controller):
+def test_the_demo_model_streams_paris_through_completions_responses_and_anthropics_messages(make_controller):
     import anthropic
 
     controller = make_controller(demo=True)
     url = api_on(controller)
     completion = client_for(url).completions.create(model=DEMO_NAME, prompt="The capital of France is",
-                                                    max_tokens=4, temperature=0)
-    assert "Paris" in completion.choices[0].text and completion.usage.completion_tokens >= 1
+                                                    max_tokens=4, temperature=0, stream=True)
+    assert "Paris" in "".join(c.choices[0].text for c in completion if c.choices)
+    events = client_for(url).responses.create(model=DEMO_NAME, input=PARIS[0]["content"], max_output_tokens=12,
+                                              temperature=0, stream=True)
+    assert "Paris" in "".join(e.delta for e in events if e.type == "response.output_text.delta")
 
     claude = anthropic.Anthropic(base_url=url.removesuffix("/v1"), api_key="no key", max_retries=0, timeout=300)
     with claude.messages.stream(model=DEMO_NAME, max_tokens=12, messages=PARIS,
@@ -228,3 +231,54 @@ def test_a_plain_completion_streams_what_it_answers_whole_and_refuses_what_it_ca
     for wrong in ({"suffix": "end"}, {"echo": True}, {"prompt": ["a", "b"]}, {"prompt": ""}):
         refused = httpx.post(f"{url}/completions", json={**ask, **wrong})
         assert refused.status_code == 400 and refused.json()["error"]["message"], wrong
+
+
+def test_the_responses_api_answers_whole_and_as_typed_events(make_controller, tiny_llama: Path):
+    url = api_on(make_controller())
+    client = client_for(url)
+    ask = {"model": "tiny-random-llama", "instructions": "Be brief.", "max_output_tokens": 10, "temperature": 0,
+           "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hello"}]}]}
+    whole = client.responses.create(**ask)
+    assert whole.output_text and whole.usage.output_tokens == 10
+    assert whole.status == "incomplete" and whole.incomplete_details.reason == "max_output_tokens"
+    events = list(client.responses.create(**ask, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.incomplete"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == whole.output_text
+    assert events[-1].response.output_text == whole.output_text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    with pytest.raises(openai.BadRequestError, match="not stored"):
+        client.responses.create(**ask, previous_response_id="resp_x")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(**{**ask, "model": "nope"})
+
+
+def test_the_api_panel_in_a_browser_switches_it_on_makes_a_key_and_lists_the_requests(start_app, browser_page):
+    from tests.test_browser import ARTIFACTS
+
+    app = start_app()
+    page = browser_page
+    page.goto(app.url)
+    page.get_by_role("tab", name="Servers").click()
+    page.wait_for_function("document.querySelector('#api-status')?.innerText.includes('App API: off')",
+                           timeout=30_000)
+    port = free_port()
+    page.locator("#api-port input").fill(str(port))
+    page.locator("#api-on input").check()
+    page.locator("#api-apply").click()
+    url = f"http://127.0.0.1:{port}/v1"
+    page.wait_for_function(f"document.querySelector('#api-status')?.innerText.includes('{url}')", timeout=30_000)
+    page.locator("#api-panel input[placeholder='editor']").fill("my editor")
+    page.locator("#api-make-key").click()
+    secret_box = page.locator("#api-secret textarea, #api-secret input").first
+    secret_box.wait_for(state="visible", timeout=30_000)
+    secret = secret_box.input_value()
+    assert secret.startswith("mlxg-")
+    answer = client_for(url, secret).chat.completions.create(model="tiny-random-llama", max_tokens=5,
+                                                             messages=[{"role": "user", "content": "Hi"}])
+    assert answer.usage.completion_tokens == 5
+    page.wait_for_function("document.querySelector('#api-requests')?.innerText.includes('my editor')",
+                           timeout=30_000)  # the panel's live list
+    assert page.locator(".toast-body.error").count() == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "api.png"), full_page=True)

@@ -71,14 +71,14 @@ def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> ChatMe
         if kind == "text":
             texts.append(fields.text(part.get("text"), f"{name}.text"))
         elif kind == "image_url" and role == "user":
-            images.append(save_image(_image_bytes(part.get("image_url"), name)))
+            images.append(save_image(image_bytes(part.get("image_url"), name)))
         else:
             raise bad_request(f"'{name}' must be a text part{' or an image_url part' if role == 'user' else ''}.",
                               name)
     return ChatMessage(ROLES[role], "\n".join(texts), tuple(images))
 
 
-def _image_bytes(image: Any, where: str) -> bytes:
+def image_bytes(image: Any, where: str) -> bytes:
     """An image part's bytes: only `data:` URLs (the API fetches nothing from the network)."""
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:

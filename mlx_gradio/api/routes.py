@@ -38,6 +38,7 @@ from .errors import ApiError, bad_request, too_many, unauthorized, unknown_model
 from .keys import ApiKeys
 from .openai_chat import OpenAIChat
 from .openai_completions import OpenAICompletions
+from .openai_responses import OpenAIResponses
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,10 @@ class ApiService:
         async def chat_completions(request: Request) -> Response:
             return await self._generate(request, OpenAIChat())
 
+        @app.post("/v1/responses")
+        async def responses(request: Request) -> Response:
+            return await self._generate(request, OpenAIResponses())
+
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
             return await self._generate(request, OpenAICompletions())
@@ -215,10 +220,7 @@ class ApiService:
                                   "completions for this one).", "model")
             self._claim()
             lease.then(self._release)
-            try:
-                await anyio.to_thread.run_sync(self.catalog.prepare, model.path)
-            except errors.AppError as exc:
-                raise ApiError(503, str(exc), kind="server_error") from exc
+            await anyio.to_thread.run_sync(self.catalog.prepare, model.path)  # the demo model may be fetched
             answer = Answer(self.catalog.generate(self._request(record.client, model, call)), call.stop, started)
             lease.then(answer.generation.stop)
             await answer.begin()
