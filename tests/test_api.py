@@ -68,6 +68,19 @@ def test_stop_sequences_cut_the_text_where_they_begin(make_controller, tiny_llam
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut
 
 
+def test_a_max_tokens_beyond_the_context_is_capped_and_unknown_fields_are_ignored(make_controller, tiny_llama: Path):
+    controller = make_controller()
+    controller.store.settings.update_app(context_limit=256)
+    client = client_for(api_on(controller))
+    answer = client.chat.completions.create(model="tiny-random-llama", max_tokens=10**9, temperature=0,
+                                            messages=[{"role": "user", "content": "Hello"}],
+                                            extra_body={"betas": ["x"], "metadata": {"a": 1}, "logit_bias": {}})
+    assert 0 < answer.usage.prompt_tokens + answer.usage.completion_tokens <= 256
+    assert answer.choices[0].finish_reason == "length"
+    record = controller.api.view(OWNER).requests[0]
+    assert record.status == 200 and f"max_tokens {10**9:,} capped at the" in record.note
+
+
 def test_every_refusal_has_its_status_and_openais_error_shape(make_controller, tiny_llama: Path, monkeypatch):
     controller = make_controller()
     url = api_on(controller)
@@ -282,3 +295,55 @@ def test_the_api_panel_in_a_browser_switches_it_on_makes_a_key_and_lists_the_req
     assert page.locator(".toast-body.error").count() == 0
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "api.png"), full_page=True)
+
+
+def data_url(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def test_images_reach_a_vision_model_through_both_apis(make_controller, tiny_vlm: Path, images):
+    import anthropic
+
+    controller = make_controller()
+    controller.store.settings.update_app(model_folders=[*controller.store.settings.app()["model_folders"],
+                                                        str(tiny_vlm)])
+    url = api_on(controller)
+    client = client_for(url)
+
+    def describe(picture: Path) -> str:
+        content = [{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": data_url(picture)}}]
+        return client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=8, temperature=0,
+                                              messages=[{"role": "user", "content": content}]).choices[0].message.content
+
+    red, noise = describe(images["red"]), describe(images["noise"])
+    assert red and red != noise  # the image reached the model
+    claude = anthropic.Anthropic(base_url=url.removesuffix("/v1"), api_key="no key", max_retries=0, timeout=300)
+    block = {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": data_url(images["red"]).split(",", 1)[1]}}
+    answer = claude.messages.create(model="tiny-qwen2-vl", max_tokens=8, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "Describe it."}, block]}])
+    assert answer.content[0].text == red  # the same prompt and image, greedy, through the other API
+    with pytest.raises(openai.BadRequestError, match="could not be read"):
+        client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(images["fake"])}}]}])
+    with pytest.raises(openai.BadRequestError, match="reads text only"):
+        client.chat.completions.create(model="tiny-random-llama", max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(images["red"])}}]}])
+
+
+def test_the_chat_and_the_api_share_one_load_of_the_model(make_controller, tiny_llama: Path, monkeypatch):
+    from mlx_gradio.engine import generation
+
+    loads = []
+    real = generation.load_model
+    monkeypatch.setattr(generation, "load_model", lambda path: loads.append(path) or real(path))
+    controller = make_controller()
+    list(controller.replies.send("", {"text": "Hello"}, "tiny-random-llama", "", 0.0, 1.0, 0, 0.0, 1.0, -1, 4, True,
+                                 request=OWNER))
+    client = client_for(api_on(controller))
+    assert client.chat.completions.create(model="tiny-random-llama", max_tokens=4,
+                                          messages=[{"role": "user", "content": "Hi"}]).usage.completion_tokens == 4
+    assert client.models.retrieve("tiny-random-llama").model_extra["loaded"] is True
+    assert loads == [str(tiny_llama)]  # one copy in memory, for the chat and the API

@@ -11,7 +11,7 @@ from . import fields
 from .answer import Answer
 from .errors import ApiError
 
-UNCAPPED = 1 << 20  # no max_tokens: as many as the context leaves (the engine caps it)
+UNCAPPED = 2**31 - 1  # the most max_tokens may ask; the engine gives what the context leaves (and the log says so)
 
 
 @dataclass(frozen=True)
