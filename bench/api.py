@@ -27,7 +27,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chat import GREEDY_SETTINGS, PROMPT, TOKENS, decode_rate, raw_rate, stop_process  # noqa: E402
+from chat import GREEDY_SETTINGS, TOKENS, raw_rate, stop_process, stream_rate  # noqa: E402
 from report import Row, print_table  # noqa: E402
 
 from mlx_gradio.models.demo import DEMO_NAME, prepare_demo_model  # noqa: E402
@@ -41,20 +41,6 @@ def openai_client(url: str):
     from openai import OpenAI
 
     return OpenAI(base_url=url, api_key="not-needed", max_retries=0, timeout=1800)
-
-
-def stream_rate(url: str, model: str) -> float:
-    """Tokens per second of a streamed greedy reply, the tokens as the server counts them."""
-    stamps, tokens = [], 0
-    stream = openai_client(url).chat.completions.create(
-        model=model, stream=True, max_tokens=TOKENS, temperature=0, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": PROMPT}])
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            stamps.append(time.perf_counter())
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    return decode_rate(stamps, tokens)
 
 
 def first_token_s(url: str, model: str, messages: list[dict]) -> tuple[float, str]:

@@ -47,6 +47,24 @@ def decode_rate(stamps: list[float], tokens: int) -> float:
     return (tokens - 1) / (stamps[-1] - stamps[0])
 
 
+def stream_rate(url: str, model: str, **extra) -> float:
+    """Tokens per second of a streamed greedy reply through an OpenAI-compatible server (the `openai` client),
+    the tokens as the server counts them (`usage` with `stream_options.include_usage`)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=url, api_key="not-needed", max_retries=0, timeout=1800)
+    stamps, tokens = [], 0
+    stream = client.chat.completions.create(model=model, stream=True, max_tokens=TOKENS, temperature=0,
+                                            stream_options={"include_usage": True},
+                                            messages=[{"role": "user", "content": PROMPT}], **extra)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            stamps.append(time.perf_counter())
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return decode_rate(stamps, tokens)
+
+
 def raw_rate(model_path: Path) -> float:
     """mlx_lm.stream_generate directly, on this thread."""
     from mlx_lm import load, stream_generate

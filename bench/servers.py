@@ -30,7 +30,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chat import PROMPT, TOKENS, decode_rate, raw_rate  # noqa: E402 - bench/chat.py, beside this file
+from chat import TOKENS, raw_rate, stream_rate  # noqa: E402 - bench/chat.py, beside this file
 from report import Row, print_table  # noqa: E402
 
 from mlx_gradio.models.demo import prepare_demo_model  # noqa: E402
@@ -66,20 +66,7 @@ def start_by_hand(profile: ServerProfile, log: Path) -> subprocess.Popen:
 
 def server_rate(profile: ServerProfile, seed: int | None = None) -> float:
     """Tokens per second of a streamed greedy reply through a server, the tokens as the server counts them."""
-    from openai import OpenAI
-
-    client = OpenAI(base_url=profile.url, api_key="not-needed")
-    stamps, tokens = [], 0
-    extra = {} if seed is None else {"seed": seed}
-    stream = client.chat.completions.create(model="default_model", stream=True, max_tokens=TOKENS, temperature=0,
-                                            stream_options={"include_usage": True},
-                                            messages=[{"role": "user", "content": PROMPT}], **extra)
-    for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            stamps.append(time.perf_counter())
-        if chunk.usage:
-            tokens = chunk.usage.completion_tokens
-    return decode_rate(stamps, tokens)
+    return stream_rate(profile.url, "default_model", **({} if seed is None else {"seed": seed}))
 
 
 def supervisor_cpu(servers: Servers, profile: ServerProfile, tab_open: bool) -> float:

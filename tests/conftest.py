@@ -314,3 +314,11 @@ def fill_disk(folder: Path) -> Path:
         except OSError:
             pass
     return filler
+
+
+@pytest.fixture(scope="session")
+def tiny_tool_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny llama whose tokenizer and template have Qwen's tool-call markers and whose weights write one call."""
+    from mlx_gradio.testing.tiny_tools import build_tiny_tool_llama
+
+    return build_tiny_tool_llama(tmp_path_factory.mktemp("models") / "tiny-tool-llama")

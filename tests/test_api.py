@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -222,9 +223,9 @@ def test_the_demo_model_streams_paris_through_completions_responses_and_anthropi
     with pytest.raises(anthropic.NotFoundError) as missing:
         claude.messages.create(model="no-such-model", max_tokens=4, messages=PARIS)
     assert missing.value.body["error"]["type"] == "not_found_error"
-    with pytest.raises(anthropic.BadRequestError, match="tool blocks are not served"):
-        claude.messages.create(model=DEMO_NAME, max_tokens=4, messages=[
-            *PARIS, {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}])
+    with pytest.raises(anthropic.BadRequestError, match="a 'document' block is not served here"):
+        claude.messages.create(model=DEMO_NAME, max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}])
     raw = httpx.post(f"{url}/messages", json={"model": DEMO_NAME, "messages": PARIS})
     assert raw.status_code == 400 and raw.json() == {
         "type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: required."}}
@@ -347,3 +348,63 @@ def test_the_chat_and_the_api_share_one_load_of_the_model(make_controller, tiny_
                                           messages=[{"role": "user", "content": "Hi"}]).usage.completion_tokens == 4
     assert client.models.retrieve("tiny-random-llama").model_extra["loaded"] is True
     assert loads == [str(tiny_llama)]  # one copy in memory, for the chat and the API
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                           "required": ["city"]}}}
+
+
+def test_a_tool_call_round_trip_through_the_openai_api(make_controller, tiny_tool_llama: Path):
+    """The model's text between its tokenizer's tool-call markers, read by mlx-lm's parser for it, comes back as
+    `tool_calls`; the call and its result go back in as messages the template writes into the prompt."""
+    controller = make_controller()
+    controller.store.settings.update_app(model_folders=[*controller.store.settings.app()["model_folders"],
+                                                        str(tiny_tool_llama)])
+    client = client_for(api_on(controller))
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    answer = client.chat.completions.create(model="tiny-tool-llama", messages=question, tools=[WEATHER],
+                                            max_tokens=16)
+    [call] = answer.choices[0].message.tool_calls
+    assert answer.choices[0].finish_reason == "tool_calls" and not answer.choices[0].message.content
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    streamed = list(client.chat.completions.create(model="tiny-tool-llama", messages=question, tools=[WEATHER],
+                                                   max_tokens=16, stream=True))
+    [piece] = [c.choices[0].delta.tool_calls for c in streamed if c.choices and c.choices[0].delta.tool_calls]
+    assert piece[0].function.name == "get_weather" and piece[0].index == 0
+    assert [c.choices[0].finish_reason for c in streamed if c.choices][-1] == "tool_calls"
+
+    result = [*question, answer.choices[0].message.model_dump(exclude_none=True),
+              {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 24 degrees"}]
+    again = client.chat.completions.create(model="tiny-tool-llama", messages=result, tools=[WEATHER], max_tokens=16)
+    assert again.usage.prompt_tokens > answer.usage.prompt_tokens + 10  # the call and its result are in the prompt
+    plain = client.chat.completions.create(model="tiny-tool-llama", messages=question, max_tokens=16)
+    assert "<tool_call>" in plain.choices[0].message.content  # no tools offered: the text stays as the model wrote it
+    with pytest.raises(openai.BadRequestError, match="function tool"):
+        client.chat.completions.create(model="tiny-tool-llama", messages=question, tools=[{"type": "web_search"}])
+
+
+def test_a_tool_call_round_trip_through_the_anthropic_api(make_controller, tiny_tool_llama: Path):
+    import anthropic
+
+    controller = make_controller()
+    controller.store.settings.update_app(model_folders=[*controller.store.settings.app()["model_folders"],
+                                                        str(tiny_tool_llama)])
+    claude = anthropic.Anthropic(base_url=api_on(controller).removesuffix("/v1"), api_key="no key", max_retries=0)
+    weather = {"name": "get_weather", "description": "The weather in a city.",
+               "input_schema": WEATHER["function"]["parameters"]}
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    answer = claude.messages.create(model="tiny-tool-llama", max_tokens=16, tools=[weather], messages=question)
+    [use] = [block for block in answer.content if block.type == "tool_use"]
+    assert answer.stop_reason == "tool_use" and use.name == "get_weather" and use.input == {"city": "Paris"}
+    with claude.messages.stream(model="tiny-tool-llama", max_tokens=16, tools=[weather], messages=question) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["tool_use"] and final.content[0].input == {"city": "Paris"}
+    result = [*question, {"role": "assistant", "content": [b.model_dump() for b in answer.content]},
+              {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Sunny, 24"}]}]
+    again = claude.messages.create(model="tiny-tool-llama", max_tokens=16, tools=[weather], messages=result)
+    assert again.usage.input_tokens + again.usage.cache_read_input_tokens > \
+        answer.usage.input_tokens + answer.usage.cache_read_input_tokens + 10
+    with pytest.raises(anthropic.BadRequestError, match="client runs itself"):
+        claude.messages.create(model="tiny-tool-llama", max_tokens=16, messages=question,
+                               tools=[{"type": "web_search_20250305", "name": "web_search"}])

@@ -27,6 +27,7 @@ class Answer:
         self.finish = "stop"
         self.text = ""
         self.reasoning = ""
+        self.tool_calls: list[dict] = []  # {"id", "name", "arguments"}, as the model's parser read them
 
     @property
     def stop_sequence(self) -> str | None:
@@ -37,7 +38,7 @@ class Answer:
         """Wait for the reply's first words (or its end); a refusal of the engine is raised as an `ApiError`."""
         try:
             async for event in self._events:
-                if event.text or event.reasoning or event.done:
+                if event.text or event.reasoning or event.tool_calls or event.done:
                     self._first = event
                     return
         except errors.AppError as exc:
@@ -66,6 +67,9 @@ class Answer:
             self.stats = event.stats
             text += self._stops.flush()
             self.finish = "length" if event.stats.finish_reason == "length" and not self._stops.stopped else "stop"
+        self.tool_calls += event.tool_calls
+        if event.tool_calls and self.first_token_s is None:
+            self.first_token_s = time.perf_counter() - self._started
         if not (text or event.reasoning):
             return []
         if self.first_token_s is None:

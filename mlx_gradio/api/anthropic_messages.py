@@ -12,7 +12,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, sampling
+from .call import UNCAPPED, ChatCall, model_of, sampling, tool
 from .errors import ApiError, bad_request
 from .openai_chat import MAX_IMAGE_BYTES
 
@@ -21,27 +21,40 @@ MAX_STOP_SEQUENCES = 16
 
 def read_messages(body: Any, save_image: Callable[[bytes], str], need_max_tokens: bool = True) -> ChatCall:
     """Check a Messages body (`need_max_tokens` False for count_tokens, which takes none)."""
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("model: required, one of the ids GET /v1/models lists.", "model")
+    model = model_of(body, anthropic=True)
     max_tokens = fields.number(body, "max_tokens", None, 1, UNCAPPED, integer=True)
     if max_tokens is None and need_max_tokens:
         raise bad_request("max_tokens: required.", "max_tokens")
-    if body.get("tools") and (body.get("tool_choice") or {}).get("type") != "none":
-        raise bad_request("tools: not served by this API yet; send the request without tools.", "tools")
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("messages: must be a non-empty list.", "messages")
     system = _system(body.get("system"))
-    messages = tuple(_message(m, f"messages.{i}", save_image) for i, m in enumerate(raw))
+    messages = tuple(turn for i, m in enumerate(raw) for turn in _message(m, f"messages.{i}", save_image))
     thinking = body.get("thinking") or {}
     if not isinstance(thinking, dict):
         raise bad_request("thinking: must be an object.", "thinking")
     return ChatCall(model, (*system, *messages), sampling(body, max_tokens or UNCAPPED, temperature_max=1.0),
                     fields.stops(body, "stop_sequences", MAX_STOP_SEQUENCES), fields.flag(body, "stream"),
-                    include_usage=True, max_tokens=max_tokens, thinking=thinking.get("type") != "disabled")
+                    include_usage=True, max_tokens=max_tokens, thinking=thinking.get("type") != "disabled",
+                    tools=_tools(body))
+
+
+def _tools(body: dict) -> tuple[dict, ...]:
+    """Anthropic's tools (name, description, input_schema) as chat templates take them; none with tool_choice
+    "none". Server tools (web search and the like) cannot run here and are refused."""
+    raw = body.get("tools") or []
+    choice = body.get("tool_choice") or {}
+    if not isinstance(raw, list) or not isinstance(choice, dict):
+        raise bad_request("tools: must be a list (and tool_choice an object).", "tools")
+    if choice.get("type") == "none":
+        return ()
+    tools = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or entry.get("type", "custom") != "custom":
+            raise bad_request(f"tools.{i}: only tools this API's client runs itself (name, input_schema) are "
+                              "served here.", f"tools.{i}")
+        tools.append(tool(entry.get("name"), entry.get("description"), entry.get("input_schema"), f"tools.{i}"))
+    return tuple(tools)
 
 
 def _system(system: Any) -> tuple[ChatMessage, ...]:
@@ -54,15 +67,16 @@ def _system(system: Any) -> tuple[ChatMessage, ...]:
     raise bad_request("system: must be a string or a list of text blocks.", "system")
 
 
-def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> ChatMessage:
+def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> tuple[ChatMessage, ...]:
+    """One Messages turn as the engine's messages: a user turn's tool results come first, one message each."""
     if not isinstance(raw, dict) or raw.get("role") not in ("user", "assistant"):
         raise bad_request(f"{where}: must be an object with role 'user' or 'assistant' and content.", where)
     role, content = raw["role"], raw.get("content")
     if isinstance(content, str):
-        return ChatMessage(role, fields.text(content, f"{where}.content"))
+        return (ChatMessage(role, fields.text(content, f"{where}.content")),)
     if not isinstance(content, list):
         raise bad_request(f"{where}.content: must be a string or a list of content blocks.", where)
-    texts, images, thoughts = [], [], []
+    texts, images, thoughts, calls, results = [], [], [], [], []
     for j, block in enumerate(content):
         name = f"{where}.content.{j}"
         kind = block.get("type") if isinstance(block, dict) else None
@@ -74,11 +88,31 @@ def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> ChatMe
             thoughts.append(fields.text(block.get("thinking", ""), f"{name}.thinking"))
         elif kind == "redacted_thinking" and role == "assistant":
             continue  # nothing a local model can read
-        elif kind in ("tool_use", "tool_result"):
-            raise bad_request(f"{name}: tool blocks are not served by this API yet.", name)
+        elif kind == "tool_use" and role == "assistant":
+            if not isinstance(block.get("name"), str) or not isinstance(block.get("input", {}), dict):
+                raise bad_request(f"{name}: a tool_use block needs a name and an input object.", name)
+            calls.append({"id": str(block.get("id") or f"toolu_{j}"), "name": block["name"],
+                          "arguments": block.get("input", {})})
+        elif kind == "tool_result" and role == "user":
+            results.append(ChatMessage("tool", _result_text(block.get("content"), name),
+                                       tool_call_id=str(block.get("tool_use_id") or "")))
         else:
-            raise bad_request(f"{name}: a {kind!r} block is not served here (text, image, thinking are).", name)
-    return ChatMessage(role, "\n".join(texts), tuple(images), "\n".join(thoughts))
+            raise bad_request(f"{name}: a {kind!r} block is not served here (text, image, thinking, tool_use and "
+                              "tool_result are).", name)
+    if results and not (texts or images):
+        return tuple(results)
+    return (*results, ChatMessage(role, "\n".join(texts), tuple(images), "\n".join(thoughts), tuple(calls)))
+
+
+def _result_text(content: Any, where: str) -> str:
+    """A tool result's text (a string or text blocks)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return fields.text(content, where)
+    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+        return "\n".join(fields.text(b.get("text"), where) for b in content)
+    raise bad_request(f"{where}: a tool result's content must be text here.", where)
 
 
 def _image_bytes(source: Any, where: str) -> bytes:
@@ -105,6 +139,8 @@ def usage(stats: GenerationStats | None) -> dict:
 def stop_reason(answer: Answer) -> str:
     if answer.stop_sequence is not None:
         return "stop_sequence"
+    if answer.tool_calls and answer.finish == "stop":
+        return "tool_use"
     return "max_tokens" if answer.finish == "length" else "end_turn"
 
 
@@ -124,8 +160,10 @@ class AnthropicMessages:
         content: list[dict] = []
         if answer.reasoning:
             content.append({"type": "thinking", "thinking": answer.reasoning, "signature": ""})
-        if answer.text or not content:
+        if answer.text or not (content or answer.tool_calls):
             content.append({"type": "text", "text": answer.text})
+        content += [{"type": "tool_use", "id": call["id"], "name": call["name"], "input": call["arguments"]}
+                    for call in answer.tool_calls]
         return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model,
                 "content": content, "stop_reason": stop_reason(answer), "stop_sequence": answer.stop_sequence,
                 "usage": usage(answer.stats)}
@@ -151,12 +189,20 @@ class AnthropicMessages:
                 delta = {"type": "thinking_delta", "thinking": piece} if kind == "thinking" else \
                     {"type": "text_delta", "text": piece}
                 yield _event("content_block_delta", {"index": index, "delta": delta})
-        if open_kind != "text" and not answer.text:
+        if open_kind != "text" and not answer.text and not answer.tool_calls:
             if open_kind is not None:
                 yield _event("content_block_stop", {"index": index})
             index, open_kind = index + 1, "text"
             yield _event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
-        yield _event("content_block_stop", {"index": index})
+        if open_kind is not None:
+            yield _event("content_block_stop", {"index": index})
+        for call in answer.tool_calls:
+            index += 1
+            block = {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}
+            yield _event("content_block_start", {"index": index, "content_block": block})
+            yield _event("content_block_delta", {"index": index, "delta": {
+                "type": "input_json_delta", "partial_json": json.dumps(call["arguments"], ensure_ascii=False)}})
+            yield _event("content_block_stop", {"index": index})
         yield _event("message_delta", {"delta": {"stop_reason": stop_reason(answer),
                                                  "stop_sequence": answer.stop_sequence},
                                        "usage": usage(answer.stats)})

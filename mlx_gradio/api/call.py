@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from ..engine.jobs import ChatMessage, SamplingParams
 from . import fields
 from .answer import Answer
-from .errors import ApiError
+from .errors import ApiError, bad_request
 
 UNCAPPED = 2**31 - 1  # the most max_tokens may ask; the engine gives what the context leaves (and the log says so)
 
@@ -27,6 +27,7 @@ class ChatCall:
     max_tokens: int | None  # what the client asked for (None: as many as the context leaves)
     thinking: bool = True  # for templates that can think or not
     raw: bool = False  # the one message is the whole prompt (a plain completion)
+    tools: tuple[dict, ...] = ()  # as OpenAI describes them: {"type": "function", "function": {...}}
 
 
 class Dialect(Protocol):
@@ -57,3 +58,26 @@ def sampling(body: dict, max_tokens: int, temperature_max: float = 2.0) -> Sampl
         repetition_penalty=fields.number(body, "repetition_penalty", 1.0, 0.01, 10),
         seed=fields.number(body, "seed", -1, -(2**63), 2**63 - 1, integer=True),
         max_tokens=max_tokens)
+
+
+def tool(name: Any, description: Any, parameters: Any, where: str) -> dict:
+    """One tool the model may call, checked, as chat templates take it (OpenAI's function format)."""
+    if not isinstance(name, str) or not name:
+        raise bad_request(f"'{where}' needs a name.", where)
+    if parameters is not None and not isinstance(parameters, dict):
+        raise bad_request(f"'{where}': the parameters must be a JSON schema object.", where)
+    function = {"name": fields.text(name, where), "parameters": parameters or {"type": "object", "properties": {}}}
+    if description:
+        function["description"] = fields.text(description, where)
+    return {"type": "function", "function": function}
+
+
+def model_of(body: Any, anthropic: bool = False) -> str:
+    """The model a request body names (the body must be a JSON object)."""
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad_request(("model: required, " if anthropic else "'model' is required: ") +
+                          "one of the ids GET /v1/models lists.", "model")
+    return model

@@ -13,7 +13,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, sampling
+from .call import UNCAPPED, ChatCall, model_of, sampling, tool
 from .errors import ApiError, bad_request
 
 MAX_IMAGE_BYTES = 20_000_000
@@ -22,16 +22,10 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 
 def read_chat(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
     """Check a chat completion body; `save_image` keeps an image's bytes and returns its path."""
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required: one of the ids GET /v1/models lists.", "model")
+    model = model_of(body)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("'messages' must be a non-empty list.", "messages")
-    if body.get("tools") and body.get("tool_choice") != "none":
-        raise bad_request("Tools are not served by this API yet; send the request without 'tools'.", "tools")
     if fields.number(body, "n", 1, 1, 1, integer=True) != 1:
         raise bad_request("'n' must be 1.", "n")
     messages = tuple(_message(m, f"messages[{i}]", save_image) for i, m in enumerate(raw))
@@ -46,15 +40,38 @@ def read_chat(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
     if not isinstance(template, dict):
         raise bad_request("'chat_template_kwargs' must be an object.", "chat_template_kwargs")
     return ChatCall(model, messages, params, fields.stops(body), fields.flag(body, "stream"),
-                    fields.flag(options, "include_usage"), max_tokens, fields.flag(template, "enable_thinking", True))
+                    fields.flag(options, "include_usage"), max_tokens, fields.flag(template, "enable_thinking", True),
+                    tools=_tools(body))
+
+
+def _tools(body: dict) -> tuple[dict, ...]:
+    """The function tools offered (none with `tool_choice` "none"); the model chooses whether to call one."""
+    raw = body.get("tools") or []
+    if not isinstance(raw, list):
+        raise bad_request("'tools' must be a list.", "tools")
+    if body.get("tool_choice") == "none":
+        return ()
+    tools = []
+    for i, entry in enumerate(raw):
+        function = entry.get("function") if isinstance(entry, dict) and entry.get("type") == "function" else None
+        if not isinstance(function, dict):
+            raise bad_request(f"'tools[{i}]' must be a function tool: {{\"type\": \"function\", \"function\": …}}.",
+                              f"tools[{i}]")
+        tools.append(tool(function.get("name"), function.get("description"), function.get("parameters"),
+                          f"tools[{i}]"))
+    return tuple(tools)
 
 
 def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> ChatMessage:
     if not isinstance(raw, dict):
         raise bad_request(f"'{where}' must be an object with a role and content.", where)
     role = raw.get("role")
-    if role == "tool" or raw.get("tool_calls"):
-        raise bad_request("Tool calls are not served by this API yet.", f"{where}.role")
+    if role == "tool":
+        call_id = raw.get("tool_call_id") or ""
+        return ChatMessage("tool", _text_of(raw.get("content"), where), tool_call_id=fields.text(call_id, where))
+    if role == "assistant" and raw.get("tool_calls"):
+        return ChatMessage("assistant", _text_of(raw.get("content") or "", where),
+                           tool_calls=_calls(raw["tool_calls"], f"{where}.tool_calls"))
     if role not in ROLES:
         raise bad_request(f"'{where}.role' must be one of {', '.join(ROLES)}; it is {role!r}.", f"{where}.role")
     content = raw.get("content")
@@ -76,6 +93,40 @@ def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> ChatMe
             raise bad_request(f"'{name}' must be a text part{' or an image_url part' if role == 'user' else ''}.",
                               name)
     return ChatMessage(ROLES[role], "\n".join(texts), tuple(images))
+
+
+def _text_of(content: Any, where: str) -> str:
+    """A message's text: a string or text parts."""
+    if isinstance(content, str):
+        return fields.text(content, f"{where}.content")
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "\n".join(fields.text(p.get("text"), f"{where}.content") for p in content)
+    raise bad_request(f"'{where}.content' must be text.", f"{where}.content")
+
+
+def _calls(raw: Any, where: str) -> tuple[dict, ...]:
+    """An assistant's earlier tool calls, their arguments read from JSON."""
+    if not isinstance(raw, list):
+        raise bad_request(f"'{where}' must be a list.", where)
+    calls = []
+    for i, entry in enumerate(raw):
+        function = entry.get("function") if isinstance(entry, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_request(f"'{where}[{i}]' must be a function call with a name.", f"{where}[{i}]")
+        arguments = function.get("arguments") or "{}"
+        try:
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError as exc:
+            raise bad_request(f"'{where}[{i}].function.arguments' is not JSON: {exc}.", f"{where}[{i}]") from exc
+        calls.append({"id": str(entry.get("id") or f"call_{i}"), "name": function["name"], "arguments": arguments})
+    return tuple(calls)
+
+
+def tool_calls(answer: Answer, streaming: bool = False) -> list[dict]:
+    """The answer's tool calls as OpenAI sends them (arguments as a JSON string; `index` when streamed)."""
+    return [{**({"index": i} if streaming else {}), "id": call["id"], "type": "function",
+             "function": {"name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}
+            for i, call in enumerate(answer.tool_calls)]
 
 
 def image_bytes(image: Any, where: str) -> bytes:
@@ -109,11 +160,13 @@ def usage(stats: GenerationStats | None) -> dict:
 
 
 def completion(call_id: str, model: str, text: str, reasoning: str, finish: str,
-               stats: GenerationStats | None) -> dict:
+               stats: GenerationStats | None, calls: list[dict] | None = None) -> dict:
     """The whole answer of a request that did not stream."""
-    message: dict[str, Any] = {"role": "assistant", "content": text}
+    message: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
     if reasoning:
         message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = calls
     return {"id": call_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": usage(stats)}
@@ -144,7 +197,9 @@ class OpenAIChat:
         return read_chat(body, save_image)
 
     def whole(self, model: str, answer: Answer, call: ChatCall) -> dict:
-        return completion(completion_id(), model, answer.text, answer.reasoning, answer.finish, answer.stats)
+        finish = "tool_calls" if answer.tool_calls and answer.finish == "stop" else answer.finish
+        return completion(completion_id(), model, answer.text, answer.reasoning, finish, answer.stats,
+                          tool_calls(answer))
 
     async def stream(self, model: str, answer: Answer, call: ChatCall) -> AsyncIterator[str]:
         call_id = completion_id()
@@ -154,7 +209,10 @@ class OpenAIChat:
             if text:
                 delta["content"] = text
             yield sse(chunk(call_id, model, delta))
-        yield sse(chunk(call_id, model, {}, answer.finish))
+        if answer.tool_calls:
+            yield sse(chunk(call_id, model, {"tool_calls": tool_calls(answer, streaming=True)}))
+        finish = "tool_calls" if answer.tool_calls and answer.finish == "stop" else answer.finish
+        yield sse(chunk(call_id, model, {}, finish))
         if call.include_usage:
             yield sse(chunk(call_id, model, None, usage_block=usage(answer.stats)))
         yield "data: [DONE]\n\n"

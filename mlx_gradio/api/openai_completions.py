@@ -10,7 +10,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, sampling
+from .call import UNCAPPED, ChatCall, model_of, sampling
 from .errors import ApiError, bad_request
 from .openai_chat import sse, usage
 
@@ -19,11 +19,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's own default for this endpoint
 
 def read_completion(body: Any) -> ChatCall:
     """Check a completion body: one prompt, no suffix (fill-in-the-middle is not served), no echo."""
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required: one of the ids GET /v1/models lists.", "model")
+    model = model_of(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]

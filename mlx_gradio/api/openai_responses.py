@@ -11,7 +11,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, sampling
+from .call import UNCAPPED, ChatCall, model_of, sampling
 from .errors import ApiError, bad_request
 from .openai_chat import image_bytes
 
@@ -21,11 +21,7 @@ TEXT_PARTS = ("input_text", "output_text", "text")
 
 def read_response_request(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
     """Check a Responses body: `input` (a string or message items), `instructions`, sampling."""
-    if not isinstance(body, dict):
-        raise bad_request("The body must be a JSON object.")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required: one of the ids GET /v1/models lists.", "model")
+    model = model_of(body)
     if body.get("tools") and body.get("tool_choice") != "none":
         raise bad_request("Tools are not served by this API yet; send the request without 'tools'.", "tools")
     if body.get("previous_response_id"):

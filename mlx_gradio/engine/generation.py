@@ -24,6 +24,7 @@ from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, Generat
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 from .prompt_files import PromptFiles
 from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking, reply_text
+from .tool_calls import ToolCallSplitter, tool_splitter
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +108,26 @@ def continued_prompt(prompt: str, partial: ChatMessage, tokenizer: Any) -> str:
 
 def template_message(tokenizer: Any, message: ChatMessage) -> dict:
     """A text message for a chat template; earlier thinking only for templates that read it."""
-    entry = {"role": message.role, "content": message.content}
+    entry: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.reasoning and "reasoning_content" in (getattr(tokenizer, "chat_template", None) or ""):
         entry["reasoning_content"] = message.reasoning
+    if message.tool_calls:
+        entry["tool_calls"] = [{"id": call["id"], "type": "function",
+                                "function": {"name": call["name"], "arguments": call["arguments"]}}
+                               for call in message.tool_calls]
+    if message.tool_call_id:
+        entry["tool_call_id"] = message.tool_call_id
     return entry
 
 
 def _relay(responses: Iterator[Any], generation: Generation, splitter: ThinkSplitter,
-           continued_by: Any = None) -> Relayed:
+           continued_by: Any = None, tools: ToolCallSplitter | None = None) -> Relayed:
     """Hand each piece of text to the reader (thinking apart from the answer), stopping between tokens if asked.
 
     Works for mlx-lm's and mlx-vlm's stream responses alike (`.text`, `.token`, `.finish_reason`).
     `continued_by` is the tokenizer when the reply writes on from a cut one: the streaming detokenizer
-    drops the space before a reply's first word, which there belongs to the text.
+    drops the space before a reply's first word, which there belongs to the text. `tools` takes the
+    model's tool calls out of the answer.
     """
     relayed = Relayed()
     spaced = continued_by is None
@@ -134,20 +142,28 @@ def _relay(responses: Iterator[Any], generation: Generation, splitter: ThinkSpli
                 spaced = True
                 if continued_by.decode([relayed.tokens[0]]).startswith(" ") and not text.startswith(" "):
                     text = " " + text
-            _put_text(generation, *splitter.feed(text))
+            _put_text(generation, *splitter.feed(text), tools)
         if response.finish_reason:
             relayed.finish = response.finish_reason
         elif generation.stop_requested:
             relayed.finish = "stopped"
             break
     responses.close()
-    _put_text(generation, *splitter.flush())
+    _put_text(generation, *splitter.flush(), tools)
+    if tools is not None:
+        answer, calls = tools.flush()
+        _put_text(generation, "", answer, None, calls)
     return relayed
 
 
-def _put_text(generation: Generation, reasoning: str, answer: str) -> None:
-    if reasoning or answer:
-        generation.put(GenerationEvent(text=answer, reasoning=reasoning))
+def _put_text(generation: Generation, reasoning: str, answer: str, tools: ToolCallSplitter | None = None,
+              calls: list[dict] | None = None) -> None:
+    calls = list(calls or [])
+    if tools is not None:
+        answer, found = tools.feed(answer)
+        calls += found
+    if reasoning or answer or calls:
+        generation.put(GenerationEvent(text=answer, reasoning=reasoning, tool_calls=tuple(calls)))
 
 
 def _final_event(generation: Generation, relayed: Relayed, prompt_tokens: int, cached_tokens: int,
@@ -329,8 +345,8 @@ class Worker:
             tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
             return len(tokenizer.encode(_vision_prompt(loaded, request.messages, request.thinking)))
         chat = [template_message(loaded.processor, m) for m in request.messages]
-        return len(loaded.processor.apply_chat_template(chat, add_generation_prompt=True,
-                                                        enable_thinking=request.thinking))
+        return len(loaded.processor.apply_chat_template(chat, tools=list(request.tools) or None,
+                                                        add_generation_prompt=True, enable_thinking=request.thinking))
 
     def _text_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-lm model, reusing the conversation's KV cache."""
@@ -346,8 +362,8 @@ class Worker:
 
         def templated(messages: Sequence[ChatMessage]) -> list[int]:
             chat = [template_message(tokenizer, m) for m in messages]
-            return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True,
-                                                      enable_thinking=request.thinking))
+            return list(tokenizer.apply_chat_template(chat, tools=list(request.tools) or None,
+                                                      add_generation_prompt=True, enable_thinking=request.thinking))
 
         def encode(messages: Sequence[ChatMessage]) -> list[int]:
             if request.raw:
@@ -390,7 +406,8 @@ class Worker:
                 prompt_progress_callback=PrefillProgress(generation, reused, len(tokens)),
                 **sampling_kwargs(request.params),
             ), generation, thinking_splitter(tokenizer, tokenizer.decode(tokens[-16:]), _partial(request)),
-                continued_by=tokenizer if request.continue_last else None)
+                continued_by=tokenizer if request.continue_last else None,
+                tools=tool_splitter(tokenizer, request.tools))
         except PrefillStopped as stopped:
             log.info("Stopped reading the prompt of conversation %s after %d of %d new tokens",
                      request.conversation_id, stopped.processed, new_tokens)

@@ -32,10 +32,12 @@ class ChatMessage:
     `reasoning` is an earlier reply's thinking, given to templates that ask for it (`reasoning_content`).
     """
 
-    role: str
+    role: str  # "system", "user", "assistant" or "tool" (a tool's result)
     content: str
     images: tuple[str, ...] = ()
     reasoning: str = ""
+    tool_calls: tuple[dict, ...] = ()  # an assistant's calls: {"id", "name", "arguments"}
+    tool_call_id: str = ""  # a tool result: the call it answers
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ChatRequest:
     thinking: bool = True  # the template's `enable_thinking` (a template without one ignores it)
     continue_last: bool = False  # the last message is a reply that was cut short: write on from its end
     raw: bool = False  # one message, the whole prompt, read without the chat template (a plain completion)
+    tools: tuple[dict, ...] = ()  # tools the model may call, as OpenAI describes them (`{"type": "function", …}`)
     client: str = ""  # who asks (a user): waiting replies take turns between clients
     first: bool = False  # served before the others waiting (an owner's reply)
 
@@ -82,6 +85,7 @@ class GenerationEvent:
     text: str = ""
     reasoning: str = ""
     status: str = ""
+    tool_calls: tuple[dict, ...] = ()  # calls the model completed in this piece: {"id", "name", "arguments"}
     stats: GenerationStats | None = None
 
     @property

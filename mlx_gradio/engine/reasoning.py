@@ -13,7 +13,7 @@ from dataclasses import dataclass
 THINK_START, THINK_END = "<think>", "</think>"
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """The length of the longest end of `text` that begins `marker` (the marker may still be arriving)."""
     for size in range(min(len(text), len(marker) - 1), 0, -1):
         if marker.startswith(text[-size:]):
@@ -54,7 +54,7 @@ class ThinkSplitter:
             if self.thinking:
                 at = buffer.find(self.end)
                 if at < 0:
-                    keep = _partial_suffix(buffer, self.end)
+                    keep = partial_suffix(buffer, self.end)
                     reasoning.append(buffer[: len(buffer) - keep])
                     self._pending = buffer[len(buffer) - keep:]
                     break
