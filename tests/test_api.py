@@ -408,3 +408,25 @@ def test_a_tool_call_round_trip_through_the_anthropic_api(make_controller, tiny_
     with pytest.raises(anthropic.BadRequestError, match="client runs itself"):
         claude.messages.create(model="tiny-tool-llama", max_tokens=16, messages=question,
                                tools=[{"type": "web_search_20250305", "name": "web_search"}])
+
+
+def test_a_function_call_round_trip_through_the_responses_api(make_controller, tiny_tool_llama: Path):
+    controller = make_controller()
+    controller.store.settings.update_app(model_folders=[*controller.store.settings.app()["model_folders"],
+                                                        str(tiny_tool_llama)])
+    client = client_for(api_on(controller))
+    weather = {"type": "function", **WEATHER["function"]}
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    answer = client.responses.create(model="tiny-tool-llama", input=question, tools=[weather], max_output_tokens=16)
+    [call] = [item for item in answer.output if item.type == "function_call"]
+    assert call.name == "get_weather" and json.loads(call.arguments) == {"city": "Paris"}
+    events = list(client.responses.create(model="tiny-tool-llama", input=question, tools=[weather],
+                                          max_output_tokens=16, stream=True))
+    [done] = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert json.loads(done.arguments) == {"city": "Paris"} and events[-1].type == "response.completed"
+    again = client.responses.create(model="tiny-tool-llama", tools=[weather], max_output_tokens=16, input=[
+        *question, {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 degrees"}])
+    assert again.usage.input_tokens > answer.usage.input_tokens + 10
+    with pytest.raises(openai.BadRequestError, match="only function tools"):
+        client.responses.create(model="tiny-tool-llama", input=question, tools=[{"type": "web_search"}])

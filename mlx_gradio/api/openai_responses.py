@@ -11,7 +11,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, model_of, sampling
+from .call import UNCAPPED, ChatCall, model_of, sampling, tool
 from .errors import ApiError, bad_request
 from .openai_chat import image_bytes
 
@@ -22,8 +22,6 @@ TEXT_PARTS = ("input_text", "output_text", "text")
 def read_response_request(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
     """Check a Responses body: `input` (a string or message items), `instructions`, sampling."""
     model = model_of(body)
-    if body.get("tools") and body.get("tool_choice") != "none":
-        raise bad_request("Tools are not served by this API yet; send the request without 'tools'.", "tools")
     if body.get("previous_response_id"):
         raise bad_request("Responses are not stored here: send the whole conversation in 'input'.",
                           "previous_response_id")
@@ -38,21 +36,70 @@ def read_response_request(body: Any, save_image: Callable[[bytes], str]) -> Chat
     if isinstance(raw, str) and raw:
         messages: tuple[ChatMessage, ...] = (ChatMessage("user", fields.text(raw, "input")),)
     elif isinstance(raw, list) and raw:
-        messages = tuple(_item(item, f"input[{i}]", save_image) for i, item in enumerate(raw))
+        messages = _items(raw, save_image)
     else:
         raise bad_request("'input' must be a non-empty string or list of messages.", "input")
     max_tokens = fields.number(body, "max_output_tokens", None, 1, UNCAPPED, integer=True)
     reasoning = body.get("reasoning") or {}
     thinking = not (isinstance(reasoning, dict) and reasoning.get("effort") in ("none", "minimal"))
     return ChatCall(model, (*system, *messages), sampling(body, max_tokens or UNCAPPED), (),
-                    fields.flag(body, "stream"), include_usage=True, max_tokens=max_tokens, thinking=thinking)
+                    fields.flag(body, "stream"), include_usage=True, max_tokens=max_tokens, thinking=thinking,
+                    tools=_tools(body))
+
+
+def _tools(body: dict) -> tuple[dict, ...]:
+    """Function tools (name, description, parameters at the top level, as this API writes them); none with
+    `tool_choice` "none". Built-in tools (web search, files) cannot run here and are refused."""
+    raw = body.get("tools") or []
+    if not isinstance(raw, list):
+        raise bad_request("'tools' must be a list.", "tools")
+    if body.get("tool_choice") == "none":
+        return ()
+    tools = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or entry.get("type") != "function":
+            raise bad_request(f"'tools[{i}]': only function tools (which the client runs itself) are served here.",
+                              f"tools[{i}]")
+        tools.append(tool(entry.get("name"), entry.get("description"), entry.get("parameters"), f"tools[{i}]"))
+    return tuple(tools)
+
+
+def _items(raw: list, save_image: Callable[[bytes], str]) -> tuple[ChatMessage, ...]:
+    """Input items as the engine's messages: function calls join the assistant turn before them (or make one),
+    their outputs become tool results."""
+    messages: list[ChatMessage] = []
+    for i, item in enumerate(raw):
+        where = f"input[{i}]"
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind == "function_call":
+            call = _call(item, where)
+            if messages and messages[-1].role == "assistant" and not messages[-1].images:
+                last = messages.pop()
+                messages.append(ChatMessage("assistant", last.content, (), last.reasoning, (*last.tool_calls, call)))
+            else:
+                messages.append(ChatMessage("assistant", "", tool_calls=(call,)))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            messages.append(ChatMessage("tool", output if isinstance(output, str) else json.dumps(output),
+                                        tool_call_id=str(item.get("call_id") or "")))
+        else:
+            messages.append(_item(item, where, save_image))
+    return tuple(messages)
+
+
+def _call(item: dict, where: str) -> dict:
+    if not isinstance(item.get("name"), str):
+        raise bad_request(f"'{where}': a function call needs a name.", where)
+    arguments = item.get("arguments") or "{}"
+    try:
+        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+    except json.JSONDecodeError as exc:
+        raise bad_request(f"'{where}.arguments' is not JSON: {exc}.", where) from exc
+    return {"id": str(item.get("call_id") or item.get("id") or where), "name": item["name"], "arguments": arguments}
 
 
 def _item(raw: Any, where: str, save_image: Callable[[bytes], str]) -> ChatMessage:
     if not isinstance(raw, dict) or raw.get("type", "message") != "message" or raw.get("role") not in ROLES:
-        kind = raw.get("type") if isinstance(raw, dict) else None
-        if kind in ("function_call", "function_call_output"):
-            raise bad_request(f"'{where}': function calls are not served by this API yet.", where)
         raise bad_request(f"'{where}' must be a message with a role ({', '.join(ROLES)}) and content.", where)
     role, content = ROLES[raw["role"]], raw.get("content")
     if isinstance(content, str):
@@ -88,6 +135,12 @@ def _reasoning_item(item_id: str, text: str) -> dict:
     return {"type": "reasoning", "id": item_id, "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
 
 
+def _call_items(answer: Answer) -> list[dict]:
+    return [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "call_id": call["id"], "name": call["name"],
+             "arguments": json.dumps(call["arguments"], ensure_ascii=False), "status": "completed"}
+            for call in answer.tool_calls]
+
+
 def _message_item(item_id: str, text: str, status: str) -> dict:
     return {"type": "message", "id": item_id, "status": status, "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": []}]}
@@ -108,14 +161,17 @@ class OpenAIResponses:
         return {"id": response_id, "object": "response", "created_at": created, "model": model,
                 "status": ("incomplete" if cut else "completed") if done else "in_progress",
                 "incomplete_details": {"reason": "max_output_tokens"} if cut else None, "error": None,
-                "output": output, "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
+                "output": output, "parallel_tool_calls": False, "tool_choice": "auto" if call.tools else "none",
+                "tools": [{"type": "function", **t["function"]} for t in call.tools],
                 "temperature": call.params.temperature, "top_p": call.params.top_p,
                 "max_output_tokens": call.max_tokens, "text": {"format": {"type": "text"}}, "metadata": {},
                 "usage": usage(answer.stats) if done else None}
 
     def whole(self, model: str, answer: Answer, call: ChatCall) -> dict:
         output = [_reasoning_item(f"rs_{uuid.uuid4().hex[:24]}", answer.reasoning)] if answer.reasoning else []
-        output.append(_message_item(f"msg_{uuid.uuid4().hex[:24]}", answer.text, "completed"))
+        if answer.text or not answer.tool_calls:
+            output.append(_message_item(f"msg_{uuid.uuid4().hex[:24]}", answer.text, "completed"))
+        output += _call_items(answer)
         return self._response(f"resp_{uuid.uuid4().hex[:24]}", model, call, output, answer, int(time.time()))
 
     async def stream(self, model: str, answer: Answer, call: ChatCall) -> AsyncIterator[str]:
@@ -175,11 +231,21 @@ class OpenAIResponses:
                 delta = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
                 extra = {} if kind == "reasoning" else {"logprobs": []}
                 yield event(delta, item_id=item_id, output_index=len(output), content_index=0, delta=piece, **extra)
-        if open_kind != "message":
+        if open_kind != "message" and not answer.tool_calls:
             for line in begin("message"):
                 yield line
         for line in close():
             yield line
+        for item in _call_items(answer):
+            index = len(output)
+            yield event("response.output_item.added", output_index=index, item={**item, "arguments": "",
+                                                                                "status": "in_progress"})
+            yield event("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                        delta=item["arguments"])
+            yield event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                        arguments=item["arguments"])
+            output.append(item)
+            yield event("response.output_item.done", output_index=index, item=item)
         finished = self._response(response_id, model, call, output, answer, created)
         yield event("response.incomplete" if finished["status"] == "incomplete" else "response.completed",
                     response=finished)
