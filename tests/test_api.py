@@ -405,6 +405,11 @@ def test_a_tool_call_round_trip_through_the_anthropic_api(make_controller, tiny_
     again = claude.messages.create(model="tiny-tool-llama", max_tokens=16, tools=[weather], messages=result)
     assert again.usage.input_tokens + again.usage.cache_read_input_tokens > \
         answer.usage.input_tokens + answer.usage.cache_read_input_tokens + 10
+    # Claude Code sends a system turn among the messages: it joins the system prompt.
+    reminded = claude.messages.create(model="tiny-tool-llama", max_tokens=16, tools=[weather], messages=[
+        *question, {"role": "system", "content": "Agents you may use: none."}])
+    assert reminded.usage.input_tokens + reminded.usage.cache_read_input_tokens > \
+        answer.usage.input_tokens + answer.usage.cache_read_input_tokens
     with pytest.raises(anthropic.BadRequestError, match="client runs itself"):
         claude.messages.create(model="tiny-tool-llama", max_tokens=16, messages=question,
                                tools=[{"type": "web_search_20250305", "name": "web_search"}])

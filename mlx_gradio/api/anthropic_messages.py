@@ -28,8 +28,11 @@ def read_messages(body: Any, save_image: Callable[[bytes], str], need_max_tokens
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise bad_request("messages: must be a non-empty list.", "messages")
-    system = _system(body.get("system"))
-    messages = tuple(turn for i, m in enumerate(raw) for turn in _message(m, f"messages.{i}", save_image))
+    # A system turn among the messages (Claude Code sends one) joins the system prompt: many chat templates take
+    # a system prompt only at the start.
+    turns = [turn for i, m in enumerate(raw) for turn in _message(m, f"messages.{i}", save_image)]
+    system = _system(body.get("system"), [t.content for t in turns if t.role == "system"])
+    messages = tuple(t for t in turns if t.role != "system")
     thinking = body.get("thinking") or {}
     if not isinstance(thinking, dict):
         raise bad_request("thinking: must be an object.", "thinking")
@@ -57,19 +60,23 @@ def _tools(body: dict) -> tuple[dict, ...]:
     return tuple(tools)
 
 
-def _system(system: Any) -> tuple[ChatMessage, ...]:
+def _system(system: Any, more: list[str]) -> tuple[ChatMessage, ...]:
+    """The system prompt (a string or text blocks), with the system turns of the messages after it."""
     if system is None or system == "":
-        return ()
-    if isinstance(system, str):
-        return (ChatMessage("system", fields.text(system, "system")),)
-    if isinstance(system, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in system):
-        return (ChatMessage("system", "\n".join(fields.text(b.get("text"), "system") for b in system)),)
-    raise bad_request("system: must be a string or a list of text blocks.", "system")
+        texts = []
+    elif isinstance(system, str):
+        texts = [fields.text(system, "system")]
+    elif isinstance(system, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in system):
+        texts = ["\n".join(fields.text(b.get("text"), "system") for b in system)]
+    else:
+        raise bad_request("system: must be a string or a list of text blocks.", "system")
+    texts += [text for text in more if text]
+    return (ChatMessage("system", "\n\n".join(texts)),) if texts else ()
 
 
 def _message(raw: Any, where: str, save_image: Callable[[bytes], str]) -> tuple[ChatMessage, ...]:
     """One Messages turn as the engine's messages: a user turn's tool results come first, one message each."""
-    if not isinstance(raw, dict) or raw.get("role") not in ("user", "assistant"):
+    if not isinstance(raw, dict) or raw.get("role") not in ("user", "assistant", "system"):
         raise bad_request(f"{where}: must be an object with role 'user' or 'assistant' and content.", where)
     role, content = raw["role"], raw.get("content")
     if isinstance(content, str):
