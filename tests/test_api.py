@@ -431,6 +431,7 @@ def test_a_function_call_round_trip_through_the_responses_api(make_controller, t
     assert json.loads(done.arguments) == {"city": "Paris"} and events[-1].type == "response.completed"
     again = client.responses.create(model="tiny-tool-llama", tools=[weather], max_output_tokens=16, input=[
         *question, {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "reasoning", "id": "rs_1", "summary": []},  # sent back as clients do; not read
         {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 degrees"}])
     assert again.usage.input_tokens > answer.usage.input_tokens + 10
     with pytest.raises(openai.BadRequestError, match="only function tools"):

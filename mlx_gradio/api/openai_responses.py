@@ -78,6 +78,8 @@ def _items(raw: list, save_image: Callable[[bytes], str]) -> tuple[ChatMessage, 
                 messages.append(ChatMessage("assistant", last.content, (), last.reasoning, (*last.tool_calls, call)))
             else:
                 messages.append(ChatMessage("assistant", "", tool_calls=(call,)))
+        elif kind == "reasoning":
+            continue  # an earlier answer's reasoning item, sent back as clients do: the model does not read it
         elif kind == "function_call_output":
             output = item.get("output")
             messages.append(ChatMessage("tool", output if isinstance(output, str) else json.dumps(output),
