@@ -121,5 +121,9 @@ class StoreReadFailed(AppError):
     """A saved file could not be read just now (permissions, too many open files); it was left as it is."""
 
 
+class ApiKeyRefused(AppError):
+    """An API key change that cannot be made as asked (an unknown key, the last key of a network API)."""
+
+
 class ApiStartFailed(AppError):
     """The app's own API could not listen where it was asked to (a port in use, a host without a key)."""

@@ -141,6 +141,15 @@ def test_where_the_api_cannot_listen_is_a_sentence(make_controller):
         taken.close()
     assert not controller.api.view(OWNER).running
     assert controller.store.settings.app()["api_enabled"] is False  # nothing saved that did not start
+    # On every interface with a key: that last key cannot be revoked while it listens there.
+    view, _ = controller.api.create_key("laptop", request=OWNER)
+    assert controller.api.apply(True, "0.0.0.0", free_port(), "", request=OWNER).running
+    with pytest.raises(gr.Error, match="This is the last key, and the API listens on 0.0.0.0"):
+        controller.api.revoke_key(view.keys[0].id, request=OWNER)
+    with pytest.raises(gr.Error, match="Pick a key from the list"):
+        controller.api.revoke_key("no-such-key", request=OWNER)
+    assert not controller.api.apply(False, "0.0.0.0", free_port(), "", request=OWNER).running
+    assert controller.api.revoke_key(view.keys[0].id, request=OWNER).keys == []
 
 
 def test_a_client_that_goes_away_stops_its_reply_and_frees_the_engine(make_controller, tiny_llama: Path):
@@ -157,6 +166,22 @@ def test_a_client_that_goes_away_stops_its_reply_and_frees_the_engine(make_contr
         time.sleep(0.05)
     record = controller.api.view(OWNER).requests[0]
     assert record.status == 499 and "went away" in record.note
+    # A client waiting for a whole answer that hangs up once its reply is being written: the same.
+    payload = json.dumps({**body, "stream": False}).encode()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))
+        deadline = time.monotonic() + 60
+        while not controller.engine.status().generating:
+            assert time.monotonic() < deadline, "the reply never began"
+            time.sleep(0.01)
+    deadline = time.monotonic() + 60
+    while controller.engine.status().generating or controller.api.view(OWNER).requests[0] is record:
+        assert time.monotonic() < deadline, "the reply went on after its client went away"
+        time.sleep(0.05)
+    gave_up = controller.api.view(OWNER).requests[0]
+    assert gave_up.status == 499 and gave_up.completion_tokens < 8000  # the context would have allowed ~8,000
     answer = client_for(url).chat.completions.create(model="tiny-random-llama", max_tokens=4,
                                                      messages=[{"role": "user", "content": "Hi"}])
     assert answer.usage.completion_tokens >= 1
@@ -314,9 +339,11 @@ def test_images_reach_a_vision_model_through_both_apis(make_controller, tiny_vlm
     client = client_for(url)
 
     def describe(picture: Path) -> str:
-        content = [{"type": "text", "text": "Describe it."}, {"type": "image_url", "image_url": {"url": data_url(picture)}}]
-        return client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=8, temperature=0,
-                                              messages=[{"role": "user", "content": content}]).choices[0].message.content
+        content = [{"type": "text", "text": "Describe it."},
+                   {"type": "image_url", "image_url": {"url": data_url(picture)}}]
+        answer = client.chat.completions.create(model="tiny-qwen2-vl", max_tokens=8, temperature=0,
+                                                messages=[{"role": "user", "content": content}])
+        return answer.choices[0].message.content
 
     red, noise = describe(images["red"]), describe(images["noise"])
     assert red and red != noise  # the image reached the model

@@ -7,6 +7,7 @@ with a traceback. Each request is recorded (never its prompt).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 MAX_UNDER_WAY = 16  # generation requests at once (waiting for the model or streaming); more get a 429
 RETRY_AFTER_S = 5
 MAX_BODY_BYTES = 64_000_000
+DISCONNECT_CHECK_S = 0.5  # how often a reply answered whole looks whether its client is still there
 LOCAL_CLIENT = "this machine"
 
 
@@ -230,8 +232,8 @@ class ApiService:
                 stream = _Stream(self._stream(dialect, answer, call, model.key, record, started, lease), lease.end)
                 lease = None  # the stream ends it, however it ends
                 return stream
-            async for _ in answer.pieces():
-                pass
+            if await _read_unless_gone(request, answer):
+                record.status, record.note = 499, "the client went away; the reply was stopped"
             self._finish(record, answer, call, started)
             return JSONResponse(dialect.whole(model.key, answer, call))
         except (ApiError, errors.AppError) as exc:
@@ -332,6 +334,26 @@ class _Stream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._end()
+
+
+async def _read_unless_gone(request: Request, answer: Answer) -> bool:
+    """Read a reply that is answered whole; a client that hangs up meanwhile stops it. Returns whether it did."""
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_CHECK_S)
+        gone = True
+        answer.generation.stop()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        async for _ in answer.pieces():
+            pass
+    finally:
+        watcher.cancel()
+    return gone
 
 
 def _refusal(request: Request, error: ApiError) -> JSONResponse:

@@ -95,9 +95,9 @@ class ApiPart:
             self._owner(request)
             keys = self.keys.all()
             if not any(k.id == key_id for k in keys):
-                raise errors.ProfileInvalid("Pick a key from the list.")
+                raise errors.ApiKeyRefused("Pick a key from the list.")
             if len(keys) == 1 and self.server.running and not is_loopback(self.server.host):
-                raise errors.ProfileInvalid(f"This is the last key, and the API listens on {self.server.host}, "
+                raise errors.ApiKeyRefused(f"This is the last key, and the API listens on {self.server.host}, "
                                             "where it needs one: stop the API or move it to 127.0.0.1 first.")
             self.keys.revoke(key_id)
             log.info("API key %s revoked", key_id)

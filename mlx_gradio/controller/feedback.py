@@ -52,7 +52,8 @@ def public(text: str) -> str:
 
 # What a user asked that cannot be done as asked (the sentence tells them why): not trouble with the app.
 USER_INPUT = (errors.ChatEditError, errors.ImportFailed, errors.InvalidImage, errors.InvalidAttachment,
-              errors.ImageNeedsVisionModel, errors.ContextTooLong, errors.ReplyInProgress, errors.ProfileInvalid)
+              errors.ImageNeedsVisionModel, errors.ContextTooLong, errors.ReplyInProgress, errors.ProfileInvalid,
+              errors.ApiKeyRefused)
 
 
 def message_for(exc: errors.AppError, guest: bool = False) -> str:
