@@ -65,6 +65,10 @@ class Busy(AppError):
     """As many replies are under way as the app takes at once; a guest's next one waits for room."""
 
 
+class StructuredOutputUnavailable(AppError):
+    """The model's tokenizer cannot be held to a grammar (llguidance reads fast tokenizers only)."""
+
+
 class ContextTooLong(AppError):
     """The message (with what must come with it) does not fit the model's context."""
 

@@ -85,6 +85,8 @@ def api_error(exc: errors.AppError) -> ApiError:
         return ApiError(400, str(exc), code="context_length_exceeded", param="messages")
     if isinstance(exc, (errors.ImageNeedsVisionModel, errors.InvalidImage)):
         return ApiError(400, str(exc), param="messages")
+    if isinstance(exc, errors.StructuredOutputUnavailable):
+        return ApiError(400, str(exc), param="response_format")
     if isinstance(exc, errors.ModelNotFound):
         return ApiError(404, str(exc), code="model_not_found", param="model")
     if isinstance(exc, errors.DemoModelUnavailable):

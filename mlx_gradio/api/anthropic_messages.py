@@ -12,7 +12,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, model_of, sampling, tool
+from .call import UNCAPPED, ChatCall, answer_format, model_of, sampling, tool
 from .errors import ApiError, bad_request
 from .openai_chat import MAX_IMAGE_BYTES
 
@@ -36,10 +36,16 @@ def read_messages(body: Any, save_image: Callable[[bytes], str], need_max_tokens
     thinking = body.get("thinking") or {}
     if not isinstance(thinking, dict):
         raise bad_request("thinking: must be an object.", "thinking")
+    output = body.get("output_config") or {}
+    if not isinstance(output, dict):
+        raise bad_request("output_config: must be an object.", "output_config")
+    # `output_format` is where the structured outputs beta put it before `output_config.format`.
+    where = "output_config.format" if output.get("format") is not None else "output_format"
+    fmt, grammar = answer_format(output.get("format", body.get("output_format")), where)
     return ChatCall(model, (*system, *messages), sampling(body, max_tokens or UNCAPPED, temperature_max=1.0),
                     fields.stops(body, "stop_sequences", MAX_STOP_SEQUENCES), fields.flag(body, "stream"),
                     include_usage=True, max_tokens=max_tokens, thinking=thinking.get("type") != "disabled",
-                    tools=_tools(body))
+                    tools=_tools(body), answer_format=fmt, grammar=grammar)
 
 
 def _tools(body: dict) -> tuple[dict, ...]:

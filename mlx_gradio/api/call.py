@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..engine.grammar import ANY_OBJECT, json_grammar
 from ..engine.jobs import ChatMessage, SamplingParams
 from . import fields
 from .answer import Answer
@@ -28,6 +29,8 @@ class ChatCall:
     thinking: bool = True  # for templates that can think or not
     raw: bool = False  # the one message is the whole prompt (a plain completion)
     tools: tuple[dict, ...] = ()  # as OpenAI describes them: {"type": "function", "function": {...}}
+    answer_format: dict | None = None  # the format asked for, as the request wrote it (None: free text)
+    grammar: str = ""  # the llguidance grammar of that format, which decoding is held to
 
 
 class Dialect(Protocol):
@@ -70,6 +73,32 @@ def tool(name: Any, description: Any, parameters: Any, where: str) -> dict:
     if description:
         function["description"] = fields.text(description, where)
     return {"type": "function", "function": function}
+
+
+def answer_format(value: Any, where: str, schema_in: str | None = None) -> tuple[dict | None, str]:
+    """A response format and its grammar: `text` (free), `json_object` (any object) or `json_schema`, the schema
+    under `schema_in` (OpenAI chat's `json_schema`) or beside the type (Responses, Anthropic)."""
+    if value is None:
+        return None, ""
+    if not isinstance(value, dict):
+        raise bad_request(f"'{where}' must be an object with a type.", where)
+    kind = value.get("type")
+    if kind == "text":
+        return None, ""
+    if kind == "json_object":
+        return value, json_grammar(ANY_OBJECT)
+    if kind != "json_schema":
+        raise bad_request(f"'{where}.type' must be text, json_object or json_schema; it is {kind!r}.", where)
+    holder = value.get(schema_in) if schema_in else value
+    if not isinstance(holder, dict):
+        raise bad_request(f"'{where}.{schema_in}' must be an object with a schema.", where)
+    schema = holder.get("schema", {})
+    if not isinstance(schema, (dict, bool)):
+        raise bad_request(f"'{where}': the schema must be a JSON schema object.", where)
+    try:
+        return value, json_grammar(schema)
+    except ValueError as exc:
+        raise bad_request(f"'{where}': the JSON schema cannot be followed: {exc}", where) from exc
 
 
 def model_of(body: Any, anthropic: bool = False) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, model_of, sampling, tool
+from .call import UNCAPPED, ChatCall, answer_format, model_of, sampling, tool
 from .errors import ApiError, bad_request
 
 MAX_IMAGE_BYTES = 20_000_000
@@ -39,9 +39,10 @@ def read_chat(body: Any, save_image: Callable[[bytes], str]) -> ChatCall:
     template = body.get("chat_template_kwargs") or {}
     if not isinstance(template, dict):
         raise bad_request("'chat_template_kwargs' must be an object.", "chat_template_kwargs")
+    fmt, grammar = answer_format(body.get("response_format"), "response_format", schema_in="json_schema")
     return ChatCall(model, messages, params, fields.stops(body), fields.flag(body, "stream"),
                     fields.flag(options, "include_usage"), max_tokens, fields.flag(template, "enable_thinking", True),
-                    tools=_tools(body))
+                    tools=_tools(body), answer_format=fmt, grammar=grammar)
 
 
 def _tools(body: dict) -> tuple[dict, ...]:

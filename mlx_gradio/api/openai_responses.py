@@ -11,7 +11,7 @@ from typing import Any
 from ..engine.jobs import ChatMessage, GenerationStats
 from . import fields
 from .answer import Answer
-from .call import UNCAPPED, ChatCall, model_of, sampling, tool
+from .call import UNCAPPED, ChatCall, answer_format, model_of, sampling, tool
 from .errors import ApiError, bad_request
 from .openai_chat import image_bytes
 
@@ -25,10 +25,10 @@ def read_response_request(body: Any, save_image: Callable[[bytes], str]) -> Chat
     if body.get("previous_response_id"):
         raise bad_request("Responses are not stored here: send the whole conversation in 'input'.",
                           "previous_response_id")
-    text_format = ((body.get("text") or {}).get("format") or {}) if isinstance(body.get("text"), dict) else {}
-    if text_format.get("type", "text") != "text":
-        raise bad_request("Only plain text output is served by this API yet ('text.format' of type 'text').",
-                          "text.format")
+    text = body.get("text") or {}
+    if not isinstance(text, dict):
+        raise bad_request("'text' must be an object.", "text")
+    fmt, grammar = answer_format(text.get("format"), "text.format")
     system = ()
     if body.get("instructions"):
         system = (ChatMessage("system", fields.text(body["instructions"], "instructions")),)
@@ -44,7 +44,7 @@ def read_response_request(body: Any, save_image: Callable[[bytes], str]) -> Chat
     thinking = not (isinstance(reasoning, dict) and reasoning.get("effort") in ("none", "minimal"))
     return ChatCall(model, (*system, *messages), sampling(body, max_tokens or UNCAPPED), (),
                     fields.flag(body, "stream"), include_usage=True, max_tokens=max_tokens, thinking=thinking,
-                    tools=_tools(body))
+                    tools=_tools(body), answer_format=fmt, grammar=grammar)
 
 
 def _tools(body: dict) -> tuple[dict, ...]:
@@ -166,7 +166,8 @@ class OpenAIResponses:
                 "output": output, "parallel_tool_calls": False, "tool_choice": "auto" if call.tools else "none",
                 "tools": [{"type": "function", **t["function"]} for t in call.tools],
                 "temperature": call.params.temperature, "top_p": call.params.top_p,
-                "max_output_tokens": call.max_tokens, "text": {"format": {"type": "text"}}, "metadata": {},
+                "max_output_tokens": call.max_tokens, "text": {"format": call.answer_format or {"type": "text"}},
+                "metadata": {},
                 "usage": usage(answer.stats) if done else None}
 
     def whole(self, model: str, answer: Answer, call: ChatCall) -> dict:

@@ -222,6 +222,9 @@ class ApiService:
                                   "completions for this one).", "model")
             if call.tools and model.vision:
                 raise bad_request(f"{model.key} is a vision model; tools are served with text models only.", "tools")
+            if call.tools and call.grammar:
+                raise bad_request("A response format and tools together are not served: the format would keep the "
+                                  "model from calling a tool. Send one or the other.", "tools")
             self._claim()
             lease.then(self._release)
             await anyio.to_thread.run_sync(self.catalog.prepare, model.path)  # the demo model may be fetched
@@ -273,7 +276,7 @@ class ApiService:
     def _request(self, client: str, model: LocalModel, call: ChatCall) -> ChatRequest:
         return ChatRequest(_conversation_of(client), model.path, call.messages, call.params,
                            context_limit=self.catalog.context_limit(), thinking=call.thinking, raw=call.raw,
-                           tools=call.tools, client=f"api:{client}")
+                           tools=call.tools, grammar=call.grammar, client=f"api:{client}")
 
     async def _stream(self, dialect: Dialect, answer: Answer, call: ChatCall, model: str, record: RequestRecord,
                       started: float, lease: _Lease) -> AsyncIterator[str]:

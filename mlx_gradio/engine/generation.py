@@ -24,6 +24,7 @@ from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, Generat
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 from .prompt_files import PromptFiles
 from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking, reply_text
+from .structured import GrammarProcessor, grammar_tokenizer
 from .tool_calls import ToolCallSplitter, tool_splitter
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class LoadedModel:
     model: Any
     processor: Any
     config: dict
+    vocabulary: Any = None  # llguidance's view of the tokenizer, built for the first structured answer
 
 
 @dataclass
@@ -75,15 +77,37 @@ def load_model(path: str) -> LoadedModel:
     return LoadedModel(str(folder), model_name(folder), vision, model, processor, config)
 
 
-def sampling_kwargs(params: SamplingParams) -> dict[str, Any]:
-    """mlx-lm's sampler and logits processors for the given settings."""
+def sampling_kwargs(params: SamplingParams, held: list | None = None) -> dict[str, Any]:
+    """mlx-lm's sampler and logits processors for the given settings; `held` ones (a grammar's) go last, so the
+    tokens they mask stay masked."""
     from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
     sampler = make_sampler(temp=params.temperature, top_p=params.top_p, min_p=params.min_p, top_k=params.top_k)
     processors = make_logits_processors(
         repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None
     )
-    return {"sampler": sampler, "logits_processors": processors}
+    return {"sampler": sampler, "logits_processors": processors + list(held or [])}
+
+
+def end_tokens(loaded: LoadedModel, tokenizer: Any) -> list[int]:
+    """The token ids that end a reply: mlx-lm's wrapper knows them; for mlx-vlm, the config's or the tokenizer's."""
+    ids = getattr(tokenizer, "eos_token_ids", None) or loaded.config.get("eos_token_id")
+    if ids is None:
+        ids = getattr(tokenizer, "eos_token_id", None)
+    if ids is None:
+        return []
+    return sorted(ids) if isinstance(ids, (list, tuple, set)) else [int(ids)]
+
+
+def held_to_grammar(loaded: LoadedModel, request: ChatRequest, tokenizer: Any, prompt_tail: str) -> list:
+    """The request's grammar as a logits processor (none for free text); thinking the prompt opened stays free."""
+    if not request.grammar:
+        return []
+    if loaded.vocabulary is None:
+        loaded.vocabulary = grammar_tokenizer(tokenizer, end_tokens(loaded, tokenizer), loaded.name)
+    start, end = thinking_markers(tokenizer)
+    return [GrammarProcessor(request.grammar, loaded.vocabulary, tokenizer,
+                             wait_for=end if opens_thinking(prompt_tail, start, end) else "")]
 
 
 def thinking_markers(tokenizer: Any) -> tuple[str, str]:
@@ -404,7 +428,8 @@ class Worker:
                 loaded.model, tokenizer, tokens[reused:], max_tokens=fitted.max_tokens, prompt_cache=cache,
                 prefill_step_size=self.prefill_step(),
                 prompt_progress_callback=PrefillProgress(generation, reused, len(tokens)),
-                **sampling_kwargs(request.params),
+                **sampling_kwargs(request.params, held_to_grammar(loaded, request, tokenizer,
+                                                                  tokenizer.decode(tokens[-16:]))),
             ), generation, thinking_splitter(tokenizer, tokenizer.decode(tokens[-16:]), _partial(request)),
                 continued_by=tokenizer if request.continue_last else None,
                 tools=tool_splitter(tokenizer, request.tools))
@@ -462,6 +487,7 @@ class Worker:
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
             repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
             prompt_cache_state=state, vision_cache=self.vision_features,
+            logits_processors=held_to_grammar(loaded, request, tokenizer, prompt[-200:]) or None,
         )
         # mlx-vlm records the turn's tokens only at the end; it trims by the cache's real length,
         # so a turn stopped early leaves the state safe to reuse.

@@ -53,6 +53,7 @@ class ChatRequest:
     continue_last: bool = False  # the last message is a reply that was cut short: write on from its end
     raw: bool = False  # one message, the whole prompt, read without the chat template (a plain completion)
     tools: tuple[dict, ...] = ()  # tools the model may call, as OpenAI describes them (`{"type": "function", …}`)
+    grammar: str = ""  # an llguidance grammar the answer must follow (grammar.py: a JSON schema); "" for free text
     client: str = ""  # who asks (a user): waiting replies take turns between clients
     first: bool = False  # served before the others waiting (an owner's reply)
 
