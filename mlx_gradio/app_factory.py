@@ -8,7 +8,7 @@ import gradio as gr
 
 from .controller import Controller
 from .controller.access import Access
-from .controller.settings import cache_budget_bytes
+from .controller.settings import cache_budget_bytes, memory_budget_bytes
 from .engine.prompt_files import PromptFiles
 from .engine.thread import Engine
 from .hub.search import HubService
@@ -29,7 +29,9 @@ def create_controller(data_dir: Path, access: Access | None = None, upload_dir: 
     app = store.settings.app()
     engine = Engine(cache_budget=cache_budget_bytes(app["cache_budget_gb"]),
                     idle_unload_s=60 * app["idle_unload_minutes"],
-                    prompt_files=PromptFiles(data_dir / "prompt-caches", int(app["disk_cache_gb"] * 1e9)))
+                    prompt_files=PromptFiles(data_dir / "prompt-caches", int(app["disk_cache_gb"] * 1e9)),
+                    memory_budget=memory_budget_bytes(app["memory_budget_gb"]))
+    engine.set_pinned(set(app["pinned_models"]))
     return Controller(engine, store, data_dir, access, upload_dir, hub, cache_dir)
 
 

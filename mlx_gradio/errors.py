@@ -65,6 +65,10 @@ class Busy(AppError):
     """As many replies are under way as the app takes at once; a guest's next one waits for room."""
 
 
+class ModelTooLarge(AppError):
+    """The model does not fit the memory the engine may use for models, even with every unpinned one unloaded."""
+
+
 class StructuredOutputUnavailable(AppError):
     """The model's tokenizer cannot be held to a grammar (llguidance reads fast tokenizers only)."""
 

@@ -45,7 +45,9 @@ DEFAULT_APP_SETTINGS: dict[str, Any] = {
     "model_folders": [],
     "context_limit": 0,  # tokens; 0 means each model's own context length
     "cache_budget_gb": 0.0,  # prompt caches in memory; 0 means a quarter of this machine's RAM
-    "idle_unload_minutes": 0.0,  # unload the engine's model after this long without a reply; 0: never
+    "idle_unload_minutes": 0.0,  # unload each engine model after this long without a reply; 0: never
+    "memory_budget_gb": 0.0,  # what loaded models and their caches may take; 0: most of what MLX may use here
+    "pinned_models": [],  # model folders the engine keeps loaded (never unloaded while idle or for room)
     "disk_cache_gb": 2.0,  # conversations' prompt caches kept on disk across restarts; 0: none
     "api_enabled": False,  # the app's own OpenAI-compatible API
     "api_host": "127.0.0.1",

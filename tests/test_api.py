@@ -463,3 +463,49 @@ def test_a_function_call_round_trip_through_the_responses_api(make_controller, t
     assert again.usage.input_tokens > answer.usage.input_tokens + 10
     with pytest.raises(openai.BadRequestError, match="only function tools"):
         client.responses.create(model="tiny-tool-llama", input=question, tools=[{"type": "web_search"}])
+
+
+def test_a_second_model_loads_on_demand_and_the_least_recently_used_makes_room_for_a_third(
+        make_controller, tiny_llama: Path, tiny_tool_llama: Path, tiny_thinking: Path):
+    from mlx_gradio.engine.loaded_models import folder_weight_bytes
+
+    controller = make_controller()
+    settings = controller.store.settings
+    settings.update_app(model_folders=[*settings.app()["model_folders"], str(tiny_tool_llama), str(tiny_thinking)])
+    sizes = [folder_weight_bytes(m) for m in (tiny_llama, tiny_tool_llama, tiny_thinking)]
+    controller.settings.save_memory_budget((sizes[0] + sizes[1] + sizes[2] * 0.75) / 1e9, OWNER)  # room for two
+    client = client_for(api_on(controller))
+
+    def ask(model: str) -> None:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hello"}], max_tokens=2)
+
+    def loaded() -> set[str]:
+        return {m.id for m in client.models.list().data if m.model_extra["loaded"]}
+
+    ask("tiny-random-llama")
+    ask("tiny-tool-llama")
+    assert loaded() == {"tiny-random-llama", "tiny-tool-llama"}  # both held at once, one copy each
+    ask("tiny-random-llama")
+    ask("tiny-thinking")  # no room for three: the least recently used goes
+    assert loaded() == {"tiny-random-llama", "tiny-thinking"}
+    controller.settings.pin(str(tiny_llama), True, OWNER)
+    controller.settings.save_memory_budget(sizes[0] * 1.5 / 1e9, OWNER)  # room for the pinned one only
+    assert loaded() == {"tiny-random-llama"}
+    with pytest.raises(openai.BadRequestError, match="pinned models hold .* raise the memory for models") as refused:
+        ask("tiny-tool-llama")
+    assert refused.value.body["code"] == "model_too_large"
+
+
+def test_two_conversations_of_one_client_each_keep_their_prompt_cache(make_controller, tiny_llama: Path):
+    client = client_for(api_on(make_controller()))
+
+    def turn(messages: list[dict]) -> tuple[list[dict], object]:
+        answer = client.chat.completions.create(model="tiny-random-llama", messages=messages, max_tokens=6)
+        return [*messages, {"role": "assistant", "content": answer.choices[0].message.content}], answer.usage
+
+    system = {"role": "system", "content": "You are terse."}
+    first, first_usage = turn([system, {"role": "user", "content": "Tell me about the sea " * 20}])
+    side, side_usage = turn([system, {"role": "user", "content": "A title for this, please " * 20}])
+    for history, usage in ((first, first_usage), (side, side_usage)):  # taken up in turn, as an agent does
+        _, again = turn([*history, {"role": "user", "content": "Go on."}])
+        assert again.prompt_tokens_details.cached_tokens >= usage.prompt_tokens  # its own cache, not the other's

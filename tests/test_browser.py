@@ -141,7 +141,9 @@ def test_thinking_streams_in_a_block_that_folds_away(start_app, browser_page, th
     page = browser_page
     page.goto(app.url)
     page.wait_for_selector("#chatbot")
-    page.wait_for_function("document.querySelector('#model-status').innerText.includes('loaded')", timeout=120_000)
+    # The engine holds the demo model; the picked one is loaded by the first message.
+    page.wait_for_function(f"document.querySelector('#model-status').innerText.includes('{thinking_model.name}')",
+                           timeout=120_000)
     page.locator("#chat-input textarea").fill("What is the capital of France?")
     page.locator("#chat-input textarea").press("Enter")
     seen = wait_for_reply(page, "Paris")

@@ -69,7 +69,7 @@ def test_delete_frees_what_it_announced_and_the_model_leaves_the_picker(make_con
     library.delete(entry.key, ANN)
     assert not (tmp_path / "hf" / f"models--{TEXT.replace('/', '--')}").exists()
     assert before - shutil.disk_usage(tmp_path).used >= repo_bytes * 0.9
-    assert controller.engine.status().state == "empty"
+    assert str(snapshot) not in {m.path for m in controller.engine.status().models}
     assert str(snapshot) not in {m.path for m in models.available()}
     assert controller.store.settings.app()["model"] is None  # the owner's default no longer points at it
 

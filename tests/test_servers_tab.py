@@ -59,3 +59,34 @@ def test_start_watch_call_and_stop_a_server_from_the_tab(start_app, browser_page
     page.wait_for_function("document.querySelector('#engine-status')?.innerText.includes('no model loaded')",
                            timeout=60_000)
     assert app.controller.engine.status().state == "empty"
+
+
+def test_the_engine_panel_lists_the_loaded_models_pins_one_and_unloads_another(start_app, browser_page,
+                                                                                tiny_tool_llama):
+    app = start_app()
+    engine, settings = app.controller.engine, app.controller.store.settings
+    chat_model = settings.app()["model"]
+    engine.load(chat_model).result(timeout=120)
+    engine.load(str(tiny_tool_llama)).result(timeout=120)  # as an API request for it would
+    page = browser_page
+    page.goto(app.url)
+    page.get_by_role("tab", name="Servers").click()
+    page.wait_for_function("document.querySelector('#engine-status')?.innerText.includes('2 models in memory')",
+                           timeout=30_000)
+    panel = page.locator("#engine-status").inner_text()
+    assert "tiny-random-llama" in panel and "tiny-tool-llama" in panel and "Last use" in panel
+    page.locator("#engine-model input").click()
+    page.get_by_role("option", name="tiny-random-llama").click()
+    page.locator("#engine-pin input").check()
+    page.wait_for_function("document.querySelector('#engine-status')?.innerText.includes('pinned')",
+                           timeout=30_000)
+    assert settings.app()["pinned_models"] == [chat_model]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#engine-panel").first.screenshot(path=str(ARTIFACTS / "engine.png"))
+    page.locator("#engine-model input").click()
+    page.get_by_role("option", name="tiny-tool-llama").click()
+    page.locator("#engine-unload").click()
+    page.wait_for_function("document.querySelector('#engine-status')?.innerText.includes('1 model in memory')",
+                           timeout=30_000)
+    assert [m.path for m in engine.status().models] == [chat_model] and engine.status().models[0].pinned
+    assert not page.locator(".toast-body.error").count()

@@ -85,6 +85,9 @@ def api_error(exc: errors.AppError) -> ApiError:
         return ApiError(400, str(exc), code="context_length_exceeded", param="messages")
     if isinstance(exc, (errors.ImageNeedsVisionModel, errors.InvalidImage)):
         return ApiError(400, str(exc), param="messages")
+    if isinstance(exc, errors.ModelTooLarge):
+        return ApiError(400, f"{exc} The app's owner can unpin a model or raise the memory for models in the "
+                             "Servers tab.", code="model_too_large", param="model")
     if isinstance(exc, errors.StructuredOutputUnavailable):
         return ApiError(400, str(exc), param="response_format")
     if isinstance(exc, errors.ModelNotFound):

@@ -183,7 +183,7 @@ class ApiService:
         except OSError:
             created = 0  # the demo model before it is fetched
         return {"id": model.key, "object": "model", "created": created, "owned_by": "mlx-gradio",
-                "loaded": model.path == self.catalog.loaded(), "vision": model.vision,
+                "loaded": model.path in self.catalog.loaded(), "vision": model.vision,
                 "size_bytes": model.size_bytes}
 
     @staticmethod
@@ -274,7 +274,7 @@ class ApiService:
         return error
 
     def _request(self, client: str, model: LocalModel, call: ChatCall) -> ChatRequest:
-        return ChatRequest(_conversation_of(client), model.path, call.messages, call.params,
+        return ChatRequest(_conversation_of(client, call), model.path, call.messages, call.params,
                            context_limit=self.catalog.context_limit(), thinking=call.thinking, raw=call.raw,
                            tools=call.tools, grammar=call.grammar, client=f"api:{client}")
 
@@ -366,9 +366,13 @@ def _refusal(request: Request, error: ApiError) -> JSONResponse:
                         headers=error.headers)
 
 
-def _conversation_of(client: str) -> str:
-    """The prompt cache a client's requests share: a client that resends its conversation reuses the prefix."""
-    return "api-" + hashlib.sha256(client.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+def _conversation_of(client: str, call: ChatCall) -> str:
+    """The prompt cache a request reads: one per client and conversation, a conversation known by how it opens
+    (its system prompt and first user message). A client that resends its conversation reuses its prefix, and
+    its other conversations (an agent's side requests) keep caches of their own; plain completions share one."""
+    opening = [] if call.raw else ([m.content for m in call.messages if m.role == "system"][:1] +
+                                   [m.content for m in call.messages if m.role == "user"][:1])
+    return "api-" + hashlib.sha256(json.dumps([client, *opening]).encode()).hexdigest()[:24]
 
 
 async def _json(request: Request) -> object:

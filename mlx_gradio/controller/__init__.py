@@ -71,7 +71,7 @@ class Controller:
                                    self.models, self.access)
         catalog = Catalog(models=lambda: [m for m in self.models.available() if m.source not in ("server", "endpoint")],
                           prepare=self.models.prepare,
-                          generate=self.models.generate, loaded=lambda: engine.status().model_path,
+                          generate=self.models.generate, loaded=lambda: {m.path for m in engine.status().models},
                           context_limit=lambda: store.settings.app()["context_limit"],
                           count_tokens=lambda request: engine.count_tokens(request).result())
         self.api = ApiPart(ApiServer(ApiService(catalog, ApiKeys(store.api_keys), RequestLog())), store, self.access)

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 ADVICE = {
     errors.ModelNotFound: "Pick another model in the list, or add its folder under “Add a model”.",
+    errors.ModelTooLarge: "Unpin or unload a model in the Servers tab, or raise the memory for models there.",
     errors.ModelLoadFailed: "The folder may be incomplete, or hold a model type this mlx-lm / mlx-vlm cannot run.",
     errors.DemoModelUnavailable: "Check that this machine can reach PyPI, or pick another model.",
     errors.InvalidImage: "The conversation is unchanged.",

@@ -139,8 +139,9 @@ class LibraryPart:
             self.access.require_owner(self.access.caller(request), "delete models")
             view = self._plan(str(key or ""))
             path = self._path_of(view.key)
-            if path and self.engine.status().model_path in (path, str(Path(path).absolute())):
-                self.engine.unload().result()
+            loaded = {m.path for m in self.engine.status().models}
+            for folder in loaded & {path, str(Path(path).absolute())} if path else ():
+                self.engine.unload(folder).result()
             try:
                 if view.key.startswith(HF_PREFIX):
                     hf_cache.delete(self.cache_dir, hf_cache.plan_delete(self.cache_dir, view.name))

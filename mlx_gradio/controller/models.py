@@ -127,16 +127,18 @@ class ModelsPart:
     def _prepare_demo(self) -> Path:
         """Engine job: fetch and convert the demo model, reporting progress in the status."""
         def report(message: str) -> None:
-            self.engine.set_status(state="loading", model_name=demo.DEMO_NAME, message=message)
+            self.engine.set_status(state="loading", model_path=self.demo_path, model_name=demo.DEMO_NAME,
+                                   message=message)
 
         try:
             return demo.prepare_demo_model(self.data_dir, report)
         except errors.DemoModelUnavailable as exc:
-            self.engine.set_status(state="error", message=message_for(exc))
+            self.engine.set_status(state="error", model_path=self.demo_path, message=message_for(exc))
             raise
         except Exception as exc:  # noqa: BLE001 - whatever broke, the status must not stay on "loading"
             log.exception("Preparing the demo model failed")
-            self.engine.set_status(state="error", message=f"The demo model could not be prepared: {exc}")
+            self.engine.set_status(state="error", model_path=self.demo_path,
+                                   message=f"The demo model could not be prepared: {exc}")
             raise errors.DemoModelUnavailable(f"The demo model could not be prepared: {exc}") from exc
 
     def wait_for_demo(self, model_path: str) -> Iterator[str]:
@@ -193,7 +195,8 @@ class ModelsPart:
 
     def status_for(self, caller: Caller) -> EngineStatus:
         """The status of this user's model (a server's, or the engine's); a guest's names no path or URL."""
-        status = self.remote_status(self.selected(caller)) or self.engine.status()
+        selected = self.selected(caller)
+        status = self.remote_status(selected) or self.engine.status().of(selected)
         if caller.is_owner:
             return status
         return replace(status, model_path=None, message=public(status.message))
@@ -240,11 +243,12 @@ class ModelsPart:
         self.start_loading(path)
         return self.engine.status()
 
-    def unload(self, request: gr.Request) -> EngineStatus:
-        """Handler: free the engine's model and caches (the next message loads it again)."""
+    def unload(self, request: gr.Request, model_path: str = "") -> EngineStatus:
+        """Handler: free one loaded model (none named: every one) and its caches; the next message loads it
+        again."""
         with user_errors("unload the model"):
             self.access.require_owner(self.access.caller(request), "unload models")
-            self.engine.unload().result()
+            self.engine.unload(model_path or None).result()
         return self.engine.status()
 
     def select(self, path: str, request: gr.Request) -> EngineStatus:

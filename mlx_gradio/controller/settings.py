@@ -9,9 +9,12 @@ from typing import Any
 
 import gradio as gr
 
+from .. import errors
 from ..chats import chat
 from ..engine.jobs import SamplingParams
 from ..engine.thread import Engine
+from ..models.fit import FITS_SHARE
+from ..models.memory import machine_memory
 from ..store import USER_SETTING_FIELDS, Store
 from .access import Access
 from .feedback import user_errors
@@ -31,10 +34,11 @@ LIMITS: dict[str, tuple[type, float, float]] = {
     "context_limit": (int, 0, 10_000_000),
     "cache_budget_gb": (float, 0.0, 100_000.0),
     "idle_unload_minutes": (float, 0.0, 7 * 24 * 60),
+    "memory_budget_gb": (float, 0.0, 100_000.0),
     "disk_cache_gb": (float, 0.0, 100_000.0),
 }
 DEFAULTS: dict[str, Any] = {**vars(SamplingParams()), "context_limit": 0, "cache_budget_gb": 0.0,
-                            "idle_unload_minutes": 0.0, "disk_cache_gb": 2.0}
+                            "idle_unload_minutes": 0.0, "disk_cache_gb": 2.0, "memory_budget_gb": 0.0}
 
 
 def number(raw: Any, default: float, low: float, high: float, kind: type = float) -> int | float:
@@ -94,6 +98,25 @@ class SettingsPart:
         self.engine.set_disk_cache_budget(int(app["disk_cache_gb"] * 1e9))
 
 
+    def save_memory_budget(self, budget_gb: Any, request: gr.Request) -> float:
+        """Handler: what loaded models and their caches may take (0: automatic); models beyond it are unloaded,
+        the least recently used first."""
+        with user_errors("save the memory for models"):
+            self.access.require_owner(self.access.caller(request), "change the engine settings")
+            app = self.store.settings.update_app(memory_budget_gb=clamp("memory_budget_gb", budget_gb))
+        self.engine.set_memory_budget(memory_budget_bytes(app["memory_budget_gb"])).result()
+        return app["memory_budget_gb"]
+
+    def pin(self, model_path: str, pinned: bool, request: gr.Request) -> None:
+        """Handler: keep a loaded model in memory (never unloaded while idle or to make room), or not."""
+        with user_errors("pin that model"):
+            self.access.require_owner(self.access.caller(request), "pin models")
+            if pinned and model_path not in {m.path for m in self.engine.status().models}:
+                raise errors.ModelNotFound("That model is not loaded; load it first, then pin it.")
+            pins = set(self.store.settings.app()["pinned_models"]) - {model_path} | ({model_path} if pinned else set())
+            app = self.store.settings.update_app(pinned_models=sorted(pins))
+        self.engine.set_pinned(set(app["pinned_models"])).result()
+
     def save_idle_unload(self, minutes: Any, request: gr.Request) -> float:
         """Handler: unload the engine's model after this many minutes without a reply (0: never)."""
         with user_errors("save the idle unload time"):
@@ -101,6 +124,14 @@ class SettingsPart:
             app = self.store.settings.update_app(idle_unload_minutes=clamp("idle_unload_minutes", minutes))
         self.engine.set_idle_unload(60 * app["idle_unload_minutes"])
         return app["idle_unload_minutes"]
+
+
+def memory_budget_bytes(budget_gb: float) -> int:
+    """Bytes loaded models and their caches may take: the setting, or MLX's limit here less a margin for the
+    runtime and everything else (the share a model "fits" within)."""
+    if budget_gb > 0:
+        return int(budget_gb * 1e9)
+    return int(machine_memory().limit * FITS_SHARE)
 
 
 def cache_budget_bytes(budget_gb: float) -> int:

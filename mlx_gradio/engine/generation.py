@@ -17,10 +17,12 @@ from typing import Any
 import mlx.core as mx
 from PIL import Image, ImageOps
 
-from ..errors import ImageNeedsVisionModel, ModelLoadFailed
+from ..errors import ImageNeedsVisionModel
+from ..models.fit import gb
 from ..models.folders import context_length, model_name, read_config
 from .context import fit_prompt
 from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
+from .loaded_models import LoadedModel, LoadedModels, ModelInMemory, folder_weight_bytes, load_model
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 from .prompt_files import PromptFiles
 from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking, reply_text
@@ -35,19 +37,6 @@ PREFILL_STEPS = (16, 2048)  # the fewest and most tokens per chunk
 
 
 @dataclass
-class LoadedModel:
-    """A model in memory with its tokenizer (text) or processor (vision)."""
-
-    path: str
-    name: str
-    vision: bool
-    model: Any
-    processor: Any
-    config: dict
-    vocabulary: Any = None  # llguidance's view of the tokenizer, built for the first structured answer
-
-
-@dataclass
 class Relayed:
     """What `_relay` saw of a reply: the last response, why it ended, and the tokens."""
 
@@ -55,26 +44,6 @@ class Relayed:
     finish: str = "stop"
     first_token_at: float | None = None
     tokens: list[int] = field(default_factory=list)
-
-
-def load_model(path: str) -> LoadedModel:
-    """Load a model folder with mlx-lm, or mlx-vlm if it is a vision model."""
-    folder = Path(path)
-    config = read_config(folder)
-    vision = "vision_config" in config
-    try:
-        if vision:
-            from mlx_vlm import load as vlm_load
-
-            model, processor = vlm_load(str(folder))
-        else:
-            from mlx_lm import load as lm_load
-
-            model, processor = lm_load(str(folder))
-    except Exception as exc:  # noqa: BLE001 - any failure (ImportError, MemoryError, ...) is a failed load
-        log.exception("Loading %s failed", folder)
-        raise ModelLoadFailed(f"{model_name(folder)} could not be loaded: {type(exc).__name__}: {exc}") from exc
-    return LoadedModel(str(folder), model_name(folder), vision, model, processor, config)
 
 
 def sampling_kwargs(params: SamplingParams, held: list | None = None) -> dict[str, Any]:
@@ -253,77 +222,143 @@ def load_for_model(path: str | Path) -> Image.Image:
 
 
 class Worker:
-    """The engine thread's state: the loaded model and the conversations' prompt caches (in memory and on disk)."""
+    """The engine thread's state: the loaded models and the conversations' prompt caches (in memory and on disk)."""
 
     def __init__(self, set_status: Callable[..., None], cache_limit: int, cache_budget: int | None,
-                 files: PromptFiles | None = None) -> None:
+                 files: PromptFiles | None = None, memory_budget: int | None = None) -> None:
         self.set_status = set_status
-        self.loaded: LoadedModel | None = None
+        self.models = LoadedModels(memory_budget)
         self.files = files
         self.caches = ConversationCaches(cache_limit, cache_budget, on_evict=self._write)
-        self.vision_features: Any = None  # mlx-vlm's VisionFeatureCache for the loaded vision model
-        self.prefill_tps: float | None = None  # the loaded model's prompt reading speed, once measured
-        self.last_used = 0.0  # time.time() of the last load or reply: idle unloading counts from it
 
     def ensure_model(self, path: str) -> LoadedModel:
-        """Load `path` unless it is already loaded; the previous model is unloaded first."""
-        if self.loaded is not None and self.loaded.path == str(Path(path)):
-            return self.loaded
-        read_config(path)  # a missing or broken folder fails here, before the current model is dropped
-        self.unload()
+        """The model at `path`, loaded unless it is; the least recently used ones are unloaded first when the
+        memory budget needs the room."""
+        path = str(Path(path))
+        loaded = self.models.use(path)
+        if loaded is not None:
+            self._show(loaded)
+            return loaded
+        read_config(path)  # a missing or broken folder fails here, before any model is dropped
         name = model_name(path)
-        self.set_status(state="loading", model_path=str(path), model_name=name, message=f"Loading {name}…")
+        for victim in self.models.make_room(name, folder_weight_bytes(path), self.caches.nbytes_of):
+            self.unload(victim, f"to make room for {name}")
+        self.set_status(state="loading", model_path=path, model_name=name, message=f"Loading {name}…")
         started = time.perf_counter()
         try:
-            self.loaded = load_model(path)
+            loaded = load_model(path)
         except Exception as exc:  # noqa: BLE001 - whatever broke, the status must not stay on "loading"
             self.set_status(state="error", message=str(exc) or type(exc).__name__)
             raise
-        self.prefill_tps = None
-        self.last_used = time.time()
-        log.info("Loaded %s (%s) in %.1f s", path, "vision" if self.loaded.vision else "text",
-                 time.perf_counter() - started)
-        self.set_status(state="ready", vision=self.loaded.vision, message="")
-        return self.loaded
+        self.models.add(loaded)
+        log.info("Loaded %s (%s, %s) in %.1f s; %d model(s) in memory", path, "vision" if loaded.vision else "text",
+                 gb(loaded.weight_bytes), time.perf_counter() - started, len(self.models))
+        self._show(loaded)
+        return loaded
 
-    def unload(self) -> None:
-        """Drop the model and every cache, and give the memory back to the system."""
-        if self.loaded is None:
+    def _show(self, loaded: LoadedModel) -> None:
+        self.set_status(state="ready", model_path=loaded.path, model_name=loaded.name, vision=loaded.vision,
+                        message="", **self._held())
+
+    def _held(self) -> dict:
+        """The status fields of what is loaded: set with every change, so a caller that waited for a load or an
+        unload reads the list it made."""
+        return {"models": self.in_memory(), "memory_budget": self.models.budget}
+
+    def unload(self, path: str | None = None, why: str = "") -> None:
+        """Drop one model (None: every one) with its caches, and give the memory back to the system."""
+        paths = [m.path for m in self.models] if path is None else [str(Path(path))]
+        dropped = False
+        for folder in paths:
+            if self.models.peek(folder) is None:
+                continue
+            log.info("Unloading %s%s", folder, f" {why}" if why else "")
+            self.caches.clear(folder)  # written to disk first, while the model they belong to is known
+            self.models.remove(folder)
+            dropped = True
+        if not dropped:
             return
-        log.info("Unloading %s", self.loaded.path)
-        self.caches.clear()  # written to disk first, while the model they belong to is known
-        self.loaded = None
-        self.vision_features = None
         gc.collect()
         mx.clear_cache()
-        self.set_status(state="empty", model_path=None, model_name=None, vision=False, message="")
+        latest = self.models.latest
+        if latest is None:
+            self.set_status(state="empty", model_path=None, model_name=None, vision=False, message="", **self._held())
+        else:
+            self._show(latest)
+
+    def set_memory_budget(self, budget: int | None) -> None:
+        """Bound the bytes models and their caches may take; the least recently used go at once if they now
+        take more."""
+        self.models.budget = budget
+        for victim in self.models.over_budget(self.caches.nbytes_of):
+            self.unload(victim, "to stay within the memory budget")
+        self.set_status(**self._held())
+
+    def set_pinned(self, paths: set[str]) -> None:
+        """Keep these models loaded (never unloaded while idle or to make room)."""
+        self.models.pinned = set(paths)
+        self.set_status(**self._held())
+
+    def unload_idle(self, idle_s: float) -> list[str]:
+        """Unload every unpinned model unused for `idle_s` seconds; returns their names."""
+        names = []
+        for path in self.models.idle(idle_s, time.time()):
+            names.append(self.models.peek(path).name)
+            self.unload(path, f"after {idle_s:.0f} s without a reply")
+        return names
+
+    def in_memory(self) -> tuple[ModelInMemory, ...]:
+        """The loaded models as the engine panel shows them, the most recently used first."""
+        shown = []
+        for loaded in reversed(list(self.models)):
+            caches = self.caches.of_model(loaded.path)
+            shown.append(ModelInMemory(loaded.path, loaded.name, loaded.vision, loaded.weight_bytes,
+                                       self.caches.nbytes_of(loaded.path), len(caches),
+                                       max((len(c.tokens) for c in caches), default=0), loaded.last_used,
+                                       loaded.path in self.models.pinned))
+        return tuple(shown)
 
     def usage(self) -> dict:
-        """Memory, caches and last use, for the engine's status (read on this thread)."""
+        """Memory, models, caches and last use, for the engine's status (read on this thread)."""
         files = self.files.files() if self.files is not None else []
         return {"memory_bytes": int(mx.get_active_memory()), "peak_bytes": int(mx.get_peak_memory()),
                 "cached_conversations": len(self.caches), "cache_bytes": self.caches.nbytes,
                 "saved_conversations": len(files), "saved_bytes": self.files.nbytes if files else 0,
-                "last_used": self.last_used}
+                "last_used": max((m.last_used for m in self.models), default=0.0), **self._held()}
 
     def _write(self, conversation_id: str, entry: CachedPrompt) -> None:
         """Keep a text model's cache on disk (it leaves memory, or the engine has a moment)."""
-        if self.files is None or entry.saved or self.loaded is None or self.loaded.vision:
-            return  # mlx-vlm's cache state has no file format: vision conversations are read again
+        if not self._savable(entry):
+            return
         try:
-            self.files.save(conversation_id, entry, self.loaded.path)
+            self.files.save(conversation_id, entry, entry.model)
         except Exception:  # noqa: BLE001 - the cache stays in memory; the reply or unload that wrote it goes on
             log.exception("Could not keep the prompt cache of conversation %s on disk", conversation_id)
         entry.saved = True  # written, or not writable (no budget, too big, disk full, a bug): not tried again
 
+    def _savable(self, entry: CachedPrompt) -> bool:
+        """Whether a cache can go to disk: mlx-vlm's cache state has no file format (vision conversations are
+        read again), and a cache is written while its model is loaded."""
+        loaded = self.models.peek(entry.model)
+        return self.files is not None and not entry.saved and loaded is not None and not loaded.vision
+
     def save_one(self) -> bool:
         """Write the most recently used cache that is not on disk yet; False when there is none."""
-        if self.files is None or self.loaded is None or self.loaded.vision:
-            return False
         for conversation_id in self.caches.unsaved():
-            self._write(conversation_id, self.caches.get(conversation_id))
-            return True
+            entry = self.caches.get(conversation_id)
+            if self._savable(entry):
+                self._write(conversation_id, entry)
+                return True
         return False
+
+    def _take_cache(self, conversation_id: str, loaded: LoadedModel) -> CachedPrompt | None:
+        """A conversation's cache for `loaded`; one of another model (the conversation changed models) goes to
+        disk and out of memory."""
+        entry = self.caches.take(conversation_id)
+        if entry is not None and entry.model != loaded.path:
+            self._write(conversation_id, entry)
+            return None
+        return entry
 
     def forget(self, conversation_id: str) -> None:
         """Drop a conversation's cache from memory and disk (it was deleted)."""
@@ -336,13 +371,6 @@ class Worker:
         self.unload()
         mx.clear_streams()
 
-    def prefill_step(self) -> int:
-        """Tokens per prompt chunk: about `PREFILL_CHUNK_S` of reading at this model's measured speed."""
-        if self.prefill_tps is None:
-            return FIRST_PREFILL_STEP
-        low, high = PREFILL_STEPS
-        return int(min(max(self.prefill_tps * PREFILL_CHUNK_S, low), high))
-
     def reply(self, generation: Generation) -> None:
         """Generate one reply, putting its events on the generation's queue."""
         request = generation.request
@@ -350,16 +378,19 @@ class Worker:
             generation.put(GenerationEvent(stats=_empty_stats("stopped")))
             return
         loaded = self.ensure_model(request.model_path)
-        has_images = any(m.images for m in request.messages)
-        if has_images and not loaded.vision:
-            raise ImageNeedsVisionModel(f"{loaded.name} reads text only.")
-        if request.params.seed >= 0:
-            mx.random.seed(request.params.seed)
-        mx.reset_peak_memory()
-        if loaded.vision:
-            self._vision_reply(loaded, generation)
-        else:
-            self._text_reply(loaded, generation)
+        try:
+            has_images = any(m.images for m in request.messages)
+            if has_images and not loaded.vision:
+                raise ImageNeedsVisionModel(f"{loaded.name} reads text only.")
+            if request.params.seed >= 0:
+                mx.random.seed(request.params.seed)
+            mx.reset_peak_memory()
+            if loaded.vision:
+                self._vision_reply(loaded, generation)
+            else:
+                self._text_reply(loaded, generation)
+        finally:
+            loaded.last_used = time.time()
 
     def prompt_tokens(self, request: ChatRequest) -> int:
         """How many tokens the request's prompt takes with its model's chat template (loading the model; a
@@ -399,7 +430,7 @@ class Worker:
             text = continued_prompt(tokenizer.decode(tokens[-16:]), partial, tokenizer)
             return tokens + list(tokenizer.encode(text, add_special_tokens=False))
 
-        entry = self.caches.take(request.conversation_id)
+        entry = self._take_cache(request.conversation_id, loaded)
         from_disk = entry is None and self.files is not None
         if from_disk:
             entry = self.files.load(request.conversation_id, loaded.path, loaded.model)
@@ -426,7 +457,7 @@ class Worker:
         try:
             relayed = _relay(stream_generate(
                 loaded.model, tokenizer, tokens[reused:], max_tokens=fitted.max_tokens, prompt_cache=cache,
-                prefill_step_size=self.prefill_step(),
+                prefill_step_size=prefill_step(loaded),
                 prompt_progress_callback=PrefillProgress(generation, reused, len(tokens)),
                 **sampling_kwargs(request.params, held_to_grammar(loaded, request, tokenizer,
                                                                   tokenizer.decode(tokens[-16:]))),
@@ -438,18 +469,20 @@ class Worker:
                      request.conversation_id, stopped.processed, new_tokens)
             # The cache holds every chunk read so far: the next turn goes on from there.
             self.caches.put(request.conversation_id,
-                            CachedPrompt(tokens[: reused + stopped.processed], cache, fitted.dropped))
+                            CachedPrompt(tokens[: reused + stopped.processed], cache, fitted.dropped,
+                                         loaded.path))
             generation.put(GenerationEvent(stats=replace(
                 _empty_stats("stopped"), prompt_tokens=len(tokens), cached_tokens=reused,
                 context_length=context, dropped_messages=fitted.dropped)))
             return
         # The cache now holds the prompt and every token the generator handed out.
         if new_tokens >= FIRST_PREFILL_STEP and relayed.last is not None:
-            self.prefill_tps = relayed.last.prompt_tps
+            loaded.prefill_tps = relayed.last.prompt_tps
         generation.put(_final_event(generation, relayed, len(tokens), reused, len(relayed.tokens), context,
                                     fitted.dropped))
         # After the reply's last event: keeping this cache may write an older one to disk.
-        self.caches.put(request.conversation_id, CachedPrompt(tokens + relayed.tokens, cache, fitted.dropped))
+        self.caches.put(request.conversation_id,
+                        CachedPrompt(tokens + relayed.tokens, cache, fitted.dropped, loaded.path))
 
     def _vision_reply(self, loaded: LoadedModel, generation: Generation) -> None:
         """Stream a reply from an mlx-vlm model; mlx-vlm reuses the conversation's KV cache itself."""
@@ -469,7 +502,7 @@ class Worker:
             prompt = templated(history)
             return prompt + continued_prompt(prompt, partial, tokenizer)
 
-        entry = self.caches.take(request.conversation_id)
+        entry = self._take_cache(request.conversation_id, loaded)
         context = context_length(loaded.config, request.context_limit)
         # Counts text tokens and one per image marker: mlx-vlm expands images only while it reads them.
         fitted = fit_prompt(lambda messages: list(tokenizer.encode(template(messages))), request.messages,
@@ -477,8 +510,8 @@ class Worker:
         kept = fitted.messages
         images = [load_for_model(path) for m in kept for path in m.images]
         state = entry.cache if entry is not None else PromptCacheState()
-        if self.vision_features is None:
-            self.vision_features = VisionFeatureCache()
+        if loaded.vision_features is None:
+            loaded.vision_features = VisionFeatureCache()
         generation.put(GenerationEvent(status="Reading the prompt…"))
 
         prompt = template(kept)
@@ -486,18 +519,27 @@ class Worker:
             loaded.model, loaded.processor, prompt, image=images or None, max_tokens=fitted.max_tokens,
             temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, min_p=params.min_p,
             repetition_penalty=params.repetition_penalty if params.repetition_penalty != 1.0 else None,
-            prompt_cache_state=state, vision_cache=self.vision_features,
+            prompt_cache_state=state, vision_cache=loaded.vision_features,
             logits_processors=held_to_grammar(loaded, request, tokenizer, prompt[-200:]) or None,
         )
         # mlx-vlm records the turn's tokens only at the end; it trims by the cache's real length,
         # so a turn stopped early leaves the state safe to reuse.
         relayed = _relay(chunks, generation, thinking_splitter(tokenizer, prompt[-200:], _partial(request)),
                          continued_by=tokenizer if request.continue_last else None)
-        self.caches.put(request.conversation_id, CachedPrompt(list(state.token_ids or []), state, fitted.dropped))
+        self.caches.put(request.conversation_id,
+                        CachedPrompt(list(state.token_ids or []), state, fitted.dropped, loaded.path))
         last = relayed.last
         generation.put(_final_event(generation, relayed, last.prompt_tokens if last else 0,
                                     last.cached_tokens if last else 0, last.generation_tokens if last else 0,
                                     context, fitted.dropped))
+
+
+def prefill_step(loaded: LoadedModel) -> int:
+    """Tokens per prompt chunk: about `PREFILL_CHUNK_S` of reading at this model's measured speed."""
+    if loaded.prefill_tps is None:
+        return FIRST_PREFILL_STEP
+    low, high = PREFILL_STEPS
+    return int(min(max(loaded.prefill_tps * PREFILL_CHUNK_S, low), high))
 
 
 def _vision_prompt(loaded: LoadedModel, messages: Sequence[ChatMessage], thinking: bool) -> str:

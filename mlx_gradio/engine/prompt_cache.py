@@ -17,12 +17,14 @@ DEFAULT_LIMIT = 8
 class CachedPrompt:
     """A model cache, the exact tokens it holds in order, and how many leading messages the prompt left out.
 
-    `saved` says the file on disk holds exactly this (prompt_files.py).
+    `model` is the folder of the model it belongs to; `saved` says the file on disk holds exactly this
+    (prompt_files.py).
     """
 
     tokens: list[int]
     cache: Any
     dropped: int = 0
+    model: str = ""
     saved: bool = False
 
 
@@ -79,6 +81,14 @@ class ConversationCaches:
         """Bytes all kept caches hold."""
         return sum(size for _, size in self._entries.values())
 
+    def nbytes_of(self, model: str) -> int:
+        """Bytes the caches of one model hold."""
+        return sum(size for entry, size in self._entries.values() if entry.model == model)
+
+    def of_model(self, model: str) -> list[CachedPrompt]:
+        """The caches of one model, least recently used first."""
+        return [entry for entry, _ in self._entries.values() if entry.model == model]
+
     def _evict(self) -> None:
         while self._entries and (len(self._entries) > self.limit
                                  or (self.budget_bytes is not None and self.nbytes > self.budget_bytes)):
@@ -96,12 +106,12 @@ class ConversationCaches:
         entry = self._entries.get(conversation_id)
         return entry[0] if entry else None
 
-    def clear(self) -> None:
-        """Drop every cache (when the model changes), each through `on_evict`."""
-        while self._entries:
-            evicted, (entry, _) = self._entries.popitem(last=False)
+    def clear(self, model: str | None = None) -> None:
+        """Drop every cache, or those of one `model` (it is unloaded), each through `on_evict`."""
+        for conversation_id in [cid for cid, (entry, _) in self._entries.items() if model in (None, entry.model)]:
+            entry, _ = self._entries.pop(conversation_id)
             if self.on_evict is not None:
-                self.on_evict(evicted, entry)
+                self.on_evict(conversation_id, entry)
 
     def __len__(self) -> int:
         return len(self._entries)

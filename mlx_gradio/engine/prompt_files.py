@@ -81,7 +81,7 @@ class PromptFiles:
             log.info("The prompt cache file of conversation %s is not used (%s); it is deleted", conversation_id, why)
             self.delete(conversation_id)
             return None
-        return CachedPrompt(tokens, cache, dropped, saved=True)
+        return CachedPrompt(tokens, cache, dropped, model=str(model_path), saved=True)
 
     def delete(self, conversation_id: str) -> None:
         """Remove a conversation's file, if any."""

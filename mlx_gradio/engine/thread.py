@@ -20,7 +20,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import AppError, GenerationFailed
+from ..models.folders import model_name
 from .jobs import ChatRequest, Generation, GenerationEvent
+from .loaded_models import ModelInMemory
 from .prompt_cache import DEFAULT_LIMIT
 from .prompt_files import PromptFiles
 
@@ -32,7 +34,8 @@ _NEXT_REPLY = object()  # on the job queue for each waiting reply: run the one w
 
 @dataclass(frozen=True)
 class EngineStatus:
-    """What the engine holds and does right now, safe to read from any thread."""
+    """What the engine holds and does right now, safe to read from any thread; `model_path` and its neighbours
+    describe the model loaded or used last (`models` lists every loaded one)."""
 
     state: str = "empty"  # "empty", "loading", "ready" or "error"
     model_path: str | None = None
@@ -47,14 +50,31 @@ class EngineStatus:
     saved_conversations: int = 0  # conversations whose prompt cache is kept on disk
     saved_bytes: int = 0
     last_used: float = 0.0  # time.time() of the last reply or load
+    models: tuple[ModelInMemory, ...] = ()  # every loaded model, the most recently used first
+    memory_budget: int | None = None  # bytes the models and their caches may take (None: no bound)
+
+    def of(self, path: str) -> EngineStatus:
+        """The status as it concerns the model at `path`: ready if it is loaded, loading or failed if that is
+        what it is doing, else empty."""
+        if self.model_path == path and self.state in ("loading", "error"):
+            return self
+        loaded = next((m for m in self.models if m.path == path), None)
+        if loaded is None:
+            return replace(self, state="empty", model_path=path, model_name=model_name(path), vision=False,
+                           message="", generating=False)
+        return replace(self, state="ready", model_path=path, model_name=loaded.name, vision=loaded.vision,
+                       message="")
 
 
 class Engine:
     """Owns the MLX worker thread, the loaded model and the per-conversation prompt caches."""
 
     def __init__(self, cache_limit: int = DEFAULT_LIMIT, cache_budget: int | None = None,
-                 idle_unload_s: float = 0.0, prompt_files: PromptFiles | None = None) -> None:
+                 idle_unload_s: float = 0.0, prompt_files: PromptFiles | None = None,
+                 memory_budget: int | None = None) -> None:
         self._idle_unload_s = idle_unload_s
+        self._memory_budget = memory_budget
+        self._pinned: set[str] = set()
         self._prompt_files = prompt_files
         self._jobs: queue.Queue = queue.Queue()
         self._status = EngineStatus()
@@ -86,12 +106,25 @@ class Engine:
         return future
 
     def load(self, model_path: str) -> Future:
-        """Load a model (unloading the current one); the future gives the loaded model."""
+        """Load a model (the least recently used ones go first if the memory budget needs the room); the future
+        gives the loaded model."""
         return self.call(lambda: self._worker.ensure_model(model_path))
 
-    def unload(self) -> Future:
-        """Drop the loaded model and its caches so the memory goes back."""
-        return self.call(lambda: self._worker.unload())
+    def unload(self, model_path: str | None = None) -> Future:
+        """Drop one loaded model (None: every one) and its caches so the memory goes back."""
+        return self.call(lambda: self._worker.unload(model_path))
+
+    def set_memory_budget(self, budget_bytes: int | None) -> Future:
+        """Bound the bytes loaded models and their prompt caches may take (None: no bound); the least recently
+        used unpinned ones are unloaded to make room, and at once if they now take more."""
+        self._memory_budget = budget_bytes
+        return self.call(lambda: self._worker.set_memory_budget(budget_bytes))
+
+    def set_pinned(self, model_paths: set[str]) -> Future:
+        """Models kept loaded: never unloaded while idle or to make room (they load on their first use)."""
+        self._pinned = {str(p) for p in model_paths}
+        pinned = set(self._pinned)
+        return self.call(lambda: self._worker.set_pinned(pinned))
 
     def set_cache_budget(self, budget_bytes: int | None) -> Future:
         """Bound the bytes the prompt caches may hold (the least recently used go first)."""
@@ -185,7 +218,9 @@ class Engine:
         # MLX is imported only once there is work, so it does not slow the page's start.
         from .generation import Worker
 
-        self._worker = Worker(self.set_status, self._cache_limit, self._cache_budget, self._prompt_files)
+        self._worker = Worker(self.set_status, self._cache_limit, self._cache_budget, self._prompt_files,
+                              self._memory_budget)
+        self._worker.models.pinned = set(self._pinned)
         try:
             while job is not _SHUTDOWN:
                 if job is _NEXT_REPLY:
@@ -214,24 +249,22 @@ class Engine:
 
     def _next_job(self) -> Any:
         """The next job; meanwhile prompt caches go to disk one at a time, and with idle unloading
-        on, the model is unloaded when no job comes in time."""
+        on, each unpinned model is unloaded once it has had no reply for that long."""
         while self._jobs.empty() and self._housekeeping("write a prompt cache to disk", self._worker.save_one):
             self._housekeeping("read the memory in use", self._show_usage)
         while True:
-            timeout = None
-            if self._idle_unload_s and self._worker.loaded is not None:
-                timeout = max(0.1, self.status().last_used + self._idle_unload_s - time.time())
+            idle_at = self._worker.models.next_idle_at(self._idle_unload_s)
+            timeout = None if idle_at is None else max(0.1, idle_at - time.time())
             try:
                 return self._jobs.get(timeout=timeout)
             except queue.Empty:
-                if self._worker.loaded is not None and time.time() - self.status().last_used >= self._idle_unload_s:
-                    self._housekeeping("unload the idle model", self._unload_idle)
+                self._housekeeping("unload an idle model", self._unload_idle)
 
     def _unload_idle(self) -> None:
-        name = self._worker.loaded.path
-        self._worker.unload()
-        log.info("Unloaded %s after %.0f s without a reply", name, self._idle_unload_s)
-        self.set_status(**self._worker.usage(), message="Unloaded while idle; the next message loads it again.")
+        names = self._worker.unload_idle(self._idle_unload_s)
+        if names:
+            self.set_status(**self._worker.usage(), message=f"{', '.join(names)} unloaded while idle; the next "
+                                                            "message loads it again.")
 
     def _run_call(self, fn: Callable[..., Any], args: tuple, future: Future) -> None:
         """Run one call job and settle its future."""
@@ -263,6 +296,5 @@ class Engine:
         finally:
             with self._replies_lock:
                 self._replies.discard(generation)
-            self._worker.last_used = time.time()
             self.set_status(generating=False)
 

@@ -177,6 +177,8 @@ def status_markdown(status: EngineStatus) -> str:
         return f"{_dot('loading')} {status.message or 'Loading…'}"
     if status.state == "error":
         return f"{_dot('error')} {status.message}"
+    if status.model_name:
+        return f"{_dot('empty')} **{status.model_name}** is not in memory yet: the next message loads it"
     return f"{_dot('empty')} No model loaded yet"
 
 

@@ -73,15 +73,31 @@ def snippets(status: ServerStatus | None, has_key: bool) -> str:
     )
 
 
-def engine_markdown(status: EngineStatus) -> str:
-    """What the in-process engine holds: model, kind, memory now and at the last reply's peak, caches."""
-    if status.state != "ready" or not status.model_name:
-        what = {"loading": f"Loading {status.model_name or 'a model'}…", "error": f"Failed: {status.message}"}
-        return f"**Engine:** {what.get(status.state, 'no model loaded')}" + (
-            f" ({status.message})" if status.state == "empty" and status.message else "")
-    kind = "vision" if status.vision else "text"
+def engine_markdown(status: EngineStatus, now: float | None = None) -> str:
+    """What the in-process engine holds: each loaded model (kind, weights, caches, context in use, last use,
+    pinned), the memory for models against its budget, MLX's memory now and at the last reply's peak."""
+    now = time.time() if now is None else now
+    doing = {"loading": f"Loading {status.model_name or 'a model'}…", "error": f"Failed: {status.message}"}
+    lines = [f"**Engine:** {doing[status.state]}"] if status.state in doing else []
+    if status.state == "ready" and status.message:
+        lines.append(status.message)
+    if not status.models:
+        if not lines:
+            lines.append("**Engine:** no model loaded" + (f" ({status.message})" if status.message else ""))
+        return "\n\n".join(lines)
+    held = sum(m.weight_bytes + m.cache_bytes for m in status.models)
+    budget = f" of {gb(status.memory_budget)}" if status.memory_budget else ""
+    count = f"{len(status.models)} model{'s' if len(status.models) != 1 else ''}"
     busy = " · answering now" if status.generating else ""
-    return (f"**Engine:** {status.model_name} ({kind}){busy} · memory {gb(status.memory_bytes)}, "
-            f"peak {gb(status.peak_bytes)} · prompt caches for {status.cached_conversations} "
-            f"conversation{'s' if status.cached_conversations != 1 else ''} ({gb(status.cache_bytes)}), "
-            f"{status.saved_conversations} on disk ({gb(status.saved_bytes)})")
+    lines.insert(0, f"**Engine:** {count} in memory, {gb(held)}{budget} for models{busy} · MLX memory "
+                    f"{gb(status.memory_bytes)}, peak {gb(status.peak_bytes)} · prompt caches on disk for "
+                    f"{status.saved_conversations} conversation{'s' if status.saved_conversations != 1 else ''} "
+                    f"({gb(status.saved_bytes)})")
+    rows = ["| Model | Kind | Weights | Prompt caches | Context in use | Last use |", "|---|---|---|---|---|---|"]
+    for m in status.models:
+        name = m.name.replace("|", "\\|") + (" · **pinned**" if m.pinned else "")
+        caches = f"{m.conversations} ({gb(m.cache_bytes)})" if m.conversations else "none"
+        context = f"{m.context_tokens:,} tokens" if m.context_tokens else "—"
+        rows.append(f"| {name} | {'vision' if m.vision else 'text'} | {gb(m.weight_bytes)} | {caches} | "
+                    f"{context} | {uptime(now - m.last_used)} ago |")
+    return "\n\n".join([*lines, "\n".join(rows)])

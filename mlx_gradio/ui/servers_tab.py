@@ -46,16 +46,20 @@ class ServersEvents:
     def load(self, request: gr.Request) -> tuple:
         """The first saved profile, or a new one for the chat's model on a free port (Start is one click)."""
         if not self.controller.is_owner(request):
-            return (gr.skip(),) * (len(FIELDS) + 7)
+            return (gr.skip(),) * (len(FIELDS) + 8)
         profiles = self.controller.servers.profiles(request)
         draft = None if profiles else self.controller.servers.draft(request)
         profile = profiles[0] if profiles else draft
+        app = self.controller.store.settings.app()
         return (self.choices(request, profile.id, draft), self.models(), *self.form(profile),
-                self.engine(request), self.controller.store.settings.app()["idle_unload_minutes"],
+                self.engine(request), app["idle_unload_minutes"], app["memory_budget_gb"],
                 *self.endpoints(request))
 
     def save_idle(self, request: gr.Request, minutes: Any) -> float:
         return self.controller.settings.save_idle_unload(minutes, request)
+
+    def save_budget(self, request: gr.Request, budget_gb: Any) -> tuple:
+        return self.controller.settings.save_memory_budget(budget_gb, request), self.engine(request)
 
     def pick(self, request: gr.Request, profile_id: str) -> tuple:
         profile = next((p for p in self.controller.servers.profiles(request) if p.id == profile_id), None)
@@ -106,18 +110,39 @@ class ServersEvents:
     def engine(self, request: gr.Request) -> str:
         return server_render.engine_markdown(self.controller.models.engine_status(request))
 
-    def load_engine(self, request: gr.Request) -> str:
-        return server_render.engine_markdown(self.controller.models.load_selected(request))
+    def in_memory(self, request: gr.Request, picked: str | None) -> tuple:
+        """(the loaded models to pick from, the picked one kept if it is still loaded, whether it is pinned)."""
+        models = self.controller.models.engine_status(request).models
+        picked = picked if any(m.path == picked for m in models) else (models[0].path if models else None)
+        pinned = any(m.path == picked and m.pinned for m in models)
+        return gr.update(choices=[(m.name, m.path) for m in models], value=picked), pinned
 
-    def unload_engine(self, request: gr.Request) -> str:
-        return server_render.engine_markdown(self.controller.models.unload(request))
+    def load_engine(self, request: gr.Request, picked: str | None) -> tuple:
+        self.controller.models.load_selected(request)
+        return self.engine(request), *self.in_memory(request, picked)
 
-    def tick(self, request: gr.Request, profile_id: str, offered: list) -> tuple:
-        """The live view and the engine; when a server became ready or went away, the chat's picker too."""
+    def unload_engine(self, request: gr.Request, picked: str | None) -> tuple:
+        """Unload the picked model (none picked: every one)."""
+        self.controller.models.unload(request, picked or "")
+        return self.engine(request), *self.in_memory(request, None)
+
+    def pin_engine(self, request: gr.Request, picked: str | None, pinned: bool) -> str:
+        if picked:
+            self.controller.settings.pin(picked, bool(pinned), request)
+        return self.engine(request)
+
+    def pick_engine(self, request: gr.Request, picked: str | None) -> bool:
+        return self.in_memory(request, picked)[1]
+
+    def tick(self, request: gr.Request, profile_id: str, offered: list, held: list, picked: str | None) -> tuple:
+        """The live view and the engine; when a server became ready or went away, the chat's picker too, and
+        when the engine's models changed, the list to pick one from."""
         view = self.watch(request, profile_id)  # the owner check comes first
         ready = sorted(t.key for t in self.controller.servers.targets())
         picker = picker_choices(self.controller) if ready != sorted(offered or []) else gr.skip()
-        return (*view, self.engine(request), picker, ready)
+        loaded = sorted(m.path for m in self.controller.models.engine_status(request).models)
+        memory = self.in_memory(request, picked) if loaded != sorted(held or []) else (gr.skip(), gr.skip())
+        return (*view, self.engine(request), picker, ready, *memory, loaded)
 
     # --- endpoints --------------------------------------------------------------------------
 
@@ -152,12 +177,20 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     events = ServersEvents(controller)
     profile_id = gr.State("")
     api_timer = build_api_panel(controller, blocks)
-    with gr.Row(equal_height=False, elem_id="engine-panel"):
+    with gr.Group(elem_id="engine-panel"):
         engine = gr.Markdown(elem_id="engine-status")
-        load_engine = gr.Button("Load", size="sm", min_width=60, scale=0)
-        unload_engine = gr.Button("Unload", size="sm", min_width=60, scale=0, elem_id="engine-unload")
-        idle = checked(gr.Number(label="Unload after idle minutes (0 = never)", minimum=0, scale=0, min_width=200,
-                                 elem_id="engine-idle"))
+        with gr.Row(equal_height=False):
+            engine_model = gr.Dropdown(label="Loaded model", choices=[], scale=2, min_width=220,
+                                       elem_id="engine-model")
+            with gr.Column(scale=1, min_width=200):
+                pin = gr.Checkbox(label="Keep it loaded (pin)", elem_id="engine-pin")
+                with gr.Row():
+                    unload_engine = gr.Button("Unload", size="sm", min_width=80, elem_id="engine-unload")
+                    load_engine = gr.Button("Load the chat's model", size="sm", min_width=160)
+            idle = checked(gr.Number(label="Unload each after idle minutes (0 = never)", minimum=0, scale=1,
+                                     min_width=200, elem_id="engine-idle"))
+            budget = checked(gr.Number(label="Memory for models, GB (0 = automatic)", minimum=0, scale=1,
+                                       min_width=200, elem_id="engine-budget"))
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             profile = gr.Dropdown(label="Profile", choices=[], elem_id="server-profile")
@@ -216,12 +249,13 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
             remove_endpoint = gr.Button("Remove endpoint", size="sm")
     ticker = gr.Timer(1.0, active=False)
     offered = gr.State([])
+    held = gr.State([])
 
     fields = [name, model, kind, host, port, max_tokens, temperature, top_p, prompt_cache_size, api_key,
               extra_args, allowed_origins, start_with_app, keep_running, restart_when_stuck, network_ok]
     form = [profile_id, *fields]
     view = [live, log, calling]
-    blocks.load(events.load, None, [profile, model, *form, engine, idle, endpoint_list, endpoint_pick],
+    blocks.load(events.load, None, [profile, model, *form, engine, idle, budget, endpoint_list, endpoint_pick],
                 api_visibility="private")
     profile.input(events.pick, profile, form, api_visibility="private").then(
         events.watch, profile_id, view, api_visibility="private")
@@ -232,14 +266,18 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     stop.click(events.stop, profile_id, view, api_name="stop_server")
     restart.click(events.restart, form, [profile, profile_id, *view], api_name="restart_server")
     delete.click(events.delete, profile_id, [*form, profile], api_name="delete_server_profile")
-    ticker.tick(events.tick, [profile_id, offered], [*view, engine, chat.model, offered], show_progress="hidden",
+    ticker.tick(events.tick, [profile_id, offered, held, engine_model],
+                [*view, engine, chat.model, offered, engine_model, pin, held], show_progress="hidden",
                 api_visibility="private")
     endpoint_fields = [endpoint_name, endpoint_url, endpoint_key, endpoint_model, endpoint_vision]
     add_endpoint.click(events.add_endpoint, endpoint_fields, [*endpoint_fields, endpoint_list, endpoint_pick,
                                                               chat.model], api_name="add_endpoint")
     remove_endpoint.click(events.remove_endpoint, endpoint_pick, [endpoint_list, endpoint_pick, chat.model],
                           api_name="remove_endpoint")
-    load_engine.click(events.load_engine, None, engine, api_name="load_engine")
-    unload_engine.click(events.unload_engine, None, engine, api_name="unload_engine")
+    load_engine.click(events.load_engine, engine_model, [engine, engine_model, pin], api_name="load_engine")
+    unload_engine.click(events.unload_engine, engine_model, [engine, engine_model, pin], api_name="unload_engine")
+    engine_model.input(events.pick_engine, engine_model, pin, api_visibility="private")
+    pin.input(events.pin_engine, [engine_model, pin], engine, api_name="pin_model")
     gr.on([idle.blur, idle.submit], events.save_idle, idle, idle, api_name="save_idle_unload")
+    gr.on([budget.blur, budget.submit], events.save_budget, budget, [budget, engine], api_name="save_memory_budget")
     chat.tabs.select(events.tab_selected, None, [ticker, api_timer], api_visibility="private")
