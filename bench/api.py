@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from chat import GREEDY_SETTINGS, TOKENS, raw_rate, stop_process, stream_rate  # noqa: E402
 from report import Row, print_table  # noqa: E402
 
-from mlx_gradio.models.demo import DEMO_NAME, prepare_demo_model  # noqa: E402
+from mlx_gradio.models.demo import DEMO_NAME, demo_model_dir, prepare_demo_model  # noqa: E402
 from mlx_gradio.net import free_port, wait_for_page  # noqa: E402
 
 STORY = {"type": "json_schema", "json_schema": {"name": "story", "schema": {
@@ -95,6 +96,8 @@ def main() -> None:
     weights_mb = sum(f.stat().st_size for f in Path(model).glob("*.safetensors")) / 1e6
     with tempfile.TemporaryDirectory() as tmp:
         page, api, server_port = free_port(), free_port(), free_port()
+        # The app's own demo model (a copy of the one fetched once), so that the chat and the API name one folder.
+        model = Path(shutil.copytree(model, demo_model_dir(Path(tmp) / "data")))
         app = subprocess.Popen([sys.executable, "app.py", "--no-browser", "--port", str(page), "--data-dir",
                                 str(Path(tmp) / "data"), "--log-level", "WARNING", "--model", str(model),
                                 "--api-port", str(api)], cwd=ROOT, stdout=subprocess.DEVNULL,
