@@ -465,7 +465,7 @@ def test_a_function_call_round_trip_through_the_responses_api(make_controller, t
         client.responses.create(model="tiny-tool-llama", input=question, tools=[{"type": "web_search"}])
 
 
-def test_a_second_model_loads_on_demand_and_the_least_recently_used_makes_room_for_a_third(
+def test_a_second_model_loads_on_demand_the_least_recently_used_makes_room_and_a_ttl_unloads_one(
         make_controller, tiny_llama: Path, tiny_tool_llama: Path, tiny_thinking: Path):
     from mlx_gradio.engine.loaded_models import folder_weight_bytes
 
@@ -494,6 +494,16 @@ def test_a_second_model_loads_on_demand_and_the_least_recently_used_makes_room_f
     with pytest.raises(openai.BadRequestError, match="pinned models hold .* raise the memory for models") as refused:
         ask("tiny-tool-llama")
     assert refused.value.body["code"] == "model_too_large"
+    controller.settings.pin(str(tiny_llama), False, OWNER)
+    with pytest.raises(openai.BadRequestError, match="'ttl' must be from 1"):
+        client.chat.completions.create(model="tiny-random-llama", messages=[{"role": "user", "content": "Hi"}],
+                                       max_tokens=2, extra_body={"ttl": 0})
+    client.chat.completions.create(model="tiny-random-llama", messages=[{"role": "user", "content": "Hi"}],
+                                   max_tokens=2, extra_body={"ttl": 1})  # LM Studio's: unload after 1 s idle
+    deadline = time.monotonic() + 60
+    while loaded() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not loaded()
 
 
 def test_two_conversations_of_one_client_each_keep_their_prompt_cache(make_controller, tiny_llama: Path):

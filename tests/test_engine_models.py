@@ -121,3 +121,15 @@ def test_each_model_is_unloaded_after_its_own_idle_time_and_a_pinned_one_stays(t
         assert engine.status().state == "empty"
     finally:
         engine.shutdown()
+
+
+def test_a_request_sets_its_models_own_idle_time(three: list[Path]):
+    a, b, _ = three
+    engine = Engine()  # the engine's own setting: never unload while idle
+    try:
+        for event in engine.generate(ChatRequest("a", str(a), HELLO, SHORT, idle_unload_s=1.0)).events():
+            pass
+        ask(engine, "b", b)
+        wait_until(lambda: loaded(engine) == [b.name], "the model with its own idle time was not unloaded")
+    finally:
+        engine.shutdown()

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio.to_thread
@@ -31,6 +31,7 @@ from ..chats.images import ingest_image
 from ..engine.jobs import ChatRequest, Generation
 from ..files import write_atomic
 from ..models.folders import LocalModel
+from . import fields
 from .activity import RequestLog, RequestRecord
 from .answer import Answer, api_error
 from .anthropic_messages import AnthropicMessages, read_messages
@@ -48,6 +49,7 @@ RETRY_AFTER_S = 5
 MAX_BODY_BYTES = 64_000_000
 DISCONNECT_CHECK_S = 0.5  # how often a reply answered whole looks whether its client is still there
 LOCAL_CLIENT = "this machine"
+MAX_TTL_S = 30 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -214,7 +216,8 @@ class ApiService:
         lease = _Lease(scratch.close)
         try:
             record.client = self.client(request)
-            call = dialect.read(await _json(request), scratch.image)
+            body = await _json(request)
+            call, ttl = dialect.read(body, scratch.image), _ttl(body)
             record.model = call.model
             model = self._find(call.model, await self._models())
             if call.raw and model.vision:
@@ -228,7 +231,8 @@ class ApiService:
             self._claim()
             lease.then(self._release)
             await anyio.to_thread.run_sync(self.catalog.prepare, model.path)  # the demo model may be fetched
-            answer = Answer(self.catalog.generate(self._request(record.client, model, call)), call.stop, started)
+            reply = replace(self._request(record.client, model, call), idle_unload_s=ttl)
+            answer = Answer(self.catalog.generate(reply), call.stop, started)
             lease.then(answer.generation.stop)
             await answer.begin()
             if call.stream:
@@ -364,6 +368,11 @@ def _refusal(request: Request, error: ApiError) -> JSONResponse:
     anthropic = request.url.path.startswith("/v1/messages")
     return JSONResponse(error.anthropic_body() if anthropic else error.openai_body(), status_code=error.status,
                         headers=error.headers)
+
+
+def _ttl(body: dict) -> float | None:
+    """LM Studio's `ttl`: seconds the model may stay loaded without a request before it is unloaded."""
+    return fields.number(body, "ttl", None, 1, MAX_TTL_S)
 
 
 def _conversation_of(client: str, call: ChatCall) -> str:

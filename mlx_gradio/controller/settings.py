@@ -97,7 +97,6 @@ class SettingsPart:
         self.engine.set_cache_budget(cache_budget_bytes(app["cache_budget_gb"]))
         self.engine.set_disk_cache_budget(int(app["disk_cache_gb"] * 1e9))
 
-
     def save_memory_budget(self, budget_gb: Any, request: gr.Request) -> float:
         """Handler: what loaded models and their caches may take (0: automatic); models beyond it are unloaded,
         the least recently used first."""
@@ -118,7 +117,7 @@ class SettingsPart:
         self.engine.set_pinned(set(app["pinned_models"])).result()
 
     def save_idle_unload(self, minutes: Any, request: gr.Request) -> float:
-        """Handler: unload the engine's model after this many minutes without a reply (0: never)."""
+        """Handler: unload each of the engine's models after this many minutes without a reply (0: never)."""
         with user_errors("save the idle unload time"):
             self.access.require_owner(self.access.caller(request), "change the engine settings")
             app = self.store.settings.update_app(idle_unload_minutes=clamp("idle_unload_minutes", minutes))

@@ -303,8 +303,10 @@ class Worker:
         """Unload every unpinned model unused for `idle_s` seconds; returns their names."""
         names = []
         for path in self.models.idle(idle_s, time.time()):
-            names.append(self.models.peek(path).name)
-            self.unload(path, f"after {idle_s:.0f} s without a reply")
+            loaded = self.models.peek(path)
+            names.append(loaded.name)
+            after = idle_s if loaded.idle_unload_s is None else loaded.idle_unload_s
+            self.unload(path, f"after {after:.0f} s without a reply")
         return names
 
     def in_memory(self) -> tuple[ModelInMemory, ...]:
@@ -315,7 +317,7 @@ class Worker:
             shown.append(ModelInMemory(loaded.path, loaded.name, loaded.vision, loaded.weight_bytes,
                                        self.caches.nbytes_of(loaded.path), len(caches),
                                        max((len(c.tokens) for c in caches), default=0), loaded.last_used,
-                                       loaded.path in self.models.pinned))
+                                       loaded.path in self.models.pinned, loaded.idle_unload_s))
         return tuple(shown)
 
     def usage(self) -> dict:
@@ -391,6 +393,8 @@ class Worker:
                 self._text_reply(loaded, generation)
         finally:
             loaded.last_used = time.time()
+            if request.idle_unload_s is not None:
+                loaded.idle_unload_s = request.idle_unload_s
 
     def prompt_tokens(self, request: ChatRequest) -> int:
         """How many tokens the request's prompt takes with its model's chat template (loading the model; a

@@ -54,6 +54,7 @@ class ChatRequest:
     raw: bool = False  # one message, the whole prompt, read without the chat template (a plain completion)
     tools: tuple[dict, ...] = ()  # tools the model may call, as OpenAI describes them (`{"type": "function", …}`)
     grammar: str = ""  # an llguidance grammar the answer must follow (grammar.py: a JSON schema); "" for free text
+    idle_unload_s: float | None = None  # unload the model after so long without a reply (an API client's `ttl`)
     client: str = ""  # who asks (a user): waiting replies take turns between clients
     first: bool = False  # served before the others waiting (an owner's reply)
 

@@ -35,6 +35,7 @@ class LoadedModel:
     vision_features: Any = None  # mlx-vlm's VisionFeatureCache (vision models)
     prefill_tps: float | None = None  # its prompt reading speed, once measured
     last_used: float = 0.0  # time.time() of its load or its last reply: idle unloading counts from it
+    idle_unload_s: float | None = None  # its own idle time, as the last request that set one asked (None: the engine's)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class ModelInMemory:
     context_tokens: int  # the longest conversation it holds a cache of
     last_used: float
     pinned: bool
+    idle_unload_s: float | None  # its own idle time (None: the engine's)
 
 
 def load_model(path: str) -> LoadedModel:
@@ -158,13 +160,20 @@ class LoadedModels:
                 total -= held[path]
         return victims
 
+    def _idle_times(self, idle_s: float) -> dict[str, float]:
+        """When each unpinned model that is ever unloaded while idle will be (time.time()): after its own idle
+        time, else after `idle_s` (0: never)."""
+        times = {}
+        for path, m in self._models.items():
+            after = idle_s if m.idle_unload_s is None else m.idle_unload_s
+            if path not in self.pinned and after:
+                times[path] = m.last_used + after
+        return times
+
     def idle(self, idle_s: float, now: float) -> list[str]:
-        """The unpinned models unused for `idle_s` seconds or more (none when `idle_s` is 0)."""
-        if not idle_s:
-            return []
-        return [p for p, m in self._models.items() if p not in self.pinned and now - m.last_used >= idle_s]
+        """The unpinned models whose idle time (their own, else `idle_s`) has passed since their last use."""
+        return [path for path, at in self._idle_times(idle_s).items() if at <= now]
 
     def next_idle_at(self, idle_s: float) -> float | None:
         """When the next unpinned model becomes idle (time.time()), None if none will."""
-        times = [m.last_used + idle_s for p, m in self._models.items() if p not in self.pinned]
-        return min(times) if idle_s and times else None
+        return min(self._idle_times(idle_s).values(), default=None)

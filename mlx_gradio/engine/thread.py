@@ -52,6 +52,7 @@ class EngineStatus:
     last_used: float = 0.0  # time.time() of the last reply or load
     models: tuple[ModelInMemory, ...] = ()  # every loaded model, the most recently used first
     memory_budget: int | None = None  # bytes the models and their caches may take (None: no bound)
+    idle_unload_s: float = 0.0  # how long a model may go without a reply before it is unloaded (0: forever)
 
     def of(self, path: str) -> EngineStatus:
         """The status as it concerns the model at `path`: ready if it is loaded, loading or failed if that is
@@ -67,7 +68,7 @@ class EngineStatus:
 
 
 class Engine:
-    """Owns the MLX worker thread, the loaded model and the per-conversation prompt caches."""
+    """Owns the MLX worker thread, the loaded models and the per-conversation prompt caches."""
 
     def __init__(self, cache_limit: int = DEFAULT_LIMIT, cache_budget: int | None = None,
                  idle_unload_s: float = 0.0, prompt_files: PromptFiles | None = None,
@@ -77,7 +78,7 @@ class Engine:
         self._pinned: set[str] = set()
         self._prompt_files = prompt_files
         self._jobs: queue.Queue = queue.Queue()
-        self._status = EngineStatus()
+        self._status = EngineStatus(idle_unload_s=idle_unload_s)
         self._status_lock = threading.Lock()
         self._cache_limit = cache_limit
         self._cache_budget = cache_budget
@@ -132,8 +133,9 @@ class Engine:
         return self.call(lambda: self._worker.caches.set_budget(budget_bytes))
 
     def set_idle_unload(self, seconds: float) -> None:
-        """Unload the model after `seconds` without a reply (0: never); the next message loads it again."""
+        """Unload each unpinned model after `seconds` without a reply (0: never); the next message loads it again."""
         self._idle_unload_s = max(0.0, float(seconds))
+        self.set_status(idle_unload_s=self._idle_unload_s)
         self._put((lambda: None, (), Future()))  # wake the thread so the new timeout applies now
 
     def set_disk_cache_budget(self, budget_bytes: int) -> Future:

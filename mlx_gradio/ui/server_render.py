@@ -93,11 +93,16 @@ def engine_markdown(status: EngineStatus, now: float | None = None) -> str:
                     f"{gb(status.memory_bytes)}, peak {gb(status.peak_bytes)} · prompt caches on disk for "
                     f"{status.saved_conversations} conversation{'s' if status.saved_conversations != 1 else ''} "
                     f"({gb(status.saved_bytes)})")
-    rows = ["| Model | Kind | Weights | Prompt caches | Context in use | Last use |", "|---|---|---|---|---|---|"]
+    rows = ["| Model | Kind | Weights | Prompt caches | Context in use | Last use | Unloaded after |",
+            "|---|---|---|---|---|---|---|"]
     for m in status.models:
         name = m.name.replace("|", "\\|") + (" · **pinned**" if m.pinned else "")
         caches = f"{m.conversations} ({gb(m.cache_bytes)})" if m.conversations else "none"
         context = f"{m.context_tokens:,} tokens" if m.context_tokens else "—"
+        idle = status.idle_unload_s if m.idle_unload_s is None else m.idle_unload_s
+        unloads = "never (pinned)" if m.pinned else f"{uptime(idle)} idle" if idle else "never"
+        if m.idle_unload_s is not None and not m.pinned:
+            unloads += " (its client's ttl)"
         rows.append(f"| {name} | {'vision' if m.vision else 'text'} | {gb(m.weight_bytes)} | {caches} | "
-                    f"{context} | {uptime(now - m.last_used)} ago |")
+                    f"{context} | {uptime(now - m.last_used)} ago | {unloads} |")
     return "\n\n".join([*lines, "\n".join(rows)])
