@@ -461,8 +461,16 @@ def test_a_function_call_round_trip_through_the_responses_api(make_controller, t
         {"type": "reasoning", "id": "rs_1", "summary": []},  # sent back as clients do; not read
         {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 degrees"}])
     assert again.usage.input_tokens > answer.usage.input_tokens + 10
-    with pytest.raises(openai.BadRequestError, match="only function tools"):
-        client.responses.create(model="tiny-tool-llama", input=question, tools=[{"type": "web_search"}])
+    # Codex CLI offers OpenAI's own web search and groups tools in namespaces: the first is left out (it cannot
+    # run here), the second's functions are offered, and a call to one names its namespace.
+    grouped = client.responses.create(model="tiny-tool-llama", input=question, max_output_tokens=16, tools=[
+        {"type": "web_search"}, {"type": "namespace", "name": "weather", "description": "Weather tools.",
+                                 "tools": [weather]}])
+    [namespaced] = [item for item in grouped.output if item.type == "function_call"]
+    assert namespaced.name == "get_weather" and namespaced.namespace == "weather"
+    with pytest.raises(openai.BadRequestError, match="a web_search tool cannot run here"):
+        client.responses.create(model="tiny-tool-llama", input=question, tools=[{"type": "web_search"}],
+                                tool_choice={"type": "web_search"})
 
 
 def test_a_second_model_loads_on_demand_the_least_recently_used_makes_room_and_a_ttl_unloads_one(
@@ -519,3 +527,19 @@ def test_two_conversations_of_one_client_each_keep_their_prompt_cache(make_contr
     for history, usage in ((first, first_usage), (side, side_usage)):  # taken up in turn, as an agent does
         _, again = turn([*history, {"role": "user", "content": "Go on."}])
         assert again.prompt_tokens_details.cached_tokens >= usage.prompt_tokens  # its own cache, not the other's
+
+
+def test_a_prompt_cache_key_keeps_conversations_that_open_alike_apart(make_controller, tiny_llama: Path):
+    client = client_for(api_on(make_controller()))
+    opening = [{"role": "user", "content": "Tell me about the sea " * 20}]
+
+    def turn(messages: list[dict], key: str) -> tuple[list[dict], object]:
+        answer = client.chat.completions.create(model="tiny-random-llama", messages=messages, max_tokens=6,
+                                                extra_body={"prompt_cache_key": key})
+        return [*messages, {"role": "assistant", "content": answer.choices[0].message.content}], answer.usage
+
+    first, usage = turn([*opening, {"role": "assistant", "content": "Waves."}, {"role": "user", "content": "More."}],
+                        "a")
+    turn([*opening, {"role": "assistant", "content": "Salt."}, {"role": "user", "content": "Why?"}], "b")
+    _, again = turn([*first, {"role": "user", "content": "Go on."}], "a")
+    assert again.prompt_tokens_details.cached_tokens >= usage.prompt_tokens  # its own cache, not b's

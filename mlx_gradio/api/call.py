@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..engine.grammar import ANY_OBJECT, json_grammar
@@ -31,6 +31,7 @@ class ChatCall:
     tools: tuple[dict, ...] = ()  # as OpenAI describes them: {"type": "function", "function": {...}}
     answer_format: dict | None = None  # the format asked for, as the request wrote it (None: free text)
     grammar: str = ""  # the llguidance grammar of that format, which decoding is held to
+    namespaces: dict[str, str] = field(default_factory=dict)  # a tool's namespace by its name (Responses)
 
 
 class Dialect(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,6 +15,8 @@ from .answer import Answer
 from .call import UNCAPPED, ChatCall, answer_format, model_of, sampling, tool
 from .errors import ApiError, bad_request
 from .openai_chat import image_bytes
+
+log = logging.getLogger(__name__)
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 TEXT_PARTS = ("input_text", "output_text", "text")
@@ -40,28 +43,53 @@ def read_response_request(body: Any, save_image: Callable[[bytes], str]) -> Chat
     else:
         raise bad_request("'input' must be a non-empty string or list of messages.", "input")
     max_tokens = fields.number(body, "max_output_tokens", None, 1, UNCAPPED, integer=True)
+    tools, namespaces = _tools(body)
     reasoning = body.get("reasoning") or {}
     thinking = not (isinstance(reasoning, dict) and reasoning.get("effort") in ("none", "minimal"))
     return ChatCall(model, (*system, *messages), sampling(body, max_tokens or UNCAPPED), (),
                     fields.flag(body, "stream"), include_usage=True, max_tokens=max_tokens, thinking=thinking,
-                    tools=_tools(body), answer_format=fmt, grammar=grammar)
+                    tools=tools, answer_format=fmt, grammar=grammar, namespaces=namespaces)
 
 
-def _tools(body: dict) -> tuple[dict, ...]:
-    """Function tools (name, description, parameters at the top level, as this API writes them); none with
-    `tool_choice` "none". Built-in tools (web search, files) cannot run here and are refused."""
+def _tools(body: dict) -> tuple[tuple[dict, ...], dict[str, str]]:
+    """Function tools (name, description, parameters at the top level, as this API writes them), those grouped in
+    a `namespace` among them, and the namespace of each of those by name; none with `tool_choice` "none".
+
+    Tools that run on OpenAI's side (web search, files, code, MCP) or take free text (custom) cannot run here:
+    offered, they are left out (the model answers without them, and the log says so); forced, they are refused.
+    """
     raw = body.get("tools") or []
     if not isinstance(raw, list):
         raise bad_request("'tools' must be a list.", "tools")
-    if body.get("tool_choice") == "none":
-        return ()
-    tools = []
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") not in (None, "function", "allowed_tools"):
+        raise bad_request(f"'tool_choice': a {choice.get('type')} tool cannot run here; only function tools (which "
+                          "the client runs itself) are served.", "tool_choice")
+    if choice == "none":
+        return (), {}
+    tools, namespaces, left_out = [], {}, []
     for i, entry in enumerate(raw):
-        if not isinstance(entry, dict) or entry.get("type") != "function":
-            raise bad_request(f"'tools[{i}]': only function tools (which the client runs itself) are served here.",
-                              f"tools[{i}]")
-        tools.append(tool(entry.get("name"), entry.get("description"), entry.get("parameters"), f"tools[{i}]"))
-    return tuple(tools)
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if kind == "namespace" and isinstance(entry.get("tools"), list):
+            for j, inner in enumerate(entry["tools"]):
+                if isinstance(inner, dict) and inner.get("type") == "function":
+                    tools.append(_function(inner, f"tools[{i}].tools[{j}]"))
+                    namespaces[inner["name"]] = fields.text(entry.get("name"), f"tools[{i}].name")
+                else:
+                    left_out.append(f"{entry.get('name')}.{inner.get('name') if isinstance(inner, dict) else j}")
+        elif kind == "function":
+            tools.append(_function(entry, f"tools[{i}]"))
+        elif isinstance(kind, str):
+            left_out.append(str(entry.get("name") or kind))
+        else:
+            raise bad_request(f"'tools[{i}]' must be a tool with a type.", f"tools[{i}]")
+    if left_out:
+        log.debug("Tools a client offered that cannot run here were left out: %s", ", ".join(left_out))
+    return tuple(tools), namespaces
+
+
+def _function(entry: dict, where: str) -> dict:
+    return tool(entry.get("name"), entry.get("description"), entry.get("parameters"), where)
 
 
 def _items(raw: list, save_image: Callable[[bytes], str]) -> tuple[ChatMessage, ...]:
@@ -137,10 +165,17 @@ def _reasoning_item(item_id: str, text: str) -> dict:
     return {"type": "reasoning", "id": item_id, "summary": [], "content": [{"type": "reasoning_text", "text": text}]}
 
 
-def _call_items(answer: Answer) -> list[dict]:
-    return [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "call_id": call["id"], "name": call["name"],
-             "arguments": json.dumps(call["arguments"], ensure_ascii=False), "status": "completed"}
-            for call in answer.tool_calls]
+def _call_items(answer: Answer, call: ChatCall) -> list[dict]:
+    """The model's tool calls as function_call items, each with the namespace its function came in."""
+    items = []
+    for made in answer.tool_calls:
+        item = {"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:24]}", "call_id": made["id"],
+                "name": made["name"], "arguments": json.dumps(made["arguments"], ensure_ascii=False),
+                "status": "completed"}
+        if made["name"] in call.namespaces:
+            item["namespace"] = call.namespaces[made["name"]]
+        items.append(item)
+    return items
 
 
 def _message_item(item_id: str, text: str, status: str) -> dict:
@@ -174,7 +209,7 @@ class OpenAIResponses:
         output = [_reasoning_item(f"rs_{uuid.uuid4().hex[:24]}", answer.reasoning)] if answer.reasoning else []
         if answer.text or not answer.tool_calls:
             output.append(_message_item(f"msg_{uuid.uuid4().hex[:24]}", answer.text, "completed"))
-        output += _call_items(answer)
+        output += _call_items(answer, call)
         return self._response(f"resp_{uuid.uuid4().hex[:24]}", model, call, output, answer, int(time.time()))
 
     async def stream(self, model: str, answer: Answer, call: ChatCall) -> AsyncIterator[str]:
@@ -239,7 +274,7 @@ class OpenAIResponses:
                 yield line
         for line in close():
             yield line
-        for item in _call_items(answer):
+        for item in _call_items(answer, call):
             index = len(output)
             yield event("response.output_item.added", output_index=index, item={**item, "arguments": "",
                                                                                 "status": "in_progress"})

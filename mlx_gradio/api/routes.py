@@ -231,7 +231,8 @@ class ApiService:
             self._claim()
             lease.then(self._release)
             await anyio.to_thread.run_sync(self.catalog.prepare, model.path)  # the demo model may be fetched
-            reply = replace(self._request(record.client, model, call), idle_unload_s=ttl)
+            reply = replace(self._request(record.client, model, call, body.get("prompt_cache_key")),
+                            idle_unload_s=ttl)
             answer = Answer(self.catalog.generate(reply), call.stop, started)
             lease.then(answer.generation.stop)
             await answer.begin()
@@ -277,8 +278,8 @@ class ApiService:
         self.requests.add(record)
         return error
 
-    def _request(self, client: str, model: LocalModel, call: ChatCall) -> ChatRequest:
-        return ChatRequest(_conversation_of(client, call), model.path, call.messages, call.params,
+    def _request(self, client: str, model: LocalModel, call: ChatCall, cache_key: object = None) -> ChatRequest:
+        return ChatRequest(_conversation_of(client, call, cache_key), model.path, call.messages, call.params,
                            context_limit=self.catalog.context_limit(), thinking=call.thinking, raw=call.raw,
                            tools=call.tools, grammar=call.grammar, client=f"api:{client}")
 
@@ -375,12 +376,18 @@ def _ttl(body: dict) -> float | None:
     return fields.number(body, "ttl", None, 1, MAX_TTL_S)
 
 
-def _conversation_of(client: str, call: ChatCall) -> str:
-    """The prompt cache a request reads: one per client and conversation, a conversation known by how it opens
-    (its system prompt and first user message). A client that resends its conversation reuses its prefix, and
-    its other conversations (an agent's side requests) keep caches of their own; plain completions share one."""
-    opening = [] if call.raw else ([m.content for m in call.messages if m.role == "system"][:1] +
-                                   [m.content for m in call.messages if m.role == "user"][:1])
+def _conversation_of(client: str, call: ChatCall, cache_key: object = None) -> str:
+    """The prompt cache a request reads: one per client and conversation, a conversation known by OpenAI's
+    `prompt_cache_key` when the client sends one, else by how it opens (its system prompt and first user
+    message). A client that resends its conversation reuses its prefix, and its other conversations (an agent's
+    side requests) keep caches of their own; plain completions share one."""
+    if isinstance(cache_key, str) and cache_key:
+        opening = ["key", cache_key]
+    elif call.raw:
+        opening = []
+    else:
+        opening = ([m.content for m in call.messages if m.role == "system"][:1] +
+                   [m.content for m in call.messages if m.role == "user"][:1])
     return "api-" + hashlib.sha256(json.dumps([client, *opening]).encode()).hexdigest()[:24]
 
 
