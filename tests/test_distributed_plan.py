@@ -1,0 +1,110 @@
+"""The plan of a model split over several ranks, checked before anything starts: the demo model (9 heads, 3 KV
+heads) splits over 3 ranks by tensor parallel and not over 2; pipeline parallel needs mlx-lm's pipeline support
+and an indexed checkpoint (a tiny random Qwen2 has both); each rank's share comes from the safetensors headers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mlx_gradio.models.fit import kv_bytes, model_shape
+from mlx_gradio.models.folders import read_config
+from mlx_gradio.serving.distributed_plan import (
+    PIPELINE,
+    TENSOR,
+    describe,
+    header_sizes,
+    hostfile,
+    parse_hosts,
+    pipeline_layers,
+    plan_split,
+)
+
+LOCAL3 = ["127.0.0.1"] * 3
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2 (pipeline support in mlx-lm), saved by mlx-lm with its weight index."""
+    import mlx.core as mx
+    from mlx_lm.models.qwen2 import Model, ModelArgs
+    from mlx_lm.utils import save_config, save_model
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-qwen2"
+    config = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 5, "intermediate_size": 128,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "vocab_size": 256,
+              "max_position_embeddings": 2048, "rope_theta": 10000.0, "tie_word_embeddings": True}
+    model = Model(ModelArgs.from_dict(config))
+    mx.eval(model.parameters())
+    save_model(folder, model)
+    save_config(config, folder / "config.json")
+    return folder
+
+
+def test_the_demo_model_splits_over_three_ranks_and_each_holds_a_third_of_its_layers(demo_model: Path):
+    plan = plan_split(demo_model, LOCAL3, TENSOR, 4096)
+    assert plan.ok, plan.problems
+    total = sum(header_sizes(demo_model).values())
+    shares = [s.weight_bytes for s in plan.shares]
+    assert len(set(shares)) == 1 and total / 3 < shares[0] < total  # the layers cut, the embeddings whole
+    whole_cache = kv_bytes(model_shape(read_config(demo_model), total), 4096)
+    assert abs(plan.shares[0].kv_bytes * 3 - whole_cache) < 3  # the key-value heads are cut too
+    assert "rank 2 on 127.0.0.1" in describe(plan) and "Tensor parallel over 3 ranks" in describe(plan)
+
+
+def test_two_ranks_are_refused_with_the_heads_and_what_would_work(demo_model: Path):
+    plan = plan_split(demo_model, LOCAL3[:2], TENSOR, 4096)
+    assert not plan.ok and not plan.shares
+    assert "9 attention heads and 3 key-value heads" in describe(plan) and "(3 would)" in describe(plan)
+    assert "two hosts or more" in describe(plan_split(demo_model, ["127.0.0.1"], TENSOR, 4096))
+
+
+def test_pipeline_needs_mlx_lms_support_and_an_indexed_checkpoint(demo_model: Path, tiny_qwen2: Path):
+    refused = describe(plan_split(demo_model, LOCAL3, PIPELINE, 4096))
+    assert "llama model has no pipeline support" in refused and "model.safetensors.index.json" in refused
+    plan = plan_split(tiny_qwen2, LOCAL3, PIPELINE, 1024)
+    assert plan.ok, plan.problems
+    assert [s.layers for s in plan.shares] == [(3, 5), (1, 3), (0, 1)]  # rank 0 runs the last layers
+    sizes = header_sizes(tiny_qwen2)
+    shared = sum(v for k, v in sizes.items() if ".layers." not in k)
+    assert sum(s.weight_bytes for s in plan.shares) == sum(sizes.values()) + 2 * shared  # whole on every rank
+    assert plan.shares[0].kv_bytes == 2 * plan.shares[2].kv_bytes  # two layers' cache against one
+
+
+def test_the_layer_split_is_mlx_lms_own():
+    from mlx_lm.models.pipeline import PipelineMixin
+
+    class Group:
+        def __init__(self, rank: int, size: int) -> None:
+            self._rank, self._size = rank, size
+
+        def rank(self) -> int:
+            return self._rank
+
+        def size(self) -> int:
+            return self._size
+
+    class Layers(PipelineMixin):
+        pass
+
+    for layers, ranks in ((30, 3), (30, 4), (7, 2), (5, 5)):
+        split = []
+        for rank in range(ranks):
+            model = Layers()
+            model.layers = list(range(layers))
+            model.pipeline(Group(rank, ranks))
+            split.append((model.start_idx, model.end_idx))
+        assert pipeline_layers(layers, ranks) == split
+
+
+def test_hosts_are_read_from_lines_commas_or_a_hostfile():
+    assert parse_hosts("127.0.0.1\n127.0.0.1, 10.0.0.2\n\n") == ["127.0.0.1", "127.0.0.1", "10.0.0.2"]
+    written = hostfile(["mac-a.local", "10.0.0.2"])
+    assert written == [{"ssh": "mac-a.local", "ips": ["mac-a.local"]}, {"ssh": "10.0.0.2", "ips": ["10.0.0.2"]}]
+    assert parse_hosts(json.dumps(written)) == ["mac-a.local", "10.0.0.2"]
+    with pytest.raises(ValueError, match="not a host name"):
+        parse_hosts("good-host\nbad host; rm -rf /")
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_hosts("[{")
