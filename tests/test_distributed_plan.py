@@ -108,3 +108,37 @@ def test_hosts_are_read_from_lines_commas_or_a_hostfile():
         parse_hosts("good-host\nbad host; rm -rf /")
     with pytest.raises(ValueError, match="not JSON"):
         parse_hosts("[{")
+
+
+def test_each_host_is_asked_for_its_versions_memory_and_the_model(demo_model: Path, tmp_path: Path):
+    import sys
+
+    from mlx_gradio.serving.distributed_hosts import check_hosts, this_machine, versions_table
+    from mlx_gradio.serving.distributed_plan import RankShare, SplitPlan
+
+    plan = plan_split(demo_model, LOCAL3, TENSOR, 4096)
+    facts, problems = check_hosts(plan, sys.executable, demo_model)
+    assert not problems and len(facts) == 1  # three ranks on one host: asked once
+    [local] = facts
+    mine = this_machine()
+    assert (local.python, local.mlx, local.mlx_lm) == (mine.python, mine.mlx, mine.mlx_lm) and local.has_model
+    assert local.memory_bytes > 2**30 and "| 127.0.0.1 |" in versions_table(facts)
+
+    _, problems = check_hosts(plan, sys.executable, tmp_path / "elsewhere")
+    assert problems == [f"127.0.0.1 has no model at {tmp_path / 'elsewhere'}; copy it there first (mlx_lm.share)."]
+    huge = SplitPlan(TENSOR, ("127.0.0.1", "127.0.0.1"), 4096, (),
+                     tuple(RankShare(r, "127.0.0.1", (0, 30), 2**50, 0) for r in range(2)))
+    _, problems = check_hosts(huge, sys.executable, demo_model)
+    assert len(problems) == 1 and "would hold 2 rank(s) needing" in problems[0]
+
+
+def test_a_host_that_ssh_cannot_reach_is_named_with_the_reason(demo_model: Path):
+    import sys
+
+    from mlx_gradio.serving.distributed_hosts import check_hosts
+
+    plan = plan_split(demo_model, ["127.0.0.1", "127.0.0.1", "127.0.0.2"], TENSOR, 4096)
+    facts, problems = check_hosts(plan, sys.executable, demo_model)  # no sshd listens on 127.0.0.2
+    assert [f.host for f in facts] == ["127.0.0.1", "127.0.0.2"] and not facts[0].problem
+    assert len(problems) == 1 and problems[0].startswith("127.0.0.2 cannot be reached over ssh without a password")
+    assert problems[0].split("password: ", 1)[1].strip()  # ssh's own reason (here: the connection was refused)

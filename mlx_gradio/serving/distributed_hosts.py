@@ -1,0 +1,125 @@
+"""The hosts of a distributed profile, checked before anything starts: each one reached (over ssh without a
+password, or this machine for `127.0.0.1`), its Python, mlx and mlx-lm versions beside this machine's, its memory,
+and whether the model is at the same path there."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from ..models.fit import gb
+from .distributed_plan import LOCAL_HOSTS, SplitPlan
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 30
+SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR")
+# Run on each host with its Python: the versions, the memory MLX may use, and whether the model is there.
+PROBE = """
+import json, os, sys
+from importlib.metadata import version
+facts = {"python": sys.version.split()[0], "model": os.path.isfile(os.path.join(sys.argv[1], "config.json"))}
+try:
+    facts["mlx"], facts["mlx_lm"] = version("mlx"), version("mlx-lm")
+    import mlx.core as mx
+    facts["memory"] = int(mx.device_info().get("max_recommended_working_set_size", 0) or 0)
+except Exception as exc:
+    facts["missing"] = f"{type(exc).__name__}: {exc}"
+if not facts.get("memory"):
+    facts["memory"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+print(json.dumps(facts))
+"""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What one host said, or why it could not be asked."""
+
+    host: str
+    problem: str = ""  # why the host could not be asked ("" when it answered)
+    python: str = ""
+    mlx: str = ""
+    mlx_lm: str = ""
+    memory_bytes: int = 0
+    has_model: bool = False
+
+
+def this_machine() -> HostFacts:
+    """This process's own versions, the ones every rank must run."""
+    return HostFacts("this machine", python=sys.version.split()[0], mlx=version("mlx"), mlx_lm=version("mlx-lm"))
+
+
+def probe_command(host: str, python: str, model_path: str) -> list[str]:
+    """The command that asks a host for its facts: run here for a local host, else over ssh (the first `ssh` on
+    PATH, as `mlx.launch` uses), never asking for a password."""
+    local = [python, "-c", PROBE, model_path]
+    return local if host in LOCAL_HOSTS else ["ssh", *SSH_OPTIONS, host, shlex.join(local)]
+
+
+def probe(host: str, python: str, model_path: str, timeout: float = PROBE_TIMEOUT_S) -> HostFacts:
+    """Ask one host for its facts."""
+    try:
+        done = subprocess.run(probe_command(host, python, model_path), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        log.warning("Host %s did not answer within %.0f s", host, timeout)
+        return HostFacts(host, problem=f"did not answer within {timeout:.0f} s")
+    except OSError as exc:
+        log.warning("Could not ask host %s: %s", host, exc)
+        return HostFacts(host, problem=f"could not be asked: {exc}")
+    last = done.stdout.strip().splitlines()[-1:] or [""]
+    try:
+        facts = json.loads(last[0])
+    except json.JSONDecodeError:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        reached = "cannot be reached over ssh without a password" if host not in LOCAL_HOSTS else "failed"
+        log.warning("Host %s: %s (%s)", host, reached, why)
+        return HostFacts(host, problem=f"{reached}: {why}")
+    if facts.get("missing"):
+        return HostFacts(host, problem=f"{python} there has no mlx / mlx-lm ({facts['missing']})",
+                         python=facts.get("python", ""))
+    return HostFacts(host, python=facts["python"], mlx=facts["mlx"], mlx_lm=facts["mlx_lm"],
+                     memory_bytes=int(facts["memory"]), has_model=bool(facts["model"]))
+
+
+def check_hosts(plan: SplitPlan, python: str, model_path: str | Path) -> tuple[list[HostFacts], list[str]]:
+    """Each distinct host's facts, and the sentences that say why the plan cannot run on them (empty: it can)."""
+    mine = this_machine()
+    facts = {host: probe(host, python, str(model_path)) for host in dict.fromkeys(plan.hosts)}
+    problems = []
+    for host, found in facts.items():
+        if found.problem:
+            problems.append(f"{host} {found.problem}.")
+            continue
+        differ = [f"{what} {theirs} (here {ours})" for what, theirs, ours in (
+            ("Python", found.python, mine.python), ("mlx", found.mlx, mine.mlx), ("mlx-lm", found.mlx_lm, mine.mlx_lm))
+            if theirs != ours]
+        if differ:
+            problems.append(f"{host} runs {', '.join(differ)}: every rank must run the same versions.")
+        if not found.has_model:
+            problems.append(f"{host} has no model at {model_path}; copy it there first (mlx_lm.share).")
+        shares = [s for s in plan.shares if s.host == host]
+        needed = sum(s.needed for s in shares)
+        if shares and found.memory_bytes and needed > found.memory_bytes:
+            problems.append(f"{host} would hold {len(shares)} rank(s) needing {gb(needed)}, more than its "
+                            f"{gb(found.memory_bytes)}.")
+    return list(facts.values()), problems
+
+
+def versions_table(facts: list[HostFacts]) -> str:
+    """The hosts' versions side by side with this machine's, as Markdown."""
+    rows = ["| Host | Python | mlx | mlx-lm | Memory | Model |", "|---|---|---|---|---|---|"]
+    for found in [this_machine(), *facts]:
+        if found.problem:
+            rows.append(f"| {found.host} | {found.problem} | | | | |")
+            continue
+        model = "—" if found.host == "this machine" else ("there" if found.has_model else "**missing**")
+        memory = gb(found.memory_bytes) if found.memory_bytes else "—"
+        rows.append(f"| {found.host} | {found.python} | {found.mlx} | {found.mlx_lm} | {memory} | {model} |")
+    return "\n".join(rows)
