@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from .. import errors
-from ..serving.profiles import TEXT, VISION, ServerProfile, check_profile, model_kind, new_profile, next_free_port
+from ..serving.profiles import VISION, ServerProfile, check_profile, model_kind, new_profile, next_free_port
 from ..serving.remote import ENDPOINT_PREFIX, SERVER_PREFIX, RemoteTarget
 from ..serving.supervisor import READY, Servers, ServerStatus, Usage
 from ..store import Store
@@ -127,7 +127,7 @@ class ServersPart:
             profile = saved.get(status.profile_id)
             if status.state == READY and profile is not None:
                 targets.append(RemoteTarget(f"{SERVER_PREFIX}{profile.id}", profile.name, status.url, profile.api_key,
-                                            "default_model" if profile.kind == TEXT else profile.model,
+                                            "default_model" if profile.kind != VISION else profile.model,
                                             profile.kind == VISION,
                                             activity=lambda profile_id=profile.id: self.servers.using(profile_id)))
         for record in self.store.endpoints.all():

@@ -1,7 +1,9 @@
 """Server profiles: what to run (model, kind, address, defaults), checked before anything starts.
 
 A profile becomes the command line of the real upstream server: `python -m mlx_lm server` for
-text models, `python -m mlx_vlm.server` for vision models, always with `--host`. mlx-vlm's API
+text models, `python -m mlx_vlm.server` for vision models, always with `--host`; a distributed
+profile runs the venv's `mlx_lm.server` under MLX's own `mlx.launch`, one rank per host, rank 0
+answering on the profile's host and port. mlx-vlm's API
 key travels in its environment variable, never on the command line where `ps` shows it.
 """
 
@@ -15,14 +17,18 @@ import socket
 import sys
 import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 from ..errors import ModelNotFound, ProfileInvalid
-from ..models.folders import read_config
+from ..models.folders import context_length, read_config
 from ..net import is_loopback
+from .distributed_hosts import check_hosts
+from .distributed_plan import PIPELINE, TENSOR, describe, parse_hosts, plan_split
 
 log = logging.getLogger(__name__)
 
-TEXT, VISION = "text", "vision"
+TEXT, VISION, DISTRIBUTED = "text", "vision", "distributed"
+BACKENDS = ("ring", "jaccl")  # MLX's TCP ring, and RDMA over Thunderbolt 5
 FIRST_PORT = 8080
 # The flags the profile's own fields set (and which field): the extra arguments may not name one, nor an
 # abbreviation of one (argparse takes "--ho" for "--host"), and they come first on the command line, so the
@@ -41,7 +47,7 @@ class ServerProfile:
     id: str
     name: str
     model: str  # a model folder
-    kind: str = TEXT  # TEXT runs mlx_lm.server, VISION runs mlx_vlm.server
+    kind: str = TEXT  # TEXT runs mlx_lm.server, VISION runs mlx_vlm.server, DISTRIBUTED mlx_lm.server's ranks
     host: str = "127.0.0.1"
     port: int = FIRST_PORT
     max_tokens: int = 2048  # mlx-lm's own default of 512 cuts most answers short
@@ -55,6 +61,9 @@ class ServerProfile:
     keep_running: bool = False  # when the app quits
     restart_when_stuck: bool = False  # restart it when it runs but no longer answers
     network_ok: bool = False  # the owner confirmed an open mlx-lm server on a network address
+    hosts: str = ""  # DISTRIBUTED: one host per rank (lines, commas, or a hostfile's JSON); rank 0 is the first
+    split_mode: str = TENSOR  # DISTRIBUTED: TENSOR or PIPELINE
+    backend: str = "ring"  # DISTRIBUTED: one of BACKENDS
 
     @property
     def url(self) -> str:
@@ -129,8 +138,8 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
     if not profile.name.strip() or len(profile.name) > 80:
         raise ProfileInvalid("Give the server a name (up to 80 characters).")
     read_config(profile.model)  # raises ModelNotFound with the reason
-    if profile.kind not in (TEXT, VISION):
-        raise ProfileInvalid(f"The kind must be “{TEXT}” or “{VISION}”.")
+    if profile.kind not in (TEXT, VISION, DISTRIBUTED):
+        raise ProfileInvalid(f"The kind must be “{TEXT}”, “{VISION}” or “{DISTRIBUTED}”.")
     if not 1024 <= int(profile.port) <= 65535:
         raise ProfileInvalid(f"Port {profile.port} is out of range: pick one from 1024 to 65535.")
     if not (1 <= int(profile.max_tokens) <= 1_000_000 and 0 <= float(profile.temperature) <= 2
@@ -138,13 +147,13 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
         raise ProfileInvalid("Max tokens, temperature (0–2), top p (0–1] or the prompt cache size is out of range.")
     extra_args(profile.extra_args)
     origins(profile)
-    if profile.api_key and profile.kind == TEXT:
+    if profile.api_key and profile.kind != VISION:
         raise ProfileInvalid("mlx-lm's server has no API key option: anyone who can reach the port can use it. "
                              "Leave the key empty, or run a vision model (mlx-vlm's server takes a key).")
     if not is_loopback(profile.host):
         if profile.kind == VISION and not profile.api_key:
             raise ProfileInvalid(f"{profile.host} is reachable from other machines: set an API key first.")
-        if profile.kind == TEXT and not profile.network_ok:
+        if profile.kind != VISION and not profile.network_ok:
             raise ProfileInvalid(f"{profile.host} is reachable from other machines and mlx-lm's server has no API "
                                  "key: anyone on the network could use it. Confirm that this is what you want.")
     if int(profile.port) in in_use:
@@ -152,7 +161,28 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
     holder = port_holder(profile.host, int(profile.port))
     if holder is not None:
         raise ProfileInvalid(f"Port {profile.port} on {profile.host} is not free: {holder}. Pick another port.")
+    if profile.kind == DISTRIBUTED:
+        check_split(profile)
     return replace(profile, name=profile.name.strip(), port=int(profile.port))
+
+
+def check_split(profile: ServerProfile) -> None:
+    """A distributed profile's plan and hosts, checked before anything starts: the model splits that way, every
+    host answers with this machine's versions, holds the model and has the memory for its ranks."""
+    if profile.backend not in BACKENDS:
+        raise ProfileInvalid(f"The backend must be one of {', '.join(BACKENDS)}.")
+    if profile.split_mode not in (TENSOR, PIPELINE):
+        raise ProfileInvalid(f"The split must be “{TENSOR}” or “{PIPELINE}”.")
+    try:
+        hosts = parse_hosts(profile.hosts)
+    except ValueError as exc:
+        raise ProfileInvalid(f"The hosts cannot be read: {exc}") from exc
+    plan = plan_split(profile.model, hosts, profile.split_mode, context_length(read_config(profile.model)))
+    if not plan.ok:
+        raise ProfileInvalid(describe(plan))
+    _, problems = check_hosts(plan, sys.executable, profile.model)
+    if problems:
+        raise ProfileInvalid(" ".join(problems))
 
 
 def extra_args(text: str) -> list[str]:
@@ -194,7 +224,13 @@ def command(profile: ServerProfile) -> list[str]:
               "--max-tokens", str(profile.max_tokens)]
     if profile.kind == VISION:  # mlx-vlm's server allows every origin, and has no flag to change that
         return [sys.executable, "-m", "mlx_vlm.server", *extras, *common]
-    return [sys.executable, "-m", "mlx_lm", "server", *extras, *common, "--temp", str(profile.temperature),
-            "--top-p", str(profile.top_p), "--prompt-cache-size", str(profile.prompt_cache_size),
-            "--allowed-origins", ",".join(origins(profile))]
+    text = [*extras, *common, "--temp", str(profile.temperature), "--top-p", str(profile.top_p),
+            "--prompt-cache-size", str(profile.prompt_cache_size), "--allowed-origins", ",".join(origins(profile))]
+    if profile.kind == DISTRIBUTED:
+        # The venv's own scripts: mlx.launch runs the same path on every host (the host check saw this Python).
+        scripts = Path(sys.executable).parent
+        return [str(scripts / "mlx.launch"), "--backend", profile.backend, "--hosts",
+                ",".join(parse_hosts(profile.hosts)), "--", str(scripts / "mlx_lm.server"), *text,
+                *(["--pipeline"] if profile.split_mode == PIPELINE else [])]
+    return [sys.executable, "-m", "mlx_lm", "server", *text]
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import AppError, ServerNotRunning, ServerStartFailed
-from .profiles import API_KEY_ENV, TEXT, VISION, ServerProfile, command
+from .distributed_ranks import dead_rank
+from .profiles import API_KEY_ENV, DISTRIBUTED, VISION, ServerProfile, command
 from .remote import ask_one_token
 
 log = logging.getLogger(__name__)
@@ -462,7 +463,12 @@ class Servers:
         how = f"exit code {code}" if code is not None and code >= 0 else (
             f"killed by signal {-code}" if code is not None else "exit code unknown (started by an earlier run)")
         tail = self.log_tail(server.profile.id, lines=12)
-        self._set(server, FAILED, f"The server stopped on its own ({how}).", exit_code=code)
+        message = f"The server stopped on its own ({how})."
+        if server.profile.kind == DISTRIBUTED:
+            # mlx.launch's own exit says little (a traceback of its cleanup): the rank that died first is the news.
+            rank = dead_rank(self.log_tail(server.profile.id, lines=200), server.profile.hosts)
+            message = f"{rank[0].upper()}{rank[1:]}; mlx.launch stopped the other ranks." if rank else message
+        self._set(server, FAILED, message, exit_code=code)
         self.records.remove(server.profile.id)
         log.warning("%s failed (%s); last log lines:\n%s", server.profile.name, how, tail)
 
@@ -491,5 +497,5 @@ class Servers:
 def probe(profile: ServerProfile, timeout: float = 30.0) -> tuple[str | None, bool]:
     """(None, _) if the server answers a one-token chat completion; else (what went wrong, whether waiting
     longer cannot help: an error answer rather than no answer yet)."""
-    return ask_one_token(profile.url, profile.api_key, "default_model" if profile.kind == TEXT else profile.model,
+    return ask_one_token(profile.url, profile.api_key, "default_model" if profile.kind != VISION else profile.model,
                          timeout)

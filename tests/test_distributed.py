@@ -1,0 +1,89 @@
+"""The demo model served by three real `mlx.launch` ranks on this machine (hosts 127.0.0.1, which mlx.launch starts
+without ssh), supervised like one server: refused before start when it cannot split, ready when rank 0 answers,
+the same greedy words as one process, a killed rank named, Stop leaves no rank behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlx_gradio.errors import ProfileInvalid
+from mlx_gradio.serving.profiles import DISTRIBUTED, check_profile, command, new_profile
+from mlx_gradio.serving.supervisor import FAILED, READY, STOPPED, Servers
+from mlx_gradio.store import Store
+
+from .test_servers import wait_state
+
+PARIS = [{"role": "user", "content": "What is the capital of France?"}]
+THREE = "127.0.0.1\n127.0.0.1\n127.0.0.1"
+
+
+@pytest.fixture
+def servers(tmp_path: Path):
+    supervisor = Servers(tmp_path / "logs", tmp_path / "hf", Store(tmp_path / "data").running_servers,
+                         ready_timeout=300)
+    yield supervisor
+    supervisor.shutdown()
+
+
+def ranks_of(pid: int) -> list[psutil.Process]:
+    """The `mlx_lm.server` ranks `mlx.launch` (at `pid`) started."""
+    return [p for p in psutil.Process(pid).children(recursive=True) if "mlx_lm.server" in " ".join(p.cmdline())]
+
+
+def one_process_answer(model: Path) -> str:
+    """The greedy answer of mlx-lm in this process, as one process serves it."""
+    from mlx_lm import generate, load
+
+    loaded, tokenizer = load(str(model))
+    prompt = tokenizer.apply_chat_template(PARIS, add_generation_prompt=True)
+    return generate(loaded, tokenizer, prompt, max_tokens=12)
+
+
+def test_two_ranks_of_the_demo_model_are_refused_before_anything_starts(demo_model: Path):
+    profile = replace(new_profile("split", str(demo_model)), kind=DISTRIBUTED, hosts="127.0.0.1\n127.0.0.1")
+    with pytest.raises(ProfileInvalid, match=r"9 attention heads and 3 key-value heads.*\(3 would\)"):
+        check_profile(profile)
+    with pytest.raises(ProfileInvalid, match="has no pipeline support"):
+        check_profile(replace(profile, hosts=THREE, split_mode="pipeline"))
+
+
+def test_three_local_ranks_answer_as_one_process_does_and_stop_leaves_none(servers, demo_model: Path):
+    from openai import OpenAI
+
+    profile = check_profile(replace(new_profile("split", str(demo_model)), kind=DISTRIBUTED, hosts=THREE))
+    assert command(profile)[1:5] == ["--backend", "ring", "--hosts", "127.0.0.1,127.0.0.1,127.0.0.1"]
+    status = servers.start(profile)
+    ready = wait_state(servers, profile.id, (READY, FAILED), timeout=300)
+    assert ready.state == READY, servers.log_tail(profile.id)
+    ranks = ranks_of(status.pid)
+    assert len(ranks) == 3
+    answer = OpenAI(base_url=profile.url, api_key="not-needed").chat.completions.create(
+        model="default_model", messages=PARIS, max_tokens=12, temperature=0)
+    assert "Paris" in answer.choices[0].message.content
+    assert answer.choices[0].message.content == one_process_answer(demo_model)  # tensor parallel, same tokens
+    servers.stop(profile.id)
+    assert servers.get(profile.id).state == STOPPED
+    assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not psutil.pid_exists(status.pid) or psutil.Process(status.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_killed_rank_fails_the_server_naming_it_and_the_others_go(servers, demo_model: Path):
+    profile = check_profile(replace(new_profile("split", str(demo_model)), kind=DISTRIBUTED, hosts=THREE))
+    status = servers.start(profile)
+    assert wait_state(servers, profile.id, (READY, FAILED), timeout=300).state == READY, servers.log_tail(profile.id)
+    ranks = sorted(ranks_of(status.pid), key=lambda p: p.create_time())
+    victim = next(p for p in ranks if p.environ().get("MLX_RANK") == "1")
+    os.kill(victim.pid, signal.SIGKILL)
+    failed = wait_state(servers, profile.id, (FAILED,), timeout=60)
+    assert failed.message.startswith("Rank 1 on 127.0.0.1 was killed by SIGKILL"), failed.message
+    deadline = time.monotonic() + 30
+    while [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+        assert time.monotonic() < deadline, "a rank outlived the one that died"
+        time.sleep(0.1)
