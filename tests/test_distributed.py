@@ -87,3 +87,48 @@ def test_a_killed_rank_fails_the_server_naming_it_and_the_others_go(servers, dem
     while [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
         assert time.monotonic() < deadline, "a rank outlived the one that died"
         time.sleep(0.1)
+
+
+def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_stopped(start_app, browser_page):
+    from .test_browser import ARTIFACTS, short_replies, wait_for_reply
+
+    app = start_app(demo=True)
+    short_replies(app)
+    page = browser_page
+    page.goto(app.url)
+    page.get_by_role("tab", name="Servers").click()
+    page.wait_for_function("document.querySelector('#server-name input')?.value.includes('SmolLM2')", timeout=60_000)
+    page.locator("#server-kind").get_by_label("distributed").check()
+    hosts = page.locator("#server-hosts textarea")
+    hosts.fill("127.0.0.1\n127.0.0.1")
+    page.locator("#server-plan-check").click()
+    page.wait_for_function("document.querySelector('#server-plan')?.innerText.includes('Cannot split')",
+                           timeout=60_000)
+    assert "9 attention heads" in page.locator("#server-plan").inner_text()
+    hosts.fill(THREE)
+    page.locator("#server-plan-check").click()
+    page.wait_for_function("document.querySelector('#server-plan')?.innerText.includes('splits and fits')",
+                           timeout=60_000)
+    shown = page.locator("#server-plan").inner_text()
+    assert "rank 2 on 127.0.0.1" in shown and "this machine" in shown and "mlx-lm" in shown
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "distributed.png"), full_page=True)
+    page.locator("#server-start").click()
+    page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('● ready')", timeout=300_000)
+    [status] = app.controller.servers.servers.list()
+    ranks = ranks_of(status.pid)
+    assert len(ranks) == 3
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#model-picker input").click()
+    page.get_by_role("option", name="server of this app").click()
+    page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('answers from')",
+                           timeout=60_000)
+    box = page.locator("#chat-input textarea")
+    box.fill("What is the capital of France?")
+    box.press("Enter")
+    wait_for_reply(page, "Paris", timeout_s=300)
+    page.get_by_role("tab", name="Servers").click()
+    page.locator("#server-stop").click()
+    page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('stopped')", timeout=60_000)
+    assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not page.locator(".toast-body.error").count()

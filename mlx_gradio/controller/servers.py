@@ -11,7 +11,17 @@ from typing import Any
 import gradio as gr
 
 from .. import errors
-from ..serving.profiles import VISION, ServerProfile, check_profile, model_kind, new_profile, next_free_port
+from ..serving.distributed_hosts import versions_table
+from ..serving.distributed_plan import describe
+from ..serving.profiles import (
+    VISION,
+    ServerProfile,
+    check_profile,
+    model_kind,
+    new_profile,
+    next_free_port,
+    split_report,
+)
 from ..serving.remote import ENDPOINT_PREFIX, SERVER_PREFIX, RemoteTarget
 from ..serving.supervisor import READY, Servers, ServerStatus, Usage
 from ..store import Store
@@ -88,6 +98,17 @@ class ServersPart:
             profile = self._profile(profile_id)
             checked = check_profile(profile, in_use=self.servers.ports_in_use(besides=profile.id))
             return self.servers.start(checked)
+
+    def plan(self, fields: dict[str, Any], request: gr.Request) -> str:
+        """Handler: a distributed profile's plan as the form has it, before anything starts: each rank's share and
+        the hosts' versions side by side, or why it cannot run."""
+        with user_errors("plan the split"):
+            self.access.require_owner(self.access.caller(request), "plan servers")
+            split, facts, problems = split_report(self._from_fields(fields))
+        if not split.ok:
+            return f"**Cannot split:** {' '.join(problems)}"
+        verdict = ("**Cannot start:** " + " ".join(problems)) if problems else "**The model splits and fits.**"
+        return f"{verdict}\n\n{describe(split)}\n\n{versions_table(facts)}"
 
     def stop(self, profile_id: Any, request: gr.Request) -> ServerStatus:
         """Handler: stop a server (SIGTERM to its process group, SIGKILL after ten seconds)."""
@@ -225,7 +246,9 @@ class ServersPart:
                 allowed_origins=str(fields.get("allowed_origins") or "").strip(),
                 start_with_app=bool(fields.get("start_with_app")), keep_running=bool(fields.get("keep_running")),
                 restart_when_stuck=bool(fields.get("restart_when_stuck")),
-                network_ok=bool(fields.get("network_ok")))
+                network_ok=bool(fields.get("network_ok")), hosts=str(fields.get("hosts") or base.hosts),
+                split_mode=str(fields.get("split_mode") or base.split_mode),
+                backend=str(fields.get("backend") or base.backend))
         except (TypeError, ValueError) as exc:
             raise errors.ProfileInvalid(f"A number in the profile is not a number ({exc}).") from exc
         if not profile.name:

@@ -22,8 +22,8 @@ from pathlib import Path
 from ..errors import ModelNotFound, ProfileInvalid
 from ..models.folders import context_length, read_config
 from ..net import is_loopback
-from .distributed_hosts import check_hosts
-from .distributed_plan import PIPELINE, TENSOR, describe, parse_hosts, plan_split
+from .distributed_hosts import HostFacts, check_hosts
+from .distributed_plan import PIPELINE, TENSOR, SplitPlan, parse_hosts, plan_split
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +166,10 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
     return replace(profile, name=profile.name.strip(), port=int(profile.port))
 
 
-def check_split(profile: ServerProfile) -> None:
-    """A distributed profile's plan and hosts, checked before anything starts: the model splits that way, every
-    host answers with this machine's versions, holds the model and has the memory for its ranks."""
+def split_report(profile: ServerProfile) -> tuple[SplitPlan, list[HostFacts], list[str]]:
+    """A distributed profile's plan, its hosts' facts, and why it cannot run (empty: it can): the model must split
+    that way, and every host answer with this machine's versions, hold the model and have the memory for its
+    ranks (the hosts are asked only for a plan that can work). Unreadable hosts raise `ProfileInvalid`."""
     if profile.backend not in BACKENDS:
         raise ProfileInvalid(f"The backend must be one of {', '.join(BACKENDS)}.")
     if profile.split_mode not in (TENSOR, PIPELINE):
@@ -179,8 +180,14 @@ def check_split(profile: ServerProfile) -> None:
         raise ProfileInvalid(f"The hosts cannot be read: {exc}") from exc
     plan = plan_split(profile.model, hosts, profile.split_mode, context_length(read_config(profile.model)))
     if not plan.ok:
-        raise ProfileInvalid(describe(plan))
-    _, problems = check_hosts(plan, sys.executable, profile.model)
+        return plan, [], list(plan.problems)
+    facts, problems = check_hosts(plan, sys.executable, profile.model)
+    return plan, facts, problems
+
+
+def check_split(profile: ServerProfile) -> None:
+    """Raises `ProfileInvalid` with every reason a distributed profile cannot run."""
+    _, _, problems = split_report(profile)
     if problems:
         raise ProfileInvalid(" ".join(problems))
 

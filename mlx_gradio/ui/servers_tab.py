@@ -11,7 +11,8 @@ from typing import Any
 import gradio as gr
 
 from ..controller import Controller
-from ..serving.profiles import TEXT, VISION, ServerProfile
+from ..serving.distributed_plan import PIPELINE, TENSOR
+from ..serving.profiles import BACKENDS, DISTRIBUTED, TEXT, VISION, ServerProfile
 from . import server_render
 from .api_panel import build_api_panel
 from .chat_events import ChatHandles, picker_choices
@@ -19,7 +20,7 @@ from .fields import checked
 
 FIELDS = ("name", "model", "kind", "host", "port", "max_tokens", "temperature", "top_p", "prompt_cache_size",
           "api_key", "extra_args", "allowed_origins", "start_with_app", "keep_running", "restart_when_stuck",
-          "network_ok")
+          "network_ok", "hosts", "split_mode", "backend")
 TAB_ID = "servers"
 
 
@@ -88,6 +89,14 @@ class ServersEvents:
         choices, profile_id = self.save(request, profile_id, *values)
         self.controller.servers.restart(profile_id, request)
         return choices, profile_id, *self.watch(request, profile_id)
+
+    def plan(self, request: gr.Request, profile_id: str, *values: Any) -> str:
+        return self.controller.servers.plan({"id": profile_id, **dict(zip(FIELDS, values, strict=True))}, request)
+
+    @staticmethod
+    def kind_changed(kind: str) -> dict:
+        """The hosts, split and backend show for a distributed profile only."""
+        return gr.update(visible=kind == DISTRIBUTED)
 
     def duplicate(self, request: gr.Request, profile_id: str) -> tuple:
         copy = self.controller.servers.duplicate(profile_id, request)
@@ -200,7 +209,20 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
                 delete = gr.Button("Delete profile", variant="stop", size="sm", min_width=60)
             name = gr.Textbox(label="Name", max_lines=1, elem_id="server-name")
             model = gr.Dropdown(label="Model", choices=[], elem_id="server-model")
-            kind = gr.Radio([TEXT, VISION], label="Server (text: mlx_lm.server, vision: mlx_vlm.server)")
+            kind = gr.Radio([TEXT, VISION, DISTRIBUTED], elem_id="server-kind",
+                            label="Server (text: mlx_lm.server, vision: mlx_vlm.server, distributed: mlx_lm.server "
+                                  "over several machines with mlx.launch)")
+            with gr.Group(visible=False) as split_group:
+                hosts = gr.Textbox(label="Hosts, one per rank (rank 0 first, answering on the host and port below)",
+                                   lines=3, placeholder="127.0.0.1\n127.0.0.1\n127.0.0.1", elem_id="server-hosts",
+                                   info="ssh names or addresses reachable without a password; 127.0.0.1 for a rank "
+                                        "on this machine; or a hostfile's JSON")
+                with gr.Row():
+                    split_mode = gr.Radio([TENSOR, PIPELINE], label="Split", value=TENSOR)
+                    backend = gr.Radio(list(BACKENDS), label="Backend (ring: TCP; jaccl: RDMA over Thunderbolt 5)",
+                                       value="ring")
+                check_plan = gr.Button("Check the plan", size="sm", elem_id="server-plan-check")
+                plan = gr.Markdown(elem_id="server-plan")
             with gr.Row():
                 host = gr.Textbox(label="Host", max_lines=1, info="127.0.0.1: this machine only")
                 port = checked(gr.Number(label="Port", precision=0, minimum=1024, maximum=65535, elem_id="server-port"))
@@ -252,7 +274,8 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     held = gr.State([])
 
     fields = [name, model, kind, host, port, max_tokens, temperature, top_p, prompt_cache_size, api_key,
-              extra_args, allowed_origins, start_with_app, keep_running, restart_when_stuck, network_ok]
+              extra_args, allowed_origins, start_with_app, keep_running, restart_when_stuck, network_ok, hosts,
+              split_mode, backend]
     form = [profile_id, *fields]
     view = [live, log, calling]
     blocks.load(events.load, None, [profile, model, *form, engine, idle, budget, endpoint_list, endpoint_pick],
@@ -260,6 +283,8 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     profile.input(events.pick, profile, form, api_visibility="private").then(
         events.watch, profile_id, view, api_visibility="private")
     new.click(events.new, None, [profile, *form], api_name="server_draft")
+    kind.change(events.kind_changed, kind, split_group, api_visibility="private")
+    check_plan.click(events.plan, form, plan, api_name="plan_server")
     duplicate.click(events.duplicate, profile_id, [profile, *form], api_name="duplicate_server_profile")
     save.click(events.save, form, [profile, profile_id], api_name="save_server_profile")
     start.click(events.start, form, [profile, profile_id, *view], api_name="start_server")
