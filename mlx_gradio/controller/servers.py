@@ -246,7 +246,7 @@ class ServersPart:
                 allowed_origins=str(fields.get("allowed_origins") or "").strip(),
                 start_with_app=bool(fields.get("start_with_app")), keep_running=bool(fields.get("keep_running")),
                 restart_when_stuck=bool(fields.get("restart_when_stuck")),
-                network_ok=bool(fields.get("network_ok")), hosts=str(fields.get("hosts") or base.hosts),
+                network_ok=bool(fields.get("network_ok")), hosts=str(fields.get("hosts", base.hosts) or ""),
                 split_mode=str(fields.get("split_mode") or base.split_mode),
                 backend=str(fields.get("backend") or base.backend))
         except (TypeError, ValueError) as exc:
