@@ -322,3 +322,14 @@ def tiny_tool_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlx_gradio.testing.tiny_tools import build_tiny_tool_llama
 
     return build_tiny_tool_llama(tmp_path_factory.mktemp("models") / "tiny-tool-llama")
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator:
+    """A server supervisor of its own (logs, HF cache and running-server records under `tmp_path`)."""
+    from mlx_gradio.serving.supervisor import Servers
+
+    supervisor = Servers(tmp_path / "logs", tmp_path / "hf", Store(tmp_path / "data").running_servers,
+                         ready_timeout=300)
+    yield supervisor
+    supervisor.shutdown()

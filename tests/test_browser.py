@@ -26,6 +26,19 @@ def bot_text(page) -> str:
     return bots.last.inner_text() if bots.count() else ""
 
 
+def ask_through_the_server(page, needle: str, timeout_s: float = 180) -> list[str]:
+    """In the Chat tab, pick the ready server of this app, ask for France's capital and wait for `needle`."""
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#model-picker input").click()
+    page.get_by_role("option", name="server of this app").click()
+    page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('answers from')",
+                           timeout=60_000)
+    box = page.locator("#chat-input textarea")
+    box.fill("What is the capital of France?")
+    box.press("Enter")
+    return wait_for_reply(page, needle, timeout_s)
+
+
 def wait_for_reply(page, needle: str, timeout_s: float = 180) -> list[str]:
     """Poll the last bot message until it shows `needle` and the stats line is under it; return what was seen."""
     seen: list[str] = []

@@ -15,21 +15,12 @@ import pytest
 
 from mlx_gradio.errors import ProfileInvalid
 from mlx_gradio.serving.profiles import DISTRIBUTED, check_profile, command, new_profile
-from mlx_gradio.serving.supervisor import FAILED, READY, STOPPED, Servers
-from mlx_gradio.store import Store
+from mlx_gradio.serving.supervisor import FAILED, READY, STOPPED
 
 from .test_servers import wait_state
 
 PARIS = [{"role": "user", "content": "What is the capital of France?"}]
 THREE = "127.0.0.1\n127.0.0.1\n127.0.0.1"
-
-
-@pytest.fixture
-def servers(tmp_path: Path):
-    supervisor = Servers(tmp_path / "logs", tmp_path / "hf", Store(tmp_path / "data").running_servers,
-                         ready_timeout=300)
-    yield supervisor
-    supervisor.shutdown()
 
 
 def ranks_of(pid: int) -> list[psutil.Process]:
@@ -90,7 +81,7 @@ def test_a_killed_rank_fails_the_server_naming_it_and_the_others_go(servers, dem
 
 
 def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_stopped(start_app, browser_page):
-    from .test_browser import ARTIFACTS, short_replies, wait_for_reply
+    from .test_browser import ARTIFACTS, ask_through_the_server, short_replies
 
     app = start_app(demo=True)
     short_replies(app)
@@ -118,15 +109,7 @@ def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_s
     [status] = app.controller.servers.servers.list()
     ranks = ranks_of(status.pid)
     assert len(ranks) == 3
-    page.get_by_role("tab", name="Chat").click()
-    page.locator("#model-picker input").click()
-    page.get_by_role("option", name="server of this app").click()
-    page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('answers from')",
-                           timeout=60_000)
-    box = page.locator("#chat-input textarea")
-    box.fill("What is the capital of France?")
-    box.press("Enter")
-    wait_for_reply(page, "Paris", timeout_s=300)
+    ask_through_the_server(page, "Paris", timeout_s=300)
     page.get_by_role("tab", name="Servers").click()
     page.locator("#server-stop").click()
     page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('stopped')", timeout=60_000)

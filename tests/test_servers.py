@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -19,14 +18,6 @@ from mlx_gradio.errors import ProfileInvalid
 from mlx_gradio.serving.profiles import ServerProfile, check_profile, command, extra_args, new_profile, port_holder
 from mlx_gradio.serving.supervisor import FAILED, READY, STOPPED, Servers
 from mlx_gradio.store import Store
-
-
-@pytest.fixture
-def servers(tmp_path: Path):
-    supervisor = Servers(tmp_path / "logs", tmp_path / "hf", Store(tmp_path / "data").running_servers,
-                         ready_timeout=240)
-    yield supervisor
-    supervisor.shutdown()
 
 
 def wait_state(servers: Servers, profile_id: str, states: tuple[str, ...], timeout: float = 240.0):

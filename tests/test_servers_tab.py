@@ -5,7 +5,7 @@ from __future__ import annotations
 import psutil
 
 from mlx_gradio.serving.profiles import port_holder
-from tests.test_browser import ARTIFACTS, short_replies, wait_for_reply
+from tests.test_browser import ARTIFACTS, ask_through_the_server, short_replies
 
 
 def test_start_watch_call_and_stop_a_server_from_the_tab(start_app, browser_page):
@@ -37,16 +37,7 @@ def test_start_watch_call_and_stop_a_server_from_the_tab(start_app, browser_page
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "servers.png"), full_page=True)
     # The ready server is in the Chat tab's model list without a reload; the chat answers through it.
-    page.get_by_role("tab", name="Chat").click()
-    picker = page.locator("#model-picker input")
-    picker.click()
-    page.get_by_role("option", name="server of this app").click()
-    page.wait_for_function("document.querySelector('#model-status')?.innerText.includes('answers from')",
-                           timeout=30_000)
-    box = page.locator("#chat-input textarea")
-    box.fill("What is the capital of France?")
-    box.press("Enter")
-    wait_for_reply(page, "")
+    ask_through_the_server(page, "")
     assert "tiny-random-llama" in page.locator("#reply-stats-line").inner_text()  # named after the server
     page.get_by_role("tab", name="Servers").click()
     [status] = app.controller.servers.servers.list()
