@@ -475,12 +475,12 @@ def test_a_function_call_round_trip_through_the_responses_api(make_controller, t
 
 def test_a_second_model_loads_on_demand_the_least_recently_used_makes_room_and_a_ttl_unloads_one(
         make_controller, tiny_llama: Path, tiny_tool_llama: Path, tiny_thinking: Path):
-    from mlx_gradio.engine.loaded_models import folder_weight_bytes
+    from mlx_gradio.models.folders import folder_size
 
     controller = make_controller()
     settings = controller.store.settings
     settings.update_app(model_folders=[*settings.app()["model_folders"], str(tiny_tool_llama), str(tiny_thinking)])
-    sizes = [folder_weight_bytes(m) for m in (tiny_llama, tiny_tool_llama, tiny_thinking)]
+    sizes = [folder_size(m) for m in (tiny_llama, tiny_tool_llama, tiny_thinking)]
     controller.settings.save_memory_budget((sizes[0] + sizes[1] + sizes[2] * 0.75) / 1e9, OWNER)  # room for two
     client = client_for(api_on(controller))
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from mlx_gradio.engine.jobs import ChatMessage, ChatRequest, SamplingParams
-from mlx_gradio.engine.loaded_models import folder_weight_bytes
 from mlx_gradio.engine.thread import Engine
 from mlx_gradio.errors import ModelTooLarge
+from mlx_gradio.models.folders import folder_size
 
 SHORT = SamplingParams(temperature=0.0, max_tokens=4)
 HELLO = (ChatMessage("user", "Hello"),)
@@ -44,7 +44,7 @@ def three(tiny_llama: Path, tiny_thinking: Path, tiny_tool_llama: Path) -> list[
 
 def test_two_models_stay_loaded_and_the_least_recently_used_makes_room_for_a_third(three: list[Path]):
     a, b, c = three
-    sizes = [folder_weight_bytes(m) for m in three]
+    sizes = [folder_size(m) for m in three]
     # Room for two models and their caches, not for three.
     engine = Engine(memory_budget=sizes[0] + sizes[1] + int(sizes[2] * 0.75))
     try:
@@ -67,7 +67,7 @@ def test_two_models_stay_loaded_and_the_least_recently_used_makes_room_for_a_thi
 
 def test_a_pinned_model_stays_and_a_model_that_cannot_fit_is_refused_with_the_sizes(three: list[Path]):
     a, b, c = three
-    sizes = [folder_weight_bytes(m) for m in three]
+    sizes = [folder_size(m) for m in three]
     engine = Engine(memory_budget=sizes[0] + sizes[1] + int(sizes[2] * 0.75))
     try:
         engine.set_pinned({str(a)}).result()

@@ -19,10 +19,10 @@ from PIL import Image, ImageOps
 
 from ..errors import ImageNeedsVisionModel
 from ..models.fit import gb
-from ..models.folders import context_length, model_name, read_config
+from ..models.folders import context_length, folder_size, model_name, read_config
 from .context import fit_prompt
 from .jobs import ChatMessage, ChatRequest, Generation, GenerationEvent, GenerationStats, SamplingParams
-from .loaded_models import LoadedModel, LoadedModels, ModelInMemory, folder_weight_bytes, load_model
+from .loaded_models import LoadedModel, LoadedModels, ModelInMemory, load_model
 from .prompt_cache import CachedPrompt, ConversationCaches, common_prefix_length
 from .prompt_files import PromptFiles
 from .reasoning import THINK_END, THINK_START, ThinkSplitter, opens_thinking, reply_text
@@ -241,7 +241,7 @@ class Worker:
             return loaded
         read_config(path)  # a missing or broken folder fails here, before any model is dropped
         name = model_name(path)
-        for victim in self.models.make_room(name, folder_weight_bytes(path), self.caches.nbytes_of):
+        for victim in self.models.make_room(name, folder_size(Path(path)), self.caches.nbytes_of):
             self.unload(victim, f"to make room for {name}")
         self.set_status(state="loading", model_path=path, model_name=name, message=f"Loading {name}…")
         started = time.perf_counter()

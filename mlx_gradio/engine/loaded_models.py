@@ -17,9 +17,6 @@ from ..models.folders import model_name, read_config
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".safetensors",)
-
-
 @dataclass
 class LoadedModel:
     """A model in memory with its tokenizer (text) or processor (vision), and what the engine keeps for it."""
@@ -76,11 +73,6 @@ def load_model(path: str) -> LoadedModel:
     weights = sum(int(array.nbytes) for _, array in tree_flatten(model.parameters()))
     return LoadedModel(str(folder), model_name(folder), vision, model, processor, config, weights,
                        last_used=time.time())
-
-
-def folder_weight_bytes(path: str | Path) -> int:
-    """The bytes of a model folder's weight files (what loading it will take, before its caches)."""
-    return sum(f.stat().st_size for f in Path(path).iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
 
 
 class LoadedModels:

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,13 +103,17 @@ def header_sizes(folder: Path) -> dict[str, int]:
 
 
 def split_support(config: dict) -> tuple[bool, bool]:
-    """(tensor parallel, pipeline parallel): what mlx-lm's class for this architecture can do, read from a model
-    built lazily (its arrays are never evaluated: no memory)."""
+    """(tensor parallel, pipeline parallel): what mlx-lm's classes for this architecture can do, read from the
+    classes themselves (no model is built: that would make MLX arrays on a handler's thread). Pipeline support
+    is mlx-lm's PipelineMixin on a class of the architecture's module, as its inner model has it."""
+    from mlx_lm.models.pipeline import PipelineMixin
     from mlx_lm.utils import _get_classes
 
-    model_class, args_class = _get_classes(config)
-    model = model_class(args_class.from_dict(config))
-    return hasattr(model, "shard"), hasattr(getattr(model, "model", None), "pipeline")
+    model_class, _ = _get_classes(config)
+    module = sys.modules[model_class.__module__]
+    pipelined = any(isinstance(kind, type) and issubclass(kind, PipelineMixin) and kind is not PipelineMixin
+                    for kind in vars(module).values())
+    return hasattr(model_class, "shard"), pipelined
 
 
 def pipeline_layers(layers: int, ranks: int) -> list[tuple[int, int]]:
