@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from mlx_gradio.errors import ProfileInvalid
-from mlx_gradio.serving.profiles import DISTRIBUTED, check_profile, command, new_profile
+from mlx_gradio.serving.profiles import DISTRIBUTED, check_profile, new_profile
 from mlx_gradio.serving.supervisor import FAILED, READY, STOPPED
 
 from .test_servers import wait_state
@@ -24,8 +24,9 @@ THREE = "127.0.0.1\n127.0.0.1\n127.0.0.1"
 
 
 def ranks_of(pid: int) -> list[psutil.Process]:
-    """The `mlx_lm.server` ranks `mlx.launch` (at `pid`) started."""
-    return [p for p in psutil.Process(pid).children(recursive=True) if "mlx_lm.server" in " ".join(p.cmdline())]
+    """The `mlx_lm.server` ranks `mlx.launch` (at `pid`) started (not the shell that wraps each)."""
+    return [p for p in psutil.Process(pid).children(recursive=True)
+            if p.name() != "bash" and "mlx_lm.server" in " ".join(p.cmdline())]
 
 
 def one_process_answer(model: Path) -> str:
@@ -49,8 +50,9 @@ def test_three_local_ranks_answer_as_one_process_does_and_stop_leaves_none(serve
     from openai import OpenAI
 
     profile = check_profile(replace(new_profile("split", str(demo_model)), kind=DISTRIBUTED, hosts=THREE))
-    assert command(profile)[1:5] == ["--backend", "ring", "--hosts", "127.0.0.1,127.0.0.1,127.0.0.1"]
     status = servers.start(profile)
+    launched = psutil.Process(status.pid).cmdline()
+    assert launched[2:4] == ["--backend", "ring"] and "--hostfile" in launched and "--starting-port" in launched
     ready = wait_state(servers, profile.id, (READY, FAILED), timeout=300)
     assert ready.state == READY, servers.log_tail(profile.id)
     ranks = ranks_of(status.pid)
@@ -78,6 +80,34 @@ def test_a_killed_rank_fails_the_server_naming_it_and_the_others_go(servers, dem
     while [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
         assert time.monotonic() < deadline, "a rank outlived the one that died"
         time.sleep(0.1)
+
+
+def test_a_stopped_rank_is_named_not_answering_and_the_job_started_again(tmp_path: Path, demo_model: Path):
+    """SIGSTOP makes a rank alive and silent, as a wedged peer is: rank 0 waits on it forever."""
+    from mlx_gradio.serving.supervisor import Servers
+    from mlx_gradio.store import Store
+
+    watched = Servers(tmp_path / "logs", tmp_path / "hf", Store(tmp_path / "data").running_servers,
+                      ready_timeout=300, probe_every=2.0, probe_timeout=20.0)
+    try:
+        profile = check_profile(replace(new_profile("split", str(demo_model)), kind=DISTRIBUTED, hosts=THREE,
+                                        restart_when_stuck=True))
+        first = watched.start(profile)
+        assert wait_state(watched, profile.id, (READY, FAILED), timeout=300).state == READY
+        ranks = ranks_of(first.pid)
+        victim = next(p for p in ranks if p.environ().get("MLX_RANK") == "2")
+        os.kill(victim.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 300
+        while (status := watched.get(profile.id)).pid == first.pid or status.state not in (READY, FAILED):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert status.state == READY, status
+        assert status.message.startswith("Started again: Rank 2 on 127.0.0.1 not answering (its process is "
+                                         "stopped)"), status.message
+        assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # the old job
+        assert len(ranks_of(status.pid)) == 3
+    finally:
+        watched.shutdown()
 
 
 def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_stopped(start_app, browser_page):
@@ -109,6 +139,14 @@ def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_s
     [status] = app.controller.servers.servers.list()
     ranks = ranks_of(status.pid)
     assert len(ranks) == 3
+    # Each rank's own row: its host, its pid (the one running there), its state, CPU, memory and last lines.
+    page.wait_for_function("document.querySelectorAll('#servers-live .server-ranks tbody tr').length === 3 && "
+                           "[...document.querySelectorAll('#servers-live .server-ranks tbody tr')]"
+                           ".every(r => r.cells[2].innerText.trim())", timeout=60_000)
+    rows = page.locator("#servers-live .server-ranks tbody tr")
+    assert {int(rows.nth(i).locator("td").nth(2).inner_text()) for i in range(3)} == {p.pid for p in ranks}
+    assert rows.nth(1).locator("td").nth(1).inner_text() == "127.0.0.1"
+    page.screenshot(path=str(ARTIFACTS / "distributed-ranks.png"), full_page=True)
     ask_through_the_server(page, "Paris", timeout_s=300)
     page.get_by_role("tab", name="Servers").click()
     page.locator("#server-stop").click()

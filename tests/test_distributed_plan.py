@@ -16,10 +16,10 @@ from mlx_gradio.serving.distributed_plan import (
     TENSOR,
     describe,
     header_sizes,
-    hostfile,
     parse_hosts,
     pipeline_layers,
     plan_split,
+    ring_hostfile,
 )
 
 LOCAL3 = ["127.0.0.1"] * 3
@@ -100,10 +100,15 @@ def test_the_layer_split_is_mlx_lms_own():
 
 
 def test_hosts_are_read_from_lines_commas_or_a_hostfile():
-    assert parse_hosts("127.0.0.1\n127.0.0.1, 10.0.0.2\n\n") == ["127.0.0.1", "127.0.0.1", "10.0.0.2"]
-    written = hostfile(["mac-a.local", "10.0.0.2"])
-    assert written == [{"ssh": "mac-a.local", "ips": ["mac-a.local"]}, {"ssh": "10.0.0.2", "ips": ["10.0.0.2"]}]
-    assert parse_hosts(json.dumps(written)) == ["mac-a.local", "10.0.0.2"]
+    assert parse_hosts("localhost\n127.0.0.1, 10.0.0.2\n\n") == ["127.0.0.1", "127.0.0.1", "10.0.0.2"]
+    # mlx.launch's ring listens on addresses: a name is resolved, a hostfile's own addresses are kept.
+    assert ring_hostfile("localhost\n10.0.0.2") == [{"ssh": "127.0.0.1", "ips": ["127.0.0.1"]},
+                                                     {"ssh": "10.0.0.2", "ips": ["10.0.0.2"]}]
+    written = [{"ssh": "mac-a.local", "ips": ["192.168.1.12"]}, {"ssh": "me@10.0.0.2", "ips": ["10.0.0.2"]}]
+    assert ring_hostfile(json.dumps(written)) == written
+    assert parse_hosts(json.dumps(written)) == ["mac-a.local", "me@10.0.0.2"]
+    with pytest.raises(ValueError, match="no-such-host.invalid does not resolve"):
+        ring_hostfile("no-such-host.invalid")
     with pytest.raises(ValueError, match="not a host name"):
         parse_hosts("good-host\nbad host; rm -rf /")
     with pytest.raises(ValueError, match="not JSON"):

@@ -13,6 +13,7 @@ import gradio as gr
 from .. import errors
 from ..serving.distributed_hosts import versions_table
 from ..serving.distributed_plan import describe
+from ..serving.distributed_ranks import RankFacts
 from ..serving.profiles import (
     VISION,
     ServerProfile,
@@ -130,6 +131,12 @@ class ServersPart:
         with user_errors("show the servers"):
             self.access.require_owner(self.access.caller(request), "see servers")
         return [(status, self.servers.usage(status.profile_id)) for status in self.servers.list()]
+
+    def ranks(self, profile_id: Any, request: gr.Request) -> list[RankFacts]:
+        """Handler: a distributed server's ranks (host, pid, state, CPU, memory, log tail) as last asked."""
+        with user_errors("show the server's ranks"):
+            self.access.require_owner(self.access.caller(request), "see servers")
+        return self.servers.ranks(str(profile_id or ""))
 
     def log_tail(self, profile_id: Any, request: gr.Request) -> str:
         """Handler: the last lines of a server's log ("" for a profile not saved yet: it has run no server)."""

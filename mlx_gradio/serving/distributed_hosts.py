@@ -14,17 +14,25 @@ from importlib.metadata import version
 from pathlib import Path
 
 from ..models.fit import gb
-from .distributed_plan import LOCAL_HOSTS, SplitPlan
+from .distributed_plan import LOCAL_HOST, SplitPlan
 
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 30
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR")
-# Run on each host with its Python: the versions, the memory MLX may use, and whether the model is there.
+# Run on each host with its Python: the versions, the memory MLX may use, whether the model is there, and (for
+# rank 0's host, given an address and port) whether rank 0 can listen on that port.
 PROBE = """
-import json, os, sys
+import json, os, socket, sys
 from importlib.metadata import version
 facts = {"python": sys.version.split()[0], "model": os.path.isfile(os.path.join(sys.argv[1], "config.json"))}
+if len(sys.argv) > 3:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((sys.argv[2], int(sys.argv[3])))
+        except OSError as exc:
+            facts["port"] = exc.strerror or str(exc)
 try:
     facts["mlx"], facts["mlx_lm"] = version("mlx"), version("mlx-lm")
     import mlx.core as mx
@@ -48,6 +56,7 @@ class HostFacts:
     mlx_lm: str = ""
     memory_bytes: int = 0
     has_model: bool = False
+    port_problem: str = ""  # rank 0's host only: why its HTTP port cannot be listened on ("" when it can)
 
 
 def this_machine() -> HostFacts:
@@ -55,17 +64,24 @@ def this_machine() -> HostFacts:
     return HostFacts("this machine", python=sys.version.split()[0], mlx=version("mlx"), mlx_lm=version("mlx-lm"))
 
 
-def probe_command(host: str, python: str, model_path: str) -> list[str]:
-    """The command that asks a host for its facts: run here for a local host, else over ssh (the first `ssh` on
+def on_host(host: str, script: str) -> list[str]:
+    """The command that runs a shell `script` on a host: here for a local host, else over ssh (the first `ssh` on
     PATH, as `mlx.launch` uses), never asking for a password."""
-    local = [python, "-c", PROBE, model_path]
-    return local if host in LOCAL_HOSTS else ["ssh", *SSH_OPTIONS, host, shlex.join(local)]
+    return ["/bin/sh", "-c", script] if host == LOCAL_HOST else ["ssh", *SSH_OPTIONS, host, script]
 
 
-def probe(host: str, python: str, model_path: str, timeout: float = PROBE_TIMEOUT_S) -> HostFacts:
+def probe_command(host: str, python: str, model_path: str, listen: tuple[str, int] | None = None) -> list[str]:
+    """The command that asks a host for its facts, with the venv's Python there (and whether it can listen on
+    `listen`, an address and port)."""
+    where = [listen[0], str(listen[1])] if listen else []
+    return on_host(host, shlex.join([python, "-c", PROBE, model_path, *where]))
+
+
+def probe(host: str, python: str, model_path: str, listen: tuple[str, int] | None = None,
+          timeout: float = PROBE_TIMEOUT_S) -> HostFacts:
     """Ask one host for its facts."""
     try:
-        done = subprocess.run(probe_command(host, python, model_path), capture_output=True, text=True,
+        done = subprocess.run(probe_command(host, python, model_path, listen), capture_output=True, text=True,
                               timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         log.warning("Host %s did not answer within %.0f s", host, timeout)
@@ -78,20 +94,25 @@ def probe(host: str, python: str, model_path: str, timeout: float = PROBE_TIMEOU
         facts = json.loads(last[0])
     except json.JSONDecodeError:
         why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        reached = "cannot be reached over ssh without a password" if host not in LOCAL_HOSTS else "failed"
+        reached = "cannot be reached over ssh without a password" if host != LOCAL_HOST else "failed"
         log.warning("Host %s: %s (%s)", host, reached, why)
         return HostFacts(host, problem=f"{reached}: {why}")
     if facts.get("missing"):
         return HostFacts(host, problem=f"{python} there has no mlx / mlx-lm ({facts['missing']})",
                          python=facts.get("python", ""))
     return HostFacts(host, python=facts["python"], mlx=facts["mlx"], mlx_lm=facts["mlx_lm"],
-                     memory_bytes=int(facts["memory"]), has_model=bool(facts["model"]))
+                     memory_bytes=int(facts["memory"]), has_model=bool(facts["model"]),
+                     port_problem=facts.get("port", ""))
 
 
-def check_hosts(plan: SplitPlan, python: str, model_path: str | Path) -> tuple[list[HostFacts], list[str]]:
-    """Each distinct host's facts, and the sentences that say why the plan cannot run on them (empty: it can)."""
+def check_hosts(plan: SplitPlan, python: str, model_path: str | Path,
+                http: tuple[str, int] | None = None) -> tuple[list[HostFacts], list[str]]:
+    """Each distinct host's facts, and the sentences that say why the plan cannot run on them (empty: it can);
+    `http` is rank 0's address and port when rank 0 runs on another host (which is asked whether it is free)."""
     mine = this_machine()
-    facts = {host: probe(host, python, str(model_path)) for host in dict.fromkeys(plan.hosts)}
+    first = plan.hosts[0] if plan.hosts else ""
+    facts = {host: probe(host, python, str(model_path), http if host == first else None)
+             for host in dict.fromkeys(plan.hosts)}
     problems = []
     for host, found in facts.items():
         if found.problem:
@@ -102,6 +123,9 @@ def check_hosts(plan: SplitPlan, python: str, model_path: str | Path) -> tuple[l
             if theirs != ours]
         if differ:
             problems.append(f"{host} runs {', '.join(differ)}: every rank must run the same versions.")
+        if found.port_problem:
+            problems.append(f"Rank 0 on {host} cannot listen on port {http[1]} ({found.port_problem}): pick "
+                            "another port.")
         if not found.has_model:
             problems.append(f"{host} has no model at {model_path}; copy it there first (mlx_lm.share).")
         shares = [s for s in plan.shares if s.host == host]

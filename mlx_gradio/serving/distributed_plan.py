@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import struct
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,8 @@ from ..models.folders import read_config
 log = logging.getLogger(__name__)
 
 TENSOR, PIPELINE = "tensor", "pipeline"
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")  # ranks `mlx.launch` starts on this machine, without ssh
+LOCAL_HOST = "127.0.0.1"  # the one host `mlx.launch` starts a rank for on this machine, without ssh
+LOCAL_HOSTS = (LOCAL_HOST, "localhost", "::1")  # read as LOCAL_HOST
 LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 INDEX = "model.safetensors.index.json"
 
@@ -67,7 +69,15 @@ class SplitPlan:
 
 def parse_hosts(text: str) -> list[str]:
     """The hosts of a profile, one per rank: names or IPs one per line (or comma-separated), or a hostfile as
-    `mlx.distributed_config` writes it (a JSON list of `{"ssh": …, "ips": […]}`)."""
+    `mlx.distributed_config` writes it (a JSON list of `{"ssh": …, "ips": […]}`). This machine's loopback names
+    become 127.0.0.1, the one name `mlx.launch` starts a rank for without ssh."""
+    return [entry["ssh"] for entry in ring_hostfile(text, resolve=False)]
+
+
+def ring_hostfile(text: str, resolve: bool = True) -> list[dict]:
+    """`mlx.launch`'s hostfile for the profile's hosts: each rank's ssh name and the addresses its ring listens on
+    (a hostfile's own, else the host's address: the ring takes IPs, not names). Raises `ValueError` for hosts that
+    cannot be read or (with `resolve`) a name that resolves to no address."""
     text = text.strip()
     if text.startswith("["):
         try:
@@ -77,17 +87,23 @@ def parse_hosts(text: str) -> list[str]:
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("ssh"), str)
                                                     for e in entries):
             raise ValueError('A hostfile is a list of {"ssh": "host", "ips": ["address"]} entries.')
-        return [e["ssh"].strip() for e in entries]
-    hosts = [h.strip() for line in text.splitlines() for h in line.split(",") if h.strip()]
-    bad = [h for h in hosts if not re.fullmatch(r"[A-Za-z0-9_.:@\[\]-]+", h)]
+        named = [(e["ssh"].strip(), [str(ip) for ip in e.get("ips") or []]) for e in entries]
+    else:
+        named = [(h.strip(), []) for line in text.splitlines() for h in line.split(",") if h.strip()]
+    bad = [h for h, _ in named if not re.fullmatch(r"[A-Za-z0-9_.:@\[\]-]+", h)]
     if bad:
         raise ValueError(f"{bad[0]!r} is not a host name or address.")
-    return hosts
+    named = [(LOCAL_HOST if h in LOCAL_HOSTS else h, ips) for h, ips in named]
+    return [{"ssh": h, "ips": ips or ([address(h)] if resolve else [])} for h, ips in named]
 
 
-def hostfile(hosts: list[str]) -> list[dict]:
-    """`mlx.launch`'s hostfile for the hosts: each reached over ssh by its name, at that address."""
-    return [{"ssh": host, "ips": [host]} for host in hosts]
+def address(host: str) -> str:
+    """The IPv4 address of an ssh host name ("user@mac-b.local" → "192.168.1.12"); raises `ValueError`."""
+    name = host.rsplit("@", 1)[-1].strip("[]")
+    try:
+        return socket.getaddrinfo(name, None, socket.AF_INET)[0][4][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ValueError(f"{host} does not resolve to an address ({exc}); write its IP instead.") from exc
 
 
 def header_sizes(folder: Path) -> dict[str, int]:

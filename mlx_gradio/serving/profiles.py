@@ -23,13 +23,15 @@ from ..errors import ModelNotFound, ProfileInvalid
 from ..models.folders import context_length, read_config
 from ..net import is_loopback
 from .distributed_hosts import HostFacts, check_hosts
-from .distributed_plan import PIPELINE, TENSOR, SplitPlan, parse_hosts, plan_split
+from .distributed_plan import LOCAL_HOST, PIPELINE, TENSOR, SplitPlan, parse_hosts, plan_split, ring_hostfile
+from .distributed_ranks import rank_command
 
 log = logging.getLogger(__name__)
 
 TEXT, VISION, DISTRIBUTED = "text", "vision", "distributed"
 BACKENDS = ("ring", "jaccl")  # MLX's TCP ring, and RDMA over Thunderbolt 5
 FIRST_PORT = 8080
+RING_PORT = 32323  # mlx.launch's own first ring port
 # The flags the profile's own fields set (and which field): the extra arguments may not name one, nor an
 # abbreviation of one (argparse takes "--ho" for "--host"), and they come first on the command line, so the
 # profile's value is the last one given and wins either way.
@@ -38,6 +40,16 @@ RESERVED_FLAGS = {"--model": "Model", "--host": "Host", "--port": "Port", "--api
                   "--prompt-cache-size": "Prompt caches kept", "--allowed-origins": "Web pages allowed"}
 ANY_ORIGIN = "*"
 API_KEY_ENV = "MLX_VLM_SERVER_API_KEY"
+
+
+@dataclass(frozen=True)
+class RankLaunch:
+    """What a distributed server's ranks start with besides the profile: mlx.launch's hostfile (written before the
+    start), the first of the ring's ports, and the Hugging Face cache folder on each host."""
+
+    hostfile: Path
+    ring_port: int
+    hub_cache: Path
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,16 @@ def next_free_port(start: int = FIRST_PORT, host: str = "127.0.0.1", taken: set[
     raise ProfileInvalid("No free port from 8080 up.")
 
 
+def ring_ports(count: int, taken: set[int], start: int = RING_PORT) -> int:
+    """The first of `count` consecutive ports from `start` that nothing here listens on and no running ring of this
+    app holds (`taken`): one per rank, as `mlx.launch --starting-port` numbers them."""
+    for first in range(start, 65536 - count):
+        block = range(first, first + count)
+        if not taken.intersection(block) and all(port_holder("127.0.0.1", p) is None for p in block):
+            return first
+    raise ProfileInvalid(f"No {count} free ports in a row from {start} up for the ranks' ring.")
+
+
 def port_holder(host: str, port: int) -> str | None:
     """None if `port` can be listened on; else who holds it, as well as psutil can tell."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
@@ -150,6 +172,8 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
     if profile.api_key and profile.kind != VISION:
         raise ProfileInvalid("mlx-lm's server has no API key option: anyone who can reach the port can use it. "
                              "Leave the key empty, or run a vision model (mlx-vlm's server takes a key).")
+    if profile.kind == DISTRIBUTED:
+        profile = replace(profile, host=http_host(profile))
     if not is_loopback(profile.host):
         if profile.kind == VISION and not profile.api_key:
             raise ProfileInvalid(f"{profile.host} is reachable from other machines: set an API key first.")
@@ -158,7 +182,7 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
                                  "key: anyone on the network could use it. Confirm that this is what you want.")
     if int(profile.port) in in_use:
         raise ProfileInvalid(f"Port {profile.port} is used by another server of this app; pick another.")
-    holder = port_holder(profile.host, int(profile.port))
+    holder = port_holder(profile.host, int(profile.port)) if rank0_here(profile) else None  # else its host says
     if holder is not None:
         raise ProfileInvalid(f"Port {profile.port} on {profile.host} is not free: {holder}. Pick another port.")
     if profile.kind == DISTRIBUTED:
@@ -179,10 +203,34 @@ def split_report(profile: ServerProfile) -> tuple[SplitPlan, list[HostFacts], li
     except ValueError as exc:
         raise ProfileInvalid(f"The hosts cannot be read: {exc}") from exc
     plan = plan_split(profile.model, hosts, profile.split_mode, context_length(read_config(profile.model)))
-    if not plan.ok:
-        return plan, [], list(plan.problems)
-    facts, problems = check_hosts(plan, sys.executable, profile.model)
+    problems = list(plan.problems)
+    if LOCAL_HOST in hosts and set(hosts) != {LOCAL_HOST}:
+        problems.append(f"{LOCAL_HOST} reaches only this machine, so the ranks on other hosts could not connect "
+                        "to it: name this machine by an address they reach (and let ssh in), or run every rank "
+                        "elsewhere.")
+    try:
+        ring_hostfile(profile.hosts)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        return plan, [], problems
+    http = None if hosts[0] == LOCAL_HOST else (http_host(profile), int(profile.port))
+    facts, problems = check_hosts(plan, sys.executable, profile.model, http)
     return plan, facts, problems
+
+
+def http_host(profile: ServerProfile) -> str:
+    """Where a distributed server answers: rank 0 serves HTTP, at the profile's host when rank 0 runs here, else at
+    rank 0's own address."""
+    hosts = parse_hosts(profile.hosts)
+    if not hosts or hosts[0] == LOCAL_HOST:
+        return profile.host
+    return ring_hostfile(profile.hosts)[0]["ips"][0]
+
+
+def rank0_here(profile: ServerProfile) -> bool:
+    """Whether the server's HTTP port is on this machine (every server but a distributed one with rank 0 away)."""
+    return profile.kind != DISTRIBUTED or parse_hosts(profile.hosts)[:1] == [LOCAL_HOST]
 
 
 def check_split(profile: ServerProfile) -> None:
@@ -223,9 +271,9 @@ def origins(profile: ServerProfile) -> list[str]:
     return listed or [profile.url.removesuffix("/v1")]
 
 
-def command(profile: ServerProfile) -> list[str]:
+def command(profile: ServerProfile, ranks: RankLaunch | None = None) -> list[str]:
     """The server's command line (with this app's own Python): the extra arguments first, the profile's own flags
-    last, so that theirs are the values the server uses."""
+    last, so that theirs are the values the server uses. A distributed profile needs `ranks`."""
     extras = extra_args(profile.extra_args)
     common = ["--model", profile.model, "--host", profile.host, "--port", str(profile.port),
               "--max-tokens", str(profile.max_tokens)]
@@ -234,10 +282,13 @@ def command(profile: ServerProfile) -> list[str]:
     text = [*extras, *common, "--temp", str(profile.temperature), "--top-p", str(profile.top_p),
             "--prompt-cache-size", str(profile.prompt_cache_size), "--allowed-origins", ",".join(origins(profile))]
     if profile.kind == DISTRIBUTED:
+        if ranks is None:
+            raise ValueError("A distributed server's command needs its hostfile and ring port.")
         # The venv's own scripts: mlx.launch runs the same path on every host (the host check saw this Python).
         scripts = Path(sys.executable).parent
-        return [str(scripts / "mlx.launch"), "--backend", profile.backend, "--hosts",
-                ",".join(parse_hosts(profile.hosts)), "--", str(scripts / "mlx_lm.server"), *text,
-                *(["--pipeline"] if profile.split_mode == PIPELINE else [])]
+        server = [str(scripts / "mlx_lm.server"), *text, *(["--pipeline"] if profile.split_mode == PIPELINE else [])]
+        return [str(scripts / "mlx.launch"), "--backend", profile.backend, "--hostfile", str(ranks.hostfile),
+                "--starting-port", str(ranks.ring_port), "--",
+                *rank_command(profile.id, str(ranks.hub_cache), server)]
     return [sys.executable, "-m", "mlx_lm", "server", *text]
 

@@ -11,11 +11,13 @@ and create time) so a later run of the app can adopt it or clean the record up.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,8 +27,9 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import AppError, ServerNotRunning, ServerStartFailed
-from .distributed_ranks import dead_rank
-from .profiles import API_KEY_ENV, DISTRIBUTED, VISION, ServerProfile, command
+from .distributed_plan import parse_hosts, ring_hostfile
+from .distributed_ranks import RankFacts, dead_rank, rank_facts, rank_tails, stop_ranks
+from .profiles import API_KEY_ENV, DISTRIBUTED, VISION, RankLaunch, ServerProfile, command, ring_ports
 from .remote import ask_one_token
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ WATCH_INTERVAL = 0.5
 PROBE_EVERY = 300.0  # seconds without a sign of life before a ready server is asked for one token
 PROBE_TIMEOUT = 25.0  # seconds that one-token answer may take
 LOG_ROTATE_BYTES = 5_000_000
+RANKS_EVERY = 3.0  # seconds between two questions to a distributed server's hosts about its ranks
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,12 @@ class Server:
         self.busy = 0  # the app's own requests streaming through it: no probe meanwhile
         self.last_alive = 0.0  # time.time() of its last answer (the ready check, a probe, a chunk of a reply)
         self.probes = 0
+        self.ring_ports = range(0)  # a distributed server's ring, one port per rank
+        self.ranks: list[RankFacts] = []  # a distributed server's ranks, as their hosts last said
+        self.ranks_asked = 0.0  # time.monotonic() of the last question (0: never, or one is under way)
+        self.ranks_asking = False
+        self.leftovers: list[str] = []  # hosts where its ranks could not be stopped
+        self.note = ""  # kept in its message: why it was started again
 
 
 class Servers:
@@ -133,7 +143,8 @@ class Servers:
     def ports_in_use(self, besides: str = "") -> set[int]:
         """Ports of this app's running servers (but the one of `besides`)."""
         with self._lock:
-            return {s.profile.port for pid, s in self._servers.items() if s.status.running and pid != besides}
+            running = [s for pid, s in self._servers.items() if s.status.running and pid != besides]
+        return {s.profile.port for s in running} | {port for s in running for port in s.ring_ports}
 
     @contextmanager
     def using(self, profile_id: str) -> Iterator[Callable[[], None]]:
@@ -191,8 +202,9 @@ class Servers:
 
     # --- starting ---------------------------------------------------------------------------
 
-    def start(self, profile: ServerProfile) -> ServerStatus:
-        """Run the profile's server and start waiting for it to be ready (the profile is checked already)."""
+    def start(self, profile: ServerProfile, note: str = "") -> ServerStatus:
+        """Run the profile's server and start waiting for it to be ready (the profile is checked already); `note`
+        stays in its message (why it was restarted)."""
         import psutil
 
         with self._lock:
@@ -203,10 +215,15 @@ class Servers:
         env.pop(API_KEY_ENV, None)
         if profile.kind == VISION and profile.api_key:
             env[API_KEY_ENV] = profile.api_key  # not on the command line, where `ps` would show it
-        args = command(profile)
+        ring = range(0)
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self.cache_dir.mkdir(parents=True, exist_ok=True)  # mlx-lm's /v1/models fails without it
+            launch = None
+            if profile.kind == DISTRIBUTED:
+                launch = self._rank_launch(profile)
+                ring = range(launch.ring_port, launch.ring_port + len(parse_hosts(profile.hosts)))
+            args = command(profile, launch)
             log_path = self._rotated_log(profile.id)
             with open(log_path, "ab") as out:
                 out.write(f"$ {' '.join(args)}\n".encode())
@@ -220,8 +237,10 @@ class Servers:
         now = time.time()
         server = Server(profile, log_path, ServerStatus(
             profile.id, profile.name, profile.kind, profile.model, profile.url, STARTING, popen.pid,
-            started_at=now, deadline=now + self.ready_timeout, message="Loading the model…"))
+            started_at=now, deadline=now + self.ready_timeout, message=" ".join(["Loading the model…", note]).strip()))
+        server.note = note
         server.popen = popen
+        server.ring_ports = ring
         server.process = psutil.Process(popen.pid)  # not reaped yet, so there even if it died at once
         server.process.cpu_percent(interval=None)  # the first reading is a baseline
         with self._lock:
@@ -232,6 +251,17 @@ class Servers:
         threading.Thread(target=self._wait_ready, args=(server,), name=f"server-ready-{profile.id}",
                          daemon=True).start()
         return server.status
+
+    def _rank_launch(self, profile: ServerProfile) -> RankLaunch:
+        """mlx.launch's hostfile for the profile (written next to its log) and a ring of ports no other running
+        distributed server of this app holds."""
+        hostfile = self.log_dir / f"{profile.id}.hostfile.json"
+        try:
+            hostfile.write_text(json.dumps(ring_hostfile(profile.hosts)))
+        except ValueError as exc:  # a host name that stopped resolving since the check
+            raise ServerStartFailed(f"{profile.name} could not be started: {exc}") from exc
+        first = ring_ports(len(parse_hosts(profile.hosts)), self.ports_in_use(besides=profile.id))
+        return RankLaunch(hostfile, first, self.cache_dir)
 
     def _rotated_log(self, profile_id: str) -> Path:
         path = self.log_dir / f"{profile_id}.log"
@@ -251,7 +281,7 @@ class Servers:
             error, final = probe(server.profile, timeout=max(1.0, status.deadline - time.time()))
             if error is None:
                 server.last_alive = time.time()
-                self._set(server, READY, "", ready_at=server.last_alive)
+                self._set(server, READY, server.note, ready_at=server.last_alive)
                 log.info("%s is ready at %s", server.profile.name, server.profile.url)
                 return
             if final:  # it runs but cannot answer (mlx-lm keeps serving errors after its model failed to load)
@@ -281,7 +311,8 @@ class Servers:
         server.stop_requested = True
         self._set(server, STOPPING, "Stopping…")
         self._terminate(server, timeout)
-        self._set(server, STOPPED, "", exit_code=self._exit_code(server))
+        self._set(server, STOPPED, " ".join(server.leftovers), exit_code=self._exit_code(server))
+        server.ranks = []
         self.records.remove(profile_id)
         log.info("Stopped %s", server.profile.name)
         return server.status
@@ -336,6 +367,15 @@ class Servers:
                 server.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 log.error("%s (pid %s) is still there after SIGKILL", server.profile.name, pid)
+        if server.profile.kind == DISTRIBUTED:
+            self._stop_ranks(server)
+
+    def _stop_ranks(self, server: Server) -> None:
+        """Stop whatever rank of a distributed server is still running on any host (mlx.launch stops them when it
+        can; a host it lost or a cleanup of its own that failed leaves them)."""
+        for problem in stop_ranks(server.profile.id, server.profile.hosts):
+            log.error("Stopping %s: %s", server.profile.name, problem)
+            server.leftovers.append(problem)
 
     # --- adopting ---------------------------------------------------------------------------
 
@@ -420,6 +460,9 @@ class Servers:
                 log.info("%s answers again", server.profile.name)
                 self._set(server, READY, "It answers again.")
             return
+        if server.profile.kind == DISTRIBUTED:
+            self._stalled_ranks(server, error)
+            return
         if server.status.state == READY:
             log.warning("%s is running but does not answer (%s); last log lines:\n%s", server.profile.name, error,
                         self.log_tail(server.profile.id, lines=12))
@@ -432,6 +475,58 @@ class Servers:
                 self.start(server.profile)
             except AppError as exc:  # it ended meanwhile (stopped by hand), or it cannot be started again
                 log.error("Could not restart %s: %s", server.profile.name, exc)
+
+    def _stalled_ranks(self, server: Server, error: str) -> None:
+        """A distributed server that does not answer: name the rank that stalls (one stopped by a signal, else one
+        gone, else rank 0, which took the request), stop the job (a ring with a stalled rank does not recover) and
+        start it again if the profile says so."""
+        facts = self._ask_ranks(server)
+        stuck = (next((f for f in facts if f.stopped), None) or next((f for f in facts if f.gone), None)
+                 or next((f for f in facts if f.rank == 0), None))
+        why = " (its process is stopped)" if stuck and stuck.stopped else " (its process is gone)" if (
+            stuck and stuck.gone) else ""
+        who = f"Rank {stuck.rank} on {stuck.host}" if stuck else "The server"
+        message = (f"{who} not answering{why}: a one-token request got no answer within {self.probe_timeout:.0f} s "
+                   f"({error}). Stopped every rank: a ring with a stalled rank does not recover.")
+        log.warning("%s: %s; ranks: %s", server.profile.name, message, facts)
+        self._set(server, NOT_ANSWERING, message)
+        server.stop_requested = True
+        self._terminate(server)
+        self.records.remove(server.profile.id)
+        self._set(server, FAILED, " ".join([message, *server.leftovers]), exit_code=self._exit_code(server))
+        if server.profile.restart_when_stuck:
+            log.warning("Restarting %s, as its profile says for a server that does not answer", server.profile.name)
+            try:
+                self.start(server.profile, note=f"Started again: {message}")
+            except AppError as exc:  # it cannot be started again (a host gone, the ports taken)
+                log.error("Could not restart %s: %s", server.profile.name, exc)
+
+    # --- ranks ------------------------------------------------------------------------------
+
+    def ranks(self, profile_id: str) -> list[RankFacts]:
+        """A distributed server's ranks as their hosts last said (asked again in the background when that is more
+        than `RANKS_EVERY` seconds old, so a caller never waits on ssh); [] for any other server."""
+        with self._lock:
+            server = self._servers.get(profile_id)
+        if server is None or server.profile.kind != DISTRIBUTED:
+            return []
+        due = time.monotonic() - server.ranks_asked > RANKS_EVERY
+        if server.status.running and due and not server.ranks_asking:
+            server.ranks_asking = True
+            threading.Thread(target=self._ask_ranks, args=(server,), name=f"server-ranks-{profile_id}",
+                             daemon=True).start()
+        return server.ranks
+
+    def _ask_ranks(self, server: Server) -> list[RankFacts]:
+        try:
+            facts = rank_facts(server.profile.id, server.profile.hosts, self.log_tail(server.profile.id, lines=400),
+                               sys.executable)
+        finally:
+            server.ranks_asking = False
+            server.ranks_asked = time.monotonic()
+        if server.status.running:
+            server.ranks = facts
+        return facts
 
     def _watch(self) -> None:
         """Notice servers that exit on their own (a crash, a kill, a bad model) within half a second."""
@@ -466,11 +561,21 @@ class Servers:
         message = f"The server stopped on its own ({how})."
         if server.profile.kind == DISTRIBUTED:
             # mlx.launch's own exit says little (a traceback of its cleanup): the rank that died first is the news.
-            rank = dead_rank(self.log_tail(server.profile.id, lines=200), server.profile.hosts)
+            text = self.log_tail(server.profile.id, lines=400)
+            rank = dead_rank(text, server.profile.hosts)
             message = f"{rank[0].upper()}{rank[1:]}; mlx.launch stopped the other ranks." if rank else message
+            self._stop_ranks(server)
+            message = " ".join([message, *server.leftovers])
+            server.ranks = [replace(f, state="gone") for f in server.ranks] or self._tails_only(server, text)
         self._set(server, FAILED, message, exit_code=code)
         self.records.remove(server.profile.id)
         log.warning("%s failed (%s); last log lines:\n%s", server.profile.name, how, tail)
+
+    @staticmethod
+    def _tails_only(server: Server, text: str) -> list[RankFacts]:
+        hosts = parse_hosts(server.profile.hosts)
+        return [RankFacts(r, h, state="gone", log_tail=tail)
+                for r, (h, tail) in enumerate(zip(hosts, rank_tails(text, len(hosts)), strict=True))]
 
     @staticmethod
     def _exit_code(server: Server) -> int | None:

@@ -7,6 +7,7 @@ import time
 
 from ..engine.thread import EngineStatus
 from ..models.fit import gb
+from ..serving.distributed_ranks import RankFacts
 from ..serving.supervisor import READY, STARTING, ServerStatus, Usage
 
 STATE_LABELS = {"starting": "◌ starting", "ready": "● ready", "not answering": "⚠ not answering",
@@ -21,8 +22,10 @@ def uptime(seconds: float) -> str:
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
-def servers_html(watched: list[tuple[ServerStatus, Usage | None]], now: float | None = None) -> str:
-    """One block per server: state (with the time left to become ready), model, URL, uptime, pid, CPU, memory."""
+def servers_html(watched: list[tuple[ServerStatus, Usage | None]], ranks: dict[str, list[RankFacts]] | None = None,
+                 now: float | None = None) -> str:
+    """One block per server: state (with the time left to become ready), model, URL, uptime, pid, CPU, memory;
+    for a distributed server, a row per rank."""
     if not watched:
         return "<p class='servers-empty'>No server runs. Fill in a profile on the left and press Start.</p>"
     now = now or time.time()
@@ -45,8 +48,38 @@ def servers_html(watched: list[tuple[ServerStatus, Usage | None]], now: float | 
             f"<div class='server {status.state}' data-profile='{html.escape(status.profile_id)}'>"
             f"<div class='server-head'><b>{html.escape(status.name)}</b> <span class='server-state'>{state}</span>"
             f"</div><div class='server-facts'>{html.escape(status.kind)} · {html.escape(status.model)}</div>"
-            f"<div class='server-facts'>{' · '.join(facts)}</div>{message}</div>")
+            f"<div class='server-facts'>{' · '.join(facts)}</div>{message}"
+            f"{ranks_html((ranks or {}).get(status.profile_id, []), status.running)}</div>")
     return "".join(blocks)
+
+
+def rank_state(facts: RankFacts, running: bool) -> str:
+    """ps's state in words ("working", "waiting", "stopped: not answering", "gone")."""
+    if facts.pid is None:
+        return f"host did not answer ({facts.state})" if facts.state else ("starting…" if running else "—")
+    if facts.gone:
+        return "gone"
+    return {"R": "working", "S": "waiting", "D": "waiting on the disk", "T": "stopped: not answering",
+            "Z": "ended"}.get(facts.state[:1], facts.state)
+
+
+def ranks_html(ranks: list[RankFacts], running: bool) -> str:
+    """A distributed server's ranks: host, pid, state, CPU, memory, and each one's own last log lines."""
+    if not ranks:
+        return "<div class='server-facts'>Asking the hosts about the ranks…</div>" if running else ""
+    rows = []
+    for facts in ranks:
+        tail = facts.log_tail.splitlines()
+        last = html.escape(tail[-1][:120]) if tail else ""
+        detail = (f"<details><summary>{last}</summary><pre>{html.escape(facts.log_tail)}</pre></details>"
+                  if len(tail) > 1 else last)
+        usage = (f"<td>{facts.cpu_percent:.0f} %</td><td>{gb(facts.rss_bytes)}</td>" if facts.pid and not facts.gone
+                 else "<td></td><td></td>")
+        rows.append(f"<tr class='rank {'stuck' if facts.stopped else ''}'><td>{facts.rank}</td>"
+                    f"<td>{html.escape(facts.host)}</td><td>{facts.pid or ''}</td>"
+                    f"<td>{html.escape(rank_state(facts, running))}</td>{usage}<td>{detail}</td></tr>")
+    return ("<table class='server-ranks'><thead><tr><th>Rank</th><th>Host</th><th>pid</th><th>State</th>"
+            f"<th>CPU</th><th>Memory</th><th>Last lines</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def snippets(status: ServerStatus | None, has_key: bool) -> str:

@@ -110,11 +110,13 @@ class ServersEvents:
     def watch(self, request: gr.Request, profile_id: str) -> tuple:
         """(the servers' live view, the picked server's log tail, how to call it)."""
         watched = self.controller.servers.watch(request)
+        ranks = {s.profile_id: self.controller.servers.ranks(s.profile_id, request) for s, _ in watched
+                 if s.kind == DISTRIBUTED}
         status = next((s for s, _ in watched if s.profile_id == profile_id), None)
         log = self.controller.servers.log_tail(profile_id, request) if profile_id else ""
         has_key = bool(status and status.kind == VISION and any(
             p.api_key for p in self.controller.servers.profiles(request) if p.id == profile_id))
-        return server_render.servers_html(watched), log, server_render.snippets(status, has_key)
+        return server_render.servers_html(watched, ranks), log, server_render.snippets(status, has_key)
 
     def engine(self, request: gr.Request) -> str:
         return server_render.engine_markdown(self.controller.models.engine_status(request))
