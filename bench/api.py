@@ -16,7 +16,6 @@ against "the chat and a second server" (the app after a chat reply, plus `mlx_lm
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from chat import GREEDY_SETTINGS, TOKENS, raw_rate, stop_process, stream_rate  # noqa: E402
-from report import Row, print_table  # noqa: E402
+from report import Row, demo_arguments, print_table  # noqa: E402
 
 from mlx_gradio.models.demo import DEMO_NAME, demo_model_dir, prepare_demo_model  # noqa: E402
 from mlx_gradio.net import free_port, wait_for_page  # noqa: E402
@@ -87,11 +86,7 @@ def chat_once(url: str, model: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "mlx-gradio-bench")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    args = demo_arguments(__doc__)
     model = prepare_demo_model(args.data_dir)
     weights_mb = sum(f.stat().st_size for f in Path(model).glob("*.safetensors")) / 1e6
     with tempfile.TemporaryDirectory() as tmp:

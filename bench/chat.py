@@ -12,7 +12,6 @@ the page, this app after), with the page itself as a second row.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report import Row, print_table  # noqa: E402
+from report import Row, demo_arguments, print_table  # noqa: E402
 
 from mlx_gradio.engine.jobs import ChatMessage, ChatRequest, SamplingParams  # noqa: E402
 from mlx_gradio.engine.prompt_files import PromptFiles  # noqa: E402
@@ -197,11 +196,7 @@ def follow_up_ttft(engine: Engine, model_path: Path, run: int) -> tuple[float, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "mlx-gradio-bench")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    args = demo_arguments(__doc__)
     model_path = prepare_demo_model(args.data_dir)
 
     port = free_port()

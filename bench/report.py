@@ -3,10 +3,13 @@ ratio with a goal says whether it met it."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import operator
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 GOALS = {"≥": operator.ge, "≤": operator.le, "<": operator.lt, ">": operator.gt}
 
@@ -54,3 +57,13 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
     print("| Measure | Median | Range of runs | Runs | Ratio | Goal | Met |\n|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row.cells()) + " |")
+
+
+def demo_arguments(doc: str) -> argparse.Namespace:
+    """The options of a benchmark of the demo model (where it is kept, how many runs), warnings logged."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "mlx-gradio-bench")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    return args

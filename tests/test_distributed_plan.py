@@ -147,3 +147,35 @@ def test_a_host_that_ssh_cannot_reach_is_named_with_the_reason(demo_model: Path)
     assert [f.host for f in facts] == ["127.0.0.1", "127.0.0.2"] and not facts[0].problem
     assert len(problems) == 1 and problems[0].startswith("127.0.0.2 cannot be reached over ssh without a password")
     assert problems[0].split("password: ", 1)[1].strip()  # ssh's own reason (here: the connection was refused)
+
+
+def test_each_rank_is_wrapped_watched_and_stopped_on_its_host(tmp_path: Path):
+    """The real wrapper, around a stand-in rank (a sleeping Python that prints); the host is this machine."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlx_gradio.serving.distributed_ranks import dead_rank, rank_command, rank_facts, stop_ranks
+
+    job = f"test-{os.getpid()}"
+    rank = [sys.executable, "-c", "import time; print('loaded', flush=True); time.sleep(600)  # mlx_lm stand-in"]
+    log = tmp_path / "ranks.log"
+    with open(log, "wb") as out:
+        wrapper = subprocess.Popen(rank_command(job, str(tmp_path / "hf"), rank), stdout=out,
+                                   stderr=subprocess.STDOUT, env={**os.environ, "MLX_RANK": "1"})
+    hosts = "127.0.0.1\n127.0.0.1"
+    deadline = time.monotonic() + 30
+    while not (facts := rank_facts(job, hosts, log.read_text(), sys.executable))[1].log_tail:
+        assert time.monotonic() < deadline, facts
+    assert facts[0].pid is None and facts[1].host == "127.0.0.1" and facts[1].state[:1] in "RS"
+    assert facts[1].log_tail == "loaded" and facts[1].rss_bytes > 1_000_000 and (tmp_path / "hf").is_dir()
+    os.kill(facts[1].pid, signal.SIGSTOP)
+    assert rank_facts(job, hosts, "", sys.executable)[1].stopped
+    assert stop_ranks(job, hosts) == []  # SIGTERM reaches a stopped rank too (with SIGCONT)
+    assert wrapper.wait(timeout=30) == 128 + signal.SIGTERM  # exits as a shell does, so mlx.launch says how
+    assert "[rank 1] ended: killed by signal 15" in log.read_text()
+    killed = "[WARN] Node with rank 1 exited with code 137"
+    assert dead_rank(killed, hosts) == "rank 1 on 127.0.0.1 was killed by SIGKILL"
+    assert dead_rank("[WARN] Node with rank 0 exited with code 1", hosts) == "rank 0 on 127.0.0.1 exited with code 1"

@@ -156,7 +156,7 @@ def stop_ranks(job: str, hosts_text: str) -> list[str]:
     once) and clear its pid files; returns a sentence for each host that did not answer."""
     scripts = {host: (f"d={shlex.quote(job_dir(job))}; pids=''; for r in {' '.join(map(str, ranks))}; do "
                       "f=\"$d/rank$r.pid\"; [ -f \"$f\" ] || continue; p=$(cat \"$f\"); rm -f \"$f\"; "
-                      "if ps -o args= -p \"$p\" 2>/dev/null | grep -q mlx_lm; then "
+                      "if ps -ww -o args= -p \"$p\" 2>/dev/null | grep -q mlx_lm; then "
                       "kill -TERM \"$p\"; kill -CONT \"$p\"; pids=\"$pids $p\"; fi; done; "
                       f"for i in $(seq {STOP_WAIT_S * 5}); do left=''; for p in $pids; do "
                       "s=$(ps -o stat= -p \"$p\" 2>/dev/null); [ -n \"$s\" ] && [ \"${s#Z}\" = \"$s\" ] && "

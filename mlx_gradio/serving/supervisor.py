@@ -493,6 +493,7 @@ class Servers:
         server.stop_requested = True
         self._terminate(server)
         self.records.remove(server.profile.id)
+        self._ranks_ended(server)
         self._set(server, FAILED, " ".join([message, *server.leftovers]), exit_code=self._exit_code(server))
         if server.profile.restart_when_stuck:
             log.warning("Restarting %s, as its profile says for a server that does not answer", server.profile.name)
@@ -561,21 +562,22 @@ class Servers:
         message = f"The server stopped on its own ({how})."
         if server.profile.kind == DISTRIBUTED:
             # mlx.launch's own exit says little (a traceback of its cleanup): the rank that died first is the news.
-            text = self.log_tail(server.profile.id, lines=400)
-            rank = dead_rank(text, server.profile.hosts)
+            rank = dead_rank(self.log_tail(server.profile.id, lines=400), server.profile.hosts)
             message = f"{rank[0].upper()}{rank[1:]}; mlx.launch stopped the other ranks." if rank else message
             self._stop_ranks(server)
             message = " ".join([message, *server.leftovers])
-            server.ranks = [replace(f, state="gone") for f in server.ranks] or self._tails_only(server, text)
+            self._ranks_ended(server)
         self._set(server, FAILED, message, exit_code=code)
         self.records.remove(server.profile.id)
         log.warning("%s failed (%s); last log lines:\n%s", server.profile.name, how, tail)
 
-    @staticmethod
-    def _tails_only(server: Server, text: str) -> list[RankFacts]:
+    def _ranks_ended(self, server: Server) -> None:
+        """A distributed server's ranks once it failed: each one gone, with its last lines of the log."""
         hosts = parse_hosts(server.profile.hosts)
-        return [RankFacts(r, h, state="gone", log_tail=tail)
-                for r, (h, tail) in enumerate(zip(hosts, rank_tails(text, len(hosts)), strict=True))]
+        pids = {f.rank: f.pid for f in server.ranks}
+        tails = rank_tails(self.log_tail(server.profile.id, lines=400), len(hosts))
+        server.ranks = [RankFacts(r, h, pids.get(r), "gone", log_tail=tail)
+                        for r, (h, tail) in enumerate(zip(hosts, tails, strict=True))]
 
     @staticmethod
     def _exit_code(server: Server) -> int | None:

@@ -55,10 +55,10 @@ def servers_html(watched: list[tuple[ServerStatus, Usage | None]], ranks: dict[s
 
 def rank_state(facts: RankFacts, running: bool) -> str:
     """ps's state in words ("working", "waiting", "stopped: not answering", "gone")."""
-    if facts.pid is None:
-        return f"host did not answer ({facts.state})" if facts.state else ("starting…" if running else "—")
     if facts.gone:
         return "gone"
+    if facts.pid is None:
+        return f"host did not answer ({facts.state})" if facts.state else ("starting…" if running else "—")
     return {"R": "working", "S": "waiting", "D": "waiting on the disk", "T": "stopped: not answering",
             "Z": "ended"}.get(facts.state[:1], facts.state)
 
