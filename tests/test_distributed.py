@@ -44,6 +44,10 @@ def test_two_ranks_of_the_demo_model_are_refused_before_anything_starts(demo_mod
         check_profile(profile)
     with pytest.raises(ProfileInvalid, match="has no pipeline support"):
         check_profile(replace(profile, hosts=THREE, split_mode="pipeline"))
+    with pytest.raises(ProfileInvalid, match="no-such-host.invalid does not resolve"):
+        check_profile(replace(profile, hosts="no-such-host.invalid\n10.0.0.2\n10.0.0.3", network_ok=True))
+    with pytest.raises(ProfileInvalid, match="127.0.0.1 reaches only this machine"):
+        check_profile(replace(profile, hosts="127.0.0.1\n10.0.0.2\n10.0.0.3"))
 
 
 def test_three_local_ranks_answer_as_one_process_does_and_stop_leaves_none(servers, demo_model: Path):

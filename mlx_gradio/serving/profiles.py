@@ -173,7 +173,10 @@ def check_profile(profile: ServerProfile, in_use: set[int] = frozenset()) -> Ser
         raise ProfileInvalid("mlx-lm's server has no API key option: anyone who can reach the port can use it. "
                              "Leave the key empty, or run a vision model (mlx-vlm's server takes a key).")
     if profile.kind == DISTRIBUTED:
-        profile = replace(profile, host=http_host(profile))
+        try:
+            profile = replace(profile, host=http_host(profile))
+        except ValueError as exc:  # hosts that cannot be read, or rank 0's name resolves to no address
+            raise ProfileInvalid(f"The hosts cannot be read: {exc}") from exc
     if not is_loopback(profile.host):
         if profile.kind == VISION and not profile.api_key:
             raise ProfileInvalid(f"{profile.host} is reachable from other machines: set an API key first.")
