@@ -125,6 +125,10 @@ class ServerStartFailed(AppError):
     """A server's process could not be started (its log folder, its Python, the system's limits)."""
 
 
+class CopyRefused(AppError):
+    """A model copy to other hosts that cannot be made as asked (no host has it, no room, something in the way)."""
+
+
 class StoreReadFailed(AppError):
     """A saved file could not be read just now (permissions, too many open files); it was left as it is."""
 

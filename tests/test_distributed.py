@@ -61,6 +61,11 @@ def test_three_local_ranks_answer_as_one_process_does_and_stop_leaves_none(serve
     assert ready.state == READY, servers.log_tail(profile.id)
     ranks = ranks_of(status.pid)
     assert len(ranks) == 3
+    launcher = psutil.Process(status.pid)
+    spent = sum(launcher.cpu_times()[:2])
+    time.sleep(2)  # idle: as MLX ships it, mlx.launch spins in select() and spends most of these 2 s of CPU
+    spent = sum(launcher.cpu_times()[:2]) - spent
+    assert spent < 0.4, f"the launcher spent {spent:.2f} s of CPU in 2 s with nothing to do"
     answer = OpenAI(base_url=profile.url, api_key="not-needed").chat.completions.create(
         model="default_model", messages=PARIS, max_tokens=12, temperature=0)
     assert "Paris" in answer.choices[0].message.content
@@ -157,3 +162,7 @@ def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_s
     page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('stopped')", timeout=60_000)
     assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not page.locator(".toast-body.error").count()
+    # Copying the model: every host here is this machine, which has it, so nothing is copied, and the toast says so.
+    page.locator("#server-copy").click()
+    page.wait_for_function("[...document.querySelectorAll('.toast-body.error')]"
+                           ".some(t => t.innerText.includes('Every host has the model already.'))", timeout=60_000)

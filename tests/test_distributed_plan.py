@@ -118,7 +118,7 @@ def test_hosts_are_read_from_lines_commas_or_a_hostfile():
 def test_each_host_is_asked_for_its_versions_memory_and_the_model(demo_model: Path, tmp_path: Path):
     import sys
 
-    from mlx_gradio.serving.distributed_hosts import check_hosts, this_machine, versions_table
+    from mlx_gradio.serving.distributed_hosts import COPY_BUTTON, check_hosts, this_machine, versions_table
     from mlx_gradio.serving.distributed_plan import RankShare, SplitPlan
 
     plan = plan_split(demo_model, LOCAL3, TENSOR, 4096)
@@ -130,7 +130,7 @@ def test_each_host_is_asked_for_its_versions_memory_and_the_model(demo_model: Pa
     assert local.memory_bytes > 2**30 and "| 127.0.0.1 |" in versions_table(facts)
 
     _, problems = check_hosts(plan, sys.executable, tmp_path / "elsewhere")
-    assert problems == [f"127.0.0.1 has no model at {tmp_path / 'elsewhere'}; copy it there first (mlx_lm.share)."]
+    assert problems == [f"127.0.0.1 has no model at {tmp_path / 'elsewhere'}: copy it there first (“{COPY_BUTTON}”)."]
     huge = SplitPlan(TENSOR, ("127.0.0.1", "127.0.0.1"), 4096, (),
                      tuple(RankShare(r, "127.0.0.1", (0, 30), 2**50, 0) for r in range(2)))
     _, problems = check_hosts(huge, sys.executable, demo_model)
@@ -179,3 +179,6 @@ def test_each_rank_is_wrapped_watched_and_stopped_on_its_host(tmp_path: Path):
     killed = "[WARN] Node with rank 1 exited with code 137"
     assert dead_rank(killed, hosts) == "rank 1 on 127.0.0.1 was killed by SIGKILL"
     assert dead_rank("[WARN] Node with rank 0 exited with code 1", hosts) == "rank 0 on 127.0.0.1 exited with code 1"
+    aborted = ("[rank 0] RuntimeError: [ring] connection to a peer was lost\n"
+               "[WARN] Node with rank 0 exited with code 134\n" + killed)  # rank 0 went because rank 1 had
+    assert dead_rank(aborted, hosts) == "rank 1 on 127.0.0.1 was killed by SIGKILL"

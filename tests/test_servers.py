@@ -165,13 +165,16 @@ def test_the_servers_tab_one_click_path_and_the_apps_exit_stops_its_servers(star
     for call in (lambda: part.draft(gus), lambda: part.profiles(gus), lambda: part.start("x", gus),
                  lambda: part.watch(gus), lambda: part.log_tail("x", gus), lambda: models.engine_status(gus),
                  lambda: models.load_selected(gus), lambda: models.unload(gus),
-                 lambda: settings.save_idle_unload(5, gus)):
+                 lambda: settings.save_idle_unload(5, gus), lambda: part.copy_model("x", gus),
+                 lambda: part.copy_status("x", gus), lambda: part.stop_copy("x", gus)):
         with pytest.raises(gr.Error, match="Only the owner"):
             call()
     draft = part.draft(ann)  # the chat's model, a free port: Start is one click away
     assert draft.model == app.controller.models.selected(app.controller.access.caller(ann)) and draft.port >= 8080
     profile = part.save({**draft.record(), "name": "tiny server"}, ann)
     assert [p.name for p in part.profiles(ann)] == ["tiny server"]
+    with pytest.raises(gr.Error, match="Only a distributed profile has other hosts"):
+        part.copy_model(profile.id, ann)
     with pytest.raises(gr.Error, match="Pick the server's model"):
         part.save({**draft.record(), "model": "/etc"}, ann)
     part.start(profile.id, ann)

@@ -20,6 +20,7 @@ from ..errors import AppError
 from ..hub.downloads import Downloads
 from ..hub.search import HubService
 from ..models.memory import machine_memory
+from ..serving.model_copy import ModelCopies
 from ..serving.supervisor import Servers
 from ..store import LOCAL_USER, Store
 from .access import Access
@@ -67,8 +68,9 @@ class Controller:
         downloads = Downloads(self.cache_dir, hub.endpoint, store.downloads)
         self.downloads = DownloadsPart(hub, downloads, self.access)
         self.library = LibraryPart(self.models, engine, store, self.access, downloads, machine_memory)
-        self.servers = ServersPart(Servers(self.data_dir / "servers", self.cache_dir, store.running_servers), store,
-                                   self.models, self.access)
+        self.servers = ServersPart(Servers(self.data_dir / "servers", self.cache_dir, store.running_servers),
+                                   ModelCopies(self.data_dir / "servers", self.cache_dir), store, self.models,
+                                   self.access)
         catalog = Catalog(models=lambda: [m for m in self.models.available() if m.source not in ("server", "endpoint")],
                           prepare=self.models.prepare,
                           generate=self.models.generate, loaded=lambda: {m.path for m in engine.status().models},

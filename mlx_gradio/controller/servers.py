@@ -12,9 +12,11 @@ import gradio as gr
 
 from .. import errors
 from ..serving.distributed_hosts import versions_table
-from ..serving.distributed_plan import describe
+from ..serving.distributed_plan import describe, parse_hosts, ring_hostfile
 from ..serving.distributed_ranks import RankFacts
+from ..serving.model_copy import CopyStatus, ModelCopies, plan_copy
 from ..serving.profiles import (
+    DISTRIBUTED,
     VISION,
     ServerProfile,
     check_profile,
@@ -36,8 +38,10 @@ log = logging.getLogger(__name__)
 class ServersPart:
     """Handlers for profiles (create, edit, duplicate, delete) and servers (start, stop, restart, watch)."""
 
-    def __init__(self, servers: Servers, store: Store, models: ModelsPart, access: Access) -> None:
+    def __init__(self, servers: Servers, copies: ModelCopies, store: Store, models: ModelsPart,
+                 access: Access) -> None:
         self.servers = servers
+        self.copies = copies
         self.store = store
         self.models = models
         self.access = access
@@ -110,6 +114,37 @@ class ServersPart:
             return f"**Cannot split:** {' '.join(problems)}"
         verdict = ("**Cannot start:** " + " ".join(problems)) if problems else "**The model splits and fits.**"
         return f"{verdict}\n\n{describe(split)}\n\n{versions_table(facts)}"
+
+    def copy_model(self, profile_id: Any, request: gr.Request) -> CopyStatus:
+        """Handler: copy a distributed profile's model (as saved) to its hosts that lack it, with mlx_lm.share
+        from a host that has it; refused, saying why, when the hosts cannot take it."""
+        with user_errors("copy the model"):
+            self.access.require_owner(self.access.caller(request), "copy models to other machines")
+            profile = self._profile(profile_id)
+            if profile.kind != DISTRIBUTED:
+                raise errors.CopyRefused("Only a distributed profile has other hosts to copy its model to.")
+            try:
+                entries = ring_hostfile(profile.hosts)
+            except ValueError as exc:
+                raise errors.CopyRefused(f"The hosts cannot be read: {exc}") from exc
+            plan = plan_copy(parse_hosts(profile.hosts), profile.model)
+            first = {}
+            for entry in entries:
+                first.setdefault(entry["ssh"], entry)
+            return self.copies.start(profile.id, plan, [first[host] for host in plan.hosts],
+                                     self.servers.ports_in_use())
+
+    def copy_status(self, profile_id: Any, request: gr.Request) -> CopyStatus | None:
+        """Handler: the profile's model copy as it stands (None: none was started since the app started)."""
+        with user_errors("show the copy"):
+            self.access.require_owner(self.access.caller(request), "see model copies")
+        return self.copies.status(str(profile_id or ""))
+
+    def stop_copy(self, profile_id: Any, request: gr.Request) -> CopyStatus | None:
+        """Handler: stop the profile's model copy on every host (what had landed is removed)."""
+        with user_errors("stop the copy"):
+            self.access.require_owner(self.access.caller(request), "stop model copies")
+        return self.copies.stop(str(profile_id or ""))
 
     def stop(self, profile_id: Any, request: gr.Request) -> ServerStatus:
         """Handler: stop a server (SIGTERM to its process group, SIGKILL after ten seconds)."""
@@ -212,7 +247,8 @@ class ServersPart:
                     log.error("Could not start %s with the app: %s", profile.name, exc)
 
     def shutdown(self) -> None:
-        """Stop the servers this app started (but those whose profile keeps them running)."""
+        """Stop the model copies, and the servers this app started (but those whose profile keeps them running)."""
+        self.copies.shutdown()
         self.servers.shutdown()
 
     # --- helpers ----------------------------------------------------------------------------

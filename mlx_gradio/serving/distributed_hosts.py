@@ -9,6 +9,7 @@ import logging
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -19,6 +20,8 @@ from .distributed_plan import LOCAL_HOST, SplitPlan
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 30
+ASK_TIMEOUT_S = 15.0
+COPY_BUTTON = "Copy the model to the hosts that lack it"  # the Servers tab's button that does
 SSH_OPTIONS = ("-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR")
 # Run on each host with its Python: the versions, the memory MLX may use, whether the model is there, and (for
 # rank 0's host, given an address and port) whether rank 0 can listen on that port.
@@ -70,6 +73,29 @@ def on_host(host: str, script: str) -> list[str]:
     return ["/bin/sh", "-c", script] if host == LOCAL_HOST else ["ssh", *SSH_OPTIONS, host, script]
 
 
+def ask_all(scripts: dict[str, str], timeout: float = ASK_TIMEOUT_S) -> dict[str, tuple[str, str]]:
+    """Each host's (output, problem) for its script, all hosts asked at once."""
+    with ThreadPoolExecutor(max_workers=max(1, len(scripts))) as pool:
+        return dict(zip(scripts, pool.map(lambda host: ask(host, scripts[host], timeout), scripts), strict=True))
+
+
+def ask(host: str, script: str, timeout: float = ASK_TIMEOUT_S) -> tuple[str, str]:
+    """(what the script printed on `host`, "" or why it could not be run there)."""
+    try:
+        done = subprocess.run(on_host(host, script), capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        log.warning("%s did not answer within %.0f s", host, timeout)
+        return "", f"no answer within {timeout:.0f} s"
+    except OSError as exc:
+        log.warning("Could not ask %s: %s", host, exc)
+        return "", str(exc)
+    if done.returncode != 0 and not done.stdout:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        log.warning("Asking %s failed: %s", host, why)
+        return "", why
+    return done.stdout, ""
+
+
 def probe_command(host: str, python: str, model_path: str, listen: tuple[str, int] | None = None) -> list[str]:
     """The command that asks a host for its facts, with the venv's Python there (and whether it can listen on
     `listen`, an address and port)."""
@@ -105,35 +131,47 @@ def probe(host: str, python: str, model_path: str, listen: tuple[str, int] | Non
                      port_problem=facts.get("port", ""))
 
 
+def ask_hosts(hosts: list[str], python: str, model_path: str | Path,
+              http: tuple[str, int] | None = None) -> dict[str, HostFacts]:
+    """Each distinct host's facts, all hosts asked at once; the first host is also asked about `http`."""
+    distinct = list(dict.fromkeys(hosts))
+    with ThreadPoolExecutor(max_workers=max(1, len(distinct))) as pool:
+        found = pool.map(lambda host: probe(host, python, str(model_path), http if host == hosts[0] else None),
+                         distinct)
+        return dict(zip(distinct, found, strict=True))
+
+
 def check_hosts(plan: SplitPlan, python: str, model_path: str | Path,
                 http: tuple[str, int] | None = None) -> tuple[list[HostFacts], list[str]]:
     """Each distinct host's facts, and the sentences that say why the plan cannot run on them (empty: it can);
     `http` is rank 0's address and port when rank 0 runs on another host (which is asked whether it is free)."""
     mine = this_machine()
-    first = plan.hosts[0] if plan.hosts else ""
-    facts = {host: probe(host, python, str(model_path), http if host == first else None)
-             for host in dict.fromkeys(plan.hosts)}
+    facts = ask_hosts(list(plan.hosts), python, model_path, http)
     problems = []
     for host, found in facts.items():
         if found.problem:
             problems.append(f"{host} {found.problem}.")
             continue
-        differ = [f"{what} {theirs} (here {ours})" for what, theirs, ours in (
-            ("Python", found.python, mine.python), ("mlx", found.mlx, mine.mlx), ("mlx-lm", found.mlx_lm, mine.mlx_lm))
-            if theirs != ours]
-        if differ:
-            problems.append(f"{host} runs {', '.join(differ)}: every rank must run the same versions.")
+        if differ := versions_differ(found, mine):
+            problems.append(f"{host} runs {differ}: every rank must run the same versions.")
         if found.port_problem:
             problems.append(f"Rank 0 on {host} cannot listen on port {http[1]} ({found.port_problem}): pick "
                             "another port.")
         if not found.has_model:
-            problems.append(f"{host} has no model at {model_path}; copy it there first (mlx_lm.share).")
+            problems.append(f"{host} has no model at {model_path}: copy it there first (“{COPY_BUTTON}”).")
         shares = [s for s in plan.shares if s.host == host]
         needed = sum(s.needed for s in shares)
         if shares and found.memory_bytes and needed > found.memory_bytes:
             problems.append(f"{host} would hold {len(shares)} rank(s) needing {gb(needed)}, more than its "
                             f"{gb(found.memory_bytes)}.")
     return list(facts.values()), problems
+
+
+def versions_differ(found: HostFacts, mine: HostFacts) -> str:
+    """"mlx 0.0.1 (here 0.31.0), …" for each version a host runs that this machine does not ("" when none)."""
+    return ", ".join(f"{what} {theirs} (here {ours})" for what, theirs, ours in (
+        ("Python", found.python, mine.python), ("mlx", found.mlx, mine.mlx), ("mlx-lm", found.mlx_lm, mine.mlx_lm))
+        if theirs != ours)
 
 
 def versions_table(facts: list[HostFacts]) -> str:

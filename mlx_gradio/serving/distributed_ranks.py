@@ -14,11 +14,11 @@ import logging
 import re
 import shlex
 import signal
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from .distributed_hosts import on_host
+from .distributed_hosts import ASK_TIMEOUT_S, ask_all
 from .distributed_plan import parse_hosts
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,10 @@ RANK_DIR = "/tmp/mlx-gradio-ranks"
 # code -9"), the others as it stopped them.
 RANK_EXIT = re.compile(r"Node with rank (\d+) exited with code (-?\d+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A rank's own line when the rank it talks to over the ring died first.
+PEER_LOST = re.compile(r"^\[rank (\d+)\].*connection to a peer was lost", re.MULTILINE)
 RANK_LINE = re.compile(r"^\[rank (\d+)\] ?(.*)$")
 STOP_WAIT_S = 8  # seconds a rank has between SIGTERM and SIGKILL on its host
-ASK_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class RankFacts:
 
 def job_dir(job: str) -> str:
     return f"{RANK_DIR}/{job}"
+
+
+def launch_command(backend: str, hostfile: Path, ring_port: int) -> list[str]:
+    """MLX's own `mlx.launch` with this app's Python, up to its `--`: the ranks' command follows. It runs through
+    `mlx_launch.py`, which keeps its loops from spinning while the job runs."""
+    return [sys.executable, str(Path(__file__).with_name("mlx_launch.py")), "--backend", backend, "--hostfile",
+            str(hostfile), "--starting-port", str(ring_port), "--"]
 
 
 def rank_command(job: str, hub_cache: str, server: list[str]) -> list[str]:
@@ -121,7 +129,7 @@ def rank_facts(job: str, hosts_text: str, log_text: str, python: str) -> list[Ra
     hosts = parse_hosts(hosts_text)
     tails = rank_tails(log_text, len(hosts))
     on = _ranks_on(hosts)
-    answers = _ask_all({host: shlex.join([python, "-c", FACTS, job_dir(job), *map(str, ranks)])
+    answers = ask_all({host: shlex.join([python, "-c", FACTS, job_dir(job), *map(str, ranks)])
                         for host, ranks in on.items()})
     facts = []
     for host, ranks in on.items():
@@ -164,7 +172,7 @@ def stop_ranks(job: str, hosts_text: str) -> list[str]:
                       "for p in $left; do kill -KILL \"$p\"; done; rmdir \"$d\" 2>/dev/null; echo \"left:$left\"")
                for host, ranks in _ranks_on(parse_hosts(hosts_text)).items()}
     problems = []
-    for host, (answer, problem) in _ask_all(scripts, timeout=STOP_WAIT_S + ASK_TIMEOUT_S).items():
+    for host, (answer, problem) in ask_all(scripts, timeout=STOP_WAIT_S + ASK_TIMEOUT_S).items():
         if problem:
             problems.append(f"{host} did not answer ({problem}): its ranks may still run.")
         elif answer.rsplit("left:", 1)[-1].split():
@@ -172,36 +180,16 @@ def stop_ranks(job: str, hosts_text: str) -> list[str]:
     return problems
 
 
-def _ask_all(scripts: dict[str, str], timeout: float = ASK_TIMEOUT_S) -> dict[str, tuple[str, str]]:
-    """Each host's (output, problem) for its script, all hosts asked at once."""
-    with ThreadPoolExecutor(max_workers=max(1, len(scripts))) as pool:
-        return dict(zip(scripts, pool.map(lambda host: _ask(host, scripts[host], timeout), scripts), strict=True))
-
-
-def _ask(host: str, script: str, timeout: float = ASK_TIMEOUT_S) -> tuple[str, str]:
-    """(what the script printed on `host`, "" or why it could not be run there)."""
-    try:
-        done = subprocess.run(on_host(host, script), capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        log.warning("%s did not answer within %.0f s", host, timeout)
-        return "", f"no answer within {timeout:.0f} s"
-    except OSError as exc:
-        log.warning("Could not ask %s: %s", host, exc)
-        return "", str(exc)
-    if done.returncode != 0 and not done.stdout:
-        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-        log.warning("Asking %s failed: %s", host, why)
-        return "", why
-    return done.stdout, ""
-
-
 def dead_rank(log_text: str, hosts_text: str) -> str | None:
-    """"rank 1 on 10.0.0.2 was killed by SIGKILL": the first rank `mlx.launch` saw end, None if it named none.
-    Each rank's wrapper exits as a shell does, 128 + the signal for a rank killed by one (through ssh too)."""
-    found = RANK_EXIT.search(ANSI.sub("", log_text))
-    if found is None:
+    """"rank 1 on 10.0.0.2 was killed by SIGKILL": the first rank `mlx.launch` saw end that did not end because a
+    peer had gone (a rank whose peer died aborts within milliseconds, and `mlx.launch` may see that one first), None
+    if it named none. Each rank's wrapper exits as a shell does, 128 + the signal for one killed (through ssh too)."""
+    text = ANSI.sub("", log_text)
+    ended = [(int(m.group(1)), int(m.group(2))) for m in RANK_EXIT.finditer(text)]
+    if not ended:
         return None
-    rank, code = int(found.group(1)), int(found.group(2))
+    followers = {int(m.group(1)) for m in PEER_LOST.finditer(text)}
+    rank, code = next(((r, c) for r, c in ended if r not in followers), ended[0])
     hosts = parse_hosts(hosts_text)
     host = hosts[rank] if rank < len(hosts) else "an unknown host"
     signal_number = -code if code < 0 else code - 128 if code > 128 else 0

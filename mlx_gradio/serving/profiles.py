@@ -2,8 +2,8 @@
 
 A profile becomes the command line of the real upstream server: `python -m mlx_lm server` for
 text models, `python -m mlx_vlm.server` for vision models, always with `--host`; a distributed
-profile runs the venv's `mlx_lm.server` under MLX's own `mlx.launch`, one rank per host, rank 0
-answering on the profile's host and port. mlx-vlm's API
+profile runs the venv's `mlx_lm.server` under MLX's own `mlx.launch` (without its idle spin), one rank per
+host, rank 0 answering on the profile's host and port. mlx-vlm's API
 key travels in its environment variable, never on the command line where `ps` shows it.
 """
 
@@ -24,7 +24,7 @@ from ..models.folders import context_length, read_config
 from ..net import is_loopback
 from .distributed_hosts import HostFacts, check_hosts
 from .distributed_plan import LOCAL_HOST, PIPELINE, TENSOR, SplitPlan, parse_hosts, plan_split, ring_hostfile
-from .distributed_ranks import rank_command
+from .distributed_ranks import launch_command, rank_command
 
 log = logging.getLogger(__name__)
 
@@ -290,8 +290,7 @@ def command(profile: ServerProfile, ranks: RankLaunch | None = None) -> list[str
         # The venv's own scripts: mlx.launch runs the same path on every host (the host check saw this Python).
         scripts = Path(sys.executable).parent
         server = [str(scripts / "mlx_lm.server"), *text, *(["--pipeline"] if profile.split_mode == PIPELINE else [])]
-        return [str(scripts / "mlx.launch"), "--backend", profile.backend, "--hostfile", str(ranks.hostfile),
-                "--starting-port", str(ranks.ring_port), "--",
+        return [*launch_command(profile.backend, ranks.hostfile, ranks.ring_port),
                 *rank_command(profile.id, str(ranks.hub_cache), server)]
     return [sys.executable, "-m", "mlx_lm", "server", *text]
 

@@ -2,8 +2,10 @@
 and its own `sshd` (Debian's openssh-server), reached over real ssh with a key of their own.
 
 The namespaces share this machine's files and processes (only the network is their own), so the venv and the model
-are at the same paths on every "host", as `mlx.launch` expects. The ssh client reads a private config through an
-`ssh` script put first on PATH (OpenSSH reads `~/.ssh/config` from the passwd home, which a test must not touch).
+are at the same paths on every "host", as `mlx.launch` expects; a host can be given private folders (an empty tmpfs
+over a folder, seen by that host's sessions only), which is how a test makes one that lacks a model. The ssh
+client reads a private config through an `ssh` script put first on PATH (OpenSSH reads `~/.ssh/config` from the
+passwd home, which a test must not touch).
 A host can be given environment variables for every ssh session (sshd's `SetEnv`), which is how a test makes one
 that runs another mlx version. Making namespaces needs root; without it `NamespacesUnavailable` says why.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -102,9 +105,11 @@ class Hosts:
         _ip("link", "delete", self.bridge, check=False)
 
 
-def make_hosts(root: Path, count: int = 3, env: dict[int, dict[str, str]] | None = None) -> Hosts:
+def make_hosts(root: Path, count: int = 3, env: dict[int, dict[str, str]] | None = None,
+               private: dict[int, list[Path]] | None = None) -> Hosts:
     """`count` machines as namespaces on a bridge of their own, each with an sshd that takes this test's key;
-    `env[i]` sets environment variables in every ssh session of host i. Raises `NamespacesUnavailable`."""
+    `env[i]` sets environment variables in every ssh session of host i, and each folder of `private[i]` is an empty
+    one of host i's own there. Raises `NamespacesUnavailable`."""
     _check_possible()
     tag = secrets.token_hex(2)
     subnet = f"10.{77 + int(tag[0], 16)}.{int(tag[1:], 16) % 250}"
@@ -127,7 +132,7 @@ def make_hosts(root: Path, count: int = 3, env: dict[int, dict[str, str]] | None
             _ip("-n", host.namespace, "addr", "add", f"{host.address}/24", "dev", inside)
             _ip("-n", host.namespace, "link", "set", inside, "up")
             _ip("-n", host.namespace, "link", "set", "lo", "up")
-            known.append(_start_sshd(hosts.root, host, i, (env or {}).get(i, {})))
+            known.append(_start_sshd(hosts.root, host, i, (env or {}).get(i, {}), (private or {}).get(i, [])))
         (hosts.root / "known_hosts").write_text("".join(known))
         _client_config(hosts, key)
         for host in hosts.hosts:
@@ -170,8 +175,9 @@ def _keys(root: Path) -> Path:
     return key
 
 
-def _start_sshd(root: Path, host: Host, index: int, env: dict[str, str]) -> str:
-    """Host `index`'s sshd in its namespace, in the foreground (so closing finds it); its known_hosts line."""
+def _start_sshd(root: Path, host: Host, index: int, env: dict[str, str], private: list[Path]) -> str:
+    """Host `index`'s sshd in its namespace, in the foreground (so closing finds it), with a tmpfs over each
+    `private` folder in the mount namespace `ip netns exec` gives it (its sessions' only); its known_hosts line."""
     host_key = root / f"host_key_{index}"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
     config = root / f"sshd_config_{index}"
@@ -183,8 +189,13 @@ def _start_sshd(root: Path, host: Host, index: int, env: dict[str, str]) -> str:
         lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()))
     config.write_text("\n".join(lines) + "\n")
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    mounts = ""
+    for folder in private:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        mounts += f"mount -t tmpfs {PREFIX}-private {shlex.quote(str(folder))} && "
+    sshd = shlex.join([SSHD, "-D", "-e", "-f", str(config)])
     with open(root / f"sshd_{index}.log", "ab") as errors:
-        host.sshd = subprocess.Popen(["ip", "netns", "exec", host.namespace, SSHD, "-D", "-e", "-f", str(config)],
+        host.sshd = subprocess.Popen(["ip", "netns", "exec", host.namespace, "/bin/sh", "-c", f"{mounts}exec {sshd}"],
                                      stdout=subprocess.DEVNULL, stderr=errors)
     public = host_key.with_suffix(".pub").read_text().split()
     return f"{host.address} {public[0]} {public[1]}\n"

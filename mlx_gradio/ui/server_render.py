@@ -8,6 +8,7 @@ import time
 from ..engine.thread import EngineStatus
 from ..models.fit import gb
 from ..serving.distributed_ranks import RankFacts
+from ..serving.model_copy import COPIED, COPYING, CopyStatus
 from ..serving.supervisor import READY, STARTING, ServerStatus, Usage
 
 STATE_LABELS = {"starting": "◌ starting", "ready": "● ready", "not answering": "⚠ not answering",
@@ -80,6 +81,21 @@ def ranks_html(ranks: list[RankFacts], running: bool) -> str:
                     f"<td>{html.escape(rank_state(facts, running))}</td>{usage}<td>{detail}</td></tr>")
     return ("<table class='server-ranks'><thead><tr><th>Rank</th><th>Host</th><th>pid</th><th>State</th>"
             f"<th>CPU</th><th>Memory</th><th>Last lines</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def copy_markdown(status: CopyStatus | None, now: float | None = None) -> str:
+    """A model copy's progress per receiving host while it runs, then how it ended."""
+    if status is None:
+        return ""
+    plan = status.plan
+    if status.state != COPYING:
+        took = f" ({uptime(status.ended_at - status.started_at)})" if status.ended_at else ""
+        head = "**Copied.**" if status.state == COPIED else f"**Copy {status.state}{took}.**"
+        return f"{head} {status.message}"
+    rows = [f"**Copying** `{plan.root}` from {plan.source}, {gb(plan.total_bytes)} to each host "
+            f"({status.fraction:.0%}, {uptime((now or time.time()) - status.started_at)}):"]
+    rows += [f"- {host}: {gb(status.landed.get(host, 0))} of {gb(plan.total_bytes)}" for host in plan.targets]
+    return "\n".join(rows)
 
 
 def snippets(status: ServerStatus | None, has_key: bool) -> str:

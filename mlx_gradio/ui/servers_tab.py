@@ -6,11 +6,14 @@ The live view refreshes once a second only while this tab is the one shown.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 
 from ..controller import Controller
+from ..serving.distributed_hosts import COPY_BUTTON
 from ..serving.distributed_plan import PIPELINE, TENSOR
 from ..serving.profiles import BACKENDS, DISTRIBUTED, TEXT, VISION, ServerProfile
 from . import server_render
@@ -22,6 +25,7 @@ FIELDS = ("name", "model", "kind", "host", "port", "max_tokens", "temperature", 
           "api_key", "extra_args", "allowed_origins", "start_with_app", "keep_running", "restart_when_stuck",
           "network_ok", "hosts", "split_mode", "backend")
 TAB_ID = "servers"
+COPY_REFRESH_S = 1.0  # how often a model copy's progress is shown (its hosts are asked less often)
 
 
 class ServersEvents:
@@ -92,6 +96,22 @@ class ServersEvents:
 
     def plan(self, request: gr.Request, profile_id: str, *values: Any) -> str:
         return self.controller.servers.plan({"id": profile_id, **dict(zip(FIELDS, values, strict=True))}, request)
+
+    def copy(self, request: gr.Request, profile_id: str, *values: Any,
+             progress: gr.Progress = gr.Progress()) -> Iterator[tuple]:
+        """Save the form, copy its model to the hosts that lack it, and show the progress until the copy ends,
+        then the plan again."""
+        choices, profile_id = self.save(request, profile_id, *values)
+        status = self.controller.servers.copy_model(profile_id, request)
+        while status is not None and status.running:
+            progress(status.fraction, desc=f"Copying to {', '.join(status.plan.targets)}")
+            yield choices, profile_id, server_render.copy_markdown(status), gr.skip()
+            time.sleep(COPY_REFRESH_S)
+            status = self.controller.servers.copy_status(profile_id, request)
+        yield choices, profile_id, server_render.copy_markdown(status), self.plan(request, profile_id, *values)
+
+    def stop_copy(self, request: gr.Request, profile_id: str) -> str:
+        return server_render.copy_markdown(self.controller.servers.stop_copy(profile_id, request))
 
     @staticmethod
     def kind_changed(kind: str) -> dict:
@@ -225,6 +245,10 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
                                        value="ring")
                 check_plan = gr.Button("Check the plan", size="sm", elem_id="server-plan-check")
                 plan = gr.Markdown(elem_id="server-plan")
+                with gr.Row():
+                    copy = gr.Button(COPY_BUTTON, size="sm", elem_id="server-copy")
+                    stop_copy = gr.Button("Stop copying", size="sm", elem_id="server-copy-stop")
+                copy_note = gr.Markdown(elem_id="server-copy-note")
             with gr.Row():
                 host = gr.Textbox(label="Host", max_lines=1, info="127.0.0.1: this machine only")
                 port = checked(gr.Number(label="Port", precision=0, minimum=1024, maximum=65535, elem_id="server-port"))
@@ -287,6 +311,9 @@ def build_servers_tab(controller: Controller, blocks: gr.Blocks, chat: ChatHandl
     new.click(events.new, None, [profile, *form], api_name="server_draft")
     kind.change(events.kind_changed, kind, split_group, api_visibility="private")
     check_plan.click(events.plan, form, plan, api_name="plan_server")
+    copy.click(events.copy, form, [profile, profile_id, copy_note, plan], api_name="copy_model_to_hosts",
+               show_progress_on=[copy_note])
+    stop_copy.click(events.stop_copy, profile_id, copy_note, api_name="stop_model_copy")
     duplicate.click(events.duplicate, profile_id, [profile, *form], api_name="duplicate_server_profile")
     save.click(events.save, form, [profile, profile_id], api_name="save_server_profile")
     start.click(events.start, form, [profile, profile_id, *view], api_name="start_server")
