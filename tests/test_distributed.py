@@ -120,6 +120,7 @@ def test_a_stopped_rank_is_named_not_answering_and_the_job_started_again(tmp_pat
 
 
 def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_stopped(start_app, browser_page):
+    from .test_api import PARIS, api_on, client_for
     from .test_browser import ARTIFACTS, ask_through_the_server, short_replies
 
     app = start_app(demo=True)
@@ -157,6 +158,12 @@ def test_from_the_servers_tab_three_hosts_are_planned_started_chatted_with_and_s
     assert rows.nth(1).locator("td").nth(1).inner_text() == "127.0.0.1"
     page.screenshot(path=str(ARTIFACTS / "distributed-ranks.png"), full_page=True)
     ask_through_the_server(page, "Paris", timeout_s=300)
+    # Other programs reach it through the app's own API, as a model of the app.
+    client = client_for(api_on(app.controller))
+    key = f"server:{status.profile_id}"
+    assert key in {m.id for m in client.models.list().data}
+    reply = client.chat.completions.create(model=key, messages=PARIS, temperature=0, max_tokens=8)
+    assert "Paris" in reply.choices[0].message.content
     page.get_by_role("tab", name="Servers").click()
     page.locator("#server-stop").click()
     page.wait_for_function("document.querySelector('#servers-live')?.innerText.includes('stopped')", timeout=60_000)

@@ -1,4 +1,5 @@
-"""The API's routes on the engine the chat uses: /v1/models and /v1/chat/completions.
+"""The API's routes on the engine the chat uses (and the app's ready servers): /v1/models, OpenAI's chat
+completions, responses and completions, Anthropic's messages.
 
 Every refusal is an answer in OpenAI's error shape with the right status (400 a bad field, 401 a
 missing or wrong key, 404 an unknown model, 429 a full queue with `Retry-After`); nothing answers
@@ -44,6 +45,7 @@ from .openai_responses import OpenAIResponses
 
 log = logging.getLogger(__name__)
 
+SERVER = "server"  # the source of a model that one of this app's ready servers serves
 MAX_UNDER_WAY = 16  # generation requests at once (waiting for the model or streaming); more get a 429
 RETRY_AFTER_S = 5
 MAX_BODY_BYTES = 64_000_000
@@ -56,7 +58,7 @@ MAX_TTL_S = 30 * 24 * 3600
 class Catalog:
     """What the API serves, as the app sees it."""
 
-    models: Callable[[], list[LocalModel]]  # the models on this machine (not servers or endpoints)
+    models: Callable[[], list[LocalModel]]  # the models on this machine and this app's ready servers (no endpoints)
     prepare: Callable[[str], None]  # blocks until a model can be used (the demo model is fetched first)
     generate: Callable[[ChatRequest], Generation]
     loaded: Callable[[], str | None]  # the folder of the model the engine holds
@@ -184,9 +186,10 @@ class ApiService:
             created = int(Path(model.path).stat().st_mtime)
         except OSError:
             created = 0  # the demo model before it is fetched
+        server = model.source == SERVER
         return {"id": model.key, "object": "model", "created": created, "owned_by": "mlx-gradio",
-                "loaded": model.path in self.catalog.loaded(), "vision": model.vision,
-                "size_bytes": model.size_bytes}
+                "loaded": server or model.path in self.catalog.loaded(), "vision": model.vision,
+                "size_bytes": model.size_bytes, **({"server": model.name} if server else {})}
 
     @staticmethod
     def _find(model_id: object, models: list[LocalModel]) -> LocalModel:
@@ -225,6 +228,8 @@ class ApiService:
                                   "completions for this one).", "model")
             if call.tools and model.vision:
                 raise bad_request(f"{model.key} is a vision model; tools are served with text models only.", "tools")
+            if model.source == SERVER:
+                _refuse_on_a_server(model, call)
             if call.tools and call.grammar:
                 raise bad_request("A response format and tools together are not served: the format would keep the "
                                   "model from calling a tool. Send one or the other.", "tools")
@@ -260,6 +265,9 @@ class ApiService:
             call = read_messages(await _json(request), scratch.image, need_max_tokens=False)
             record.model = call.model
             model = self._find(call.model, await self._models())
+            if model.source == SERVER:
+                raise bad_request(f"{model.key} is served by the server “{model.name}”, whose tokenizer this app "
+                                  "does not hold; count tokens with one of this app's own models.", "model")
             await anyio.to_thread.run_sync(self.catalog.prepare, model.path)
             count = await anyio.to_thread.run_sync(self.catalog.count_tokens,
                                                    self._request(record.client, model, call))
@@ -362,6 +370,18 @@ async def _read_unless_gone(request: Request, answer: Answer) -> bool:
     finally:
         watcher.cancel()
     return gone
+
+
+def _refuse_on_a_server(model: LocalModel, call: ChatCall) -> None:
+    """What a reply through one of this app's servers cannot carry: its chat messages and sampling pass on, not a
+    plain completion's raw prompt, tools, or a response format (the server reads its own tokens, not this app's
+    grammar)."""
+    what = ("a plain completion" if call.raw else "tools" if call.tools else "a response format" if call.grammar
+            else "")
+    if what:
+        raise bad_request(f"{model.key} is served by the server “{model.name}”, which this app passes chat "
+                          f"messages to but not {what}; use one of this app's own models for that.",
+                          "tools" if call.tools else "model")
 
 
 def _refusal(request: Request, error: ApiError) -> JSONResponse:

@@ -71,7 +71,7 @@ class Controller:
         self.servers = ServersPart(Servers(self.data_dir / "servers", self.cache_dir, store.running_servers),
                                    ModelCopies(self.data_dir / "servers", self.cache_dir), store, self.models,
                                    self.access)
-        catalog = Catalog(models=lambda: [m for m in self.models.available() if m.source not in ("server", "endpoint")],
+        catalog = Catalog(models=lambda: [m for m in self.models.available() if m.source != "endpoint"],
                           prepare=self.models.prepare,
                           generate=self.models.generate, loaded=lambda: {m.path for m in engine.status().models},
                           context_limit=lambda: store.settings.app()["context_limit"],

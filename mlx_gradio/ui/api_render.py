@@ -12,15 +12,16 @@ def status_markdown(view: ApiView) -> str:
     """On or off, where, and what a client sets."""
     if not view.running:
         return ("**App API: off.** Switch it on so that editors, coding agents and scripts use the models of "
-                "this app through the OpenAI API, from the same engine (one copy of a model in memory).")
+                "this app through the OpenAI API, from the same engine (one copy of a model in memory), and "
+                "its ready servers.")
     if view.keys:
         access = f"{len(view.keys)} key{'s' if len(view.keys) > 1 else ''}: every request must send one"
     else:
         access = "no keys: programs on this machine only"
     return (f"**App API: on** at `{view.url}` · {access}.\n\n"
             f"`OPENAI_BASE_URL={view.url}` · `ANTHROPIC_BASE_URL={view.url.removesuffix('/v1')}` · the key as "
-            "`OPENAI_API_KEY` / `ANTHROPIC_API_KEY` (anything without keys) · models: `GET /v1/models` (ids as in "
-            "the Chat tab's list)")
+            "`OPENAI_API_KEY` / `ANTHROPIC_API_KEY` (anything without keys) · models: `GET /v1/models` (this "
+            "app's models, and its ready servers as `server:…`)")
 
 
 def requests_markdown(records: list[RequestRecord]) -> str:
