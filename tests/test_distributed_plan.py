@@ -115,6 +115,31 @@ def test_hosts_are_read_from_lines_commas_or_a_hostfile():
         parse_hosts("[{")
 
 
+def test_jaccl_needs_a_hostfile_with_the_rdma_device_between_each_pair_of_hosts(demo_model: Path):
+    from dataclasses import replace
+
+    from mlx_gradio.errors import ProfileInvalid
+    from mlx_gradio.serving.distributed_plan import jaccl_problem
+    from mlx_gradio.serving.profiles import DISTRIBUTED, JACCL, check_profile, new_profile
+
+    # As mlx.distributed_config writes it for three Macs cabled to each other (its own docstring's example).
+    cabled = [{"ssh": "m1", "ips": ["10.0.0.1"], "rdma": [None, "rdma_en2", "rdma_en3"]},
+              {"ssh": "m2", "ips": ["10.0.0.2"], "rdma": ["rdma_en2", None, "rdma_en3"]},
+              {"ssh": "m3", "ips": ["10.0.0.3"], "rdma": ["rdma_en2", "rdma_en3", None]}]
+    entries = ring_hostfile(json.dumps(cabled))
+    assert entries == cabled and jaccl_problem(entries) == ""  # mlx.launch gets the devices as written
+    uncabled = [dict(e) for e in cabled]
+    uncabled[1]["rdma"] = ["rdma_en2", None, None]
+    assert jaccl_problem(uncabled).startswith("The hostfile lists no RDMA device from m2 to m3")
+    with pytest.raises(ValueError, match='"rdma" lists one RDMA device'):
+        ring_hostfile(json.dumps([{"ssh": "m1", "rdma": "rdma_en2"}]))
+    # A plain list of hosts says nothing of RDMA: JACCL is refused before anything starts; the ring is not.
+    profile = replace(new_profile("split", str(demo_model), 18123), kind=DISTRIBUTED, hosts="\n".join(LOCAL3))
+    with pytest.raises(ProfileInvalid, match="JACCL needs the RDMA device between each pair of hosts"):
+        check_profile(replace(profile, backend=JACCL))
+    assert check_profile(profile).backend == "ring"
+
+
 def test_each_host_is_asked_for_its_versions_memory_and_the_model(demo_model: Path, tmp_path: Path):
     import sys
 

@@ -118,3 +118,36 @@ def test_a_copy_shows_its_progress_and_stop_leaves_nothing_on_any_host(hosts: Ho
     assert not (hosts.root / "models" / ".mlx-gradio-copy-big").exists()
     wait_nothing_left(hosts)
     assert (model / "padding.bin").stat().st_size == BIG_BYTES  # the sender's model is as it was
+
+
+def test_from_the_servers_tab_the_plan_offers_the_copy_and_after_it_the_model_splits_and_fits(
+        hosts: Hosts, tiny_llama: Path, start_app, browser_page):
+    from mlx_gradio.store import Store
+
+    model = hosts.root / "models" / "tiny-ui"
+    shutil.copytree(tiny_llama, model)
+    a0, a1, _ = hosts.addresses
+    data = hosts.root / "data"
+    store = Store(data)  # the owner's model is the one on the first host only
+    store.settings.update_app(model=str(model), model_folders=[str(model)])
+    store.close()
+    app = start_app(data)
+    page = browser_page
+    page.goto(app.url)
+    page.get_by_role("tab", name="Servers").click()
+    page.wait_for_function("document.querySelector('#server-name input')?.value.includes('tiny-ui')", timeout=60_000)
+    page.locator("#server-kind").get_by_label("distributed").check()
+    page.locator("#server-hosts textarea").fill(f"{a0}\n{a1}")
+    page.locator("#server-plan-check").click()
+    page.wait_for_function("document.querySelector('#server-plan')?.innerText.includes('Cannot start')",
+                           timeout=60_000)
+    assert f"{a1} has no model at {model}: copy it there first" in page.locator("#server-plan").inner_text()
+    page.locator("#server-copy").click()
+    page.wait_for_function("document.querySelector('#server-copy-note')?.innerText.includes('Copied.')",
+                           timeout=300_000)
+    assert f"files match {a0}'s" in page.locator("#server-copy-note").inner_text()
+    page.wait_for_function("document.querySelector('#server-plan')?.innerText.includes('splits and fits')",
+                           timeout=60_000)  # the plan, asked again after the copy
+    assert digests(hosts, 1, model) == digests(hosts, 0, model)
+    assert not page.locator(".toast-body.error").count()
+    wait_nothing_left(hosts)

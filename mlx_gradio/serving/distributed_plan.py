@@ -87,14 +87,43 @@ def ring_hostfile(text: str, resolve: bool = True) -> list[dict]:
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("ssh"), str)
                                                     for e in entries):
             raise ValueError('A hostfile is a list of {"ssh": "host", "ips": ["address"]} entries.')
-        named = [(e["ssh"].strip(), [str(ip) for ip in e.get("ips") or []]) for e in entries]
+        if not all(_rdma_ok(e.get("rdma")) for e in entries):
+            raise ValueError('An entry\'s "rdma" lists one RDMA device name (or a list of them) per host, null for '
+                             "the host itself.")
+        named = [(e["ssh"].strip(), [str(ip) for ip in e.get("ips") or []], e.get("rdma")) for e in entries]
     else:
-        named = [(h.strip(), []) for line in text.splitlines() for h in line.split(",") if h.strip()]
-    bad = [h for h, _ in named if not re.fullmatch(r"[A-Za-z0-9_.:@\[\]-]+", h)]
+        named = [(h.strip(), [], None) for line in text.splitlines() for h in line.split(",") if h.strip()]
+    bad = [h for h, _, _ in named if not re.fullmatch(r"[A-Za-z0-9_.:@\[\]-]+", h)]
     if bad:
         raise ValueError(f"{bad[0]!r} is not a host name or address.")
-    named = [(LOCAL_HOST if h in LOCAL_HOSTS else h, ips) for h, ips in named]
-    return [{"ssh": h, "ips": ips or ([address(h)] if resolve else [])} for h, ips in named]
+    named = [(LOCAL_HOST if h in LOCAL_HOSTS else h, ips, rdma) for h, ips, rdma in named]
+    return [{"ssh": h, "ips": ips or ([address(h)] if resolve else []), **({"rdma": rdma} if rdma is not None else {})}
+            for h, ips, rdma in named]
+
+
+def _rdma_ok(rdma: object) -> bool:
+    """A hostfile entry's "rdma" as `mlx.distributed_config` writes it: absent, or a device (or devices) per host."""
+    return rdma is None or isinstance(rdma, list) and all(
+        d is None or isinstance(d, str) or isinstance(d, list) and all(isinstance(x, str) for x in d) for d in rdma)
+
+
+def jaccl_problem(entries: list[dict]) -> str:
+    """Why `mlx.launch` would refuse these hosts for JACCL, "" if it would not: each host's entry lists its RDMA
+    device to every other host (null for itself), which `mlx.distributed_config --backend jaccl` writes."""
+    count = len(entries)
+    for i, entry in enumerate(entries):
+        rdma = entry.get("rdma")
+        if not isinstance(rdma, list) or len(rdma) != count:
+            return ("JACCL needs the RDMA device between each pair of hosts (Thunderbolt 5 with RDMA enabled), "
+                    "which a plain list of hosts does not say: run `mlx.distributed_config --backend jaccl --over "
+                    "thunderbolt --hosts …` and paste the hostfile it writes into Hosts, or use the ring backend.")
+        if rdma[i] is not None:
+            return f"The hostfile lists an RDMA device from {entry['ssh']} to itself; that entry must be null."
+        missing = [entries[j]["ssh"] for j in range(count) if j != i and not rdma[j]]
+        if missing:
+            return (f"The hostfile lists no RDMA device from {entry['ssh']} to {', '.join(missing)}: JACCL connects "
+                    "every pair of hosts (cable them, then run `mlx.distributed_config --backend jaccl` again).")
+    return ""
 
 
 def address(host: str) -> str:

@@ -23,13 +23,23 @@ from ..errors import ModelNotFound, ProfileInvalid
 from ..models.folders import context_length, read_config
 from ..net import is_loopback
 from .distributed_hosts import HostFacts, check_hosts
-from .distributed_plan import LOCAL_HOST, PIPELINE, TENSOR, SplitPlan, parse_hosts, plan_split, ring_hostfile
+from .distributed_plan import (
+    LOCAL_HOST,
+    PIPELINE,
+    TENSOR,
+    SplitPlan,
+    jaccl_problem,
+    parse_hosts,
+    plan_split,
+    ring_hostfile,
+)
 from .distributed_ranks import launch_command, rank_command
 
 log = logging.getLogger(__name__)
 
 TEXT, VISION, DISTRIBUTED = "text", "vision", "distributed"
-BACKENDS = ("ring", "jaccl")  # MLX's TCP ring, and RDMA over Thunderbolt 5
+JACCL = "jaccl"
+BACKENDS = ("ring", JACCL)  # MLX's TCP ring, and RDMA over Thunderbolt 5
 FIRST_PORT = 8080
 RING_PORT = 32323  # mlx.launch's own first ring port
 # The flags the profile's own fields set (and which field): the extra arguments may not name one, nor an
@@ -212,9 +222,12 @@ def split_report(profile: ServerProfile) -> tuple[SplitPlan, list[HostFacts], li
                         "to it: name this machine by an address they reach (and let ssh in), or run every rank "
                         "elsewhere.")
     try:
-        ring_hostfile(profile.hosts)
+        entries = ring_hostfile(profile.hosts)
     except ValueError as exc:
         problems.append(str(exc))
+    else:
+        if profile.backend == JACCL and (problem := jaccl_problem(entries)):
+            problems.append(problem)
     if problems:
         return plan, [], problems
     http = None if hosts[0] == LOCAL_HOST else (http_host(profile), int(profile.port))
