@@ -20,7 +20,8 @@ from mlx_gradio.testing.namespaces import Hosts, make_hosts
 
 from .test_distributed_hosts import wait_nothing_left
 
-BIG_BYTES = 3 * 2**30  # a model file large enough that a copy is still running when the test stops it
+BIG_BYTES = 2**30  # a model file that takes over a minute to send at SLOW_LINK
+SLOW_LINK = "100mbit"  # the sender's link while the test watches a copy: it lasts however fast the machine is
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +106,17 @@ def test_a_copy_shows_its_progress_and_stop_leaves_nothing_on_any_host(hosts: Ho
     before = hosts.ssh(a1, listing).stdout
     plan = plan_copy([a0, a1], str(model))
     assert plan.ok, plan.problems
-    copies.start("p2", plan, entries(hosts, 0, 1), set())
-    deadline = time.monotonic() + 300
-    while (status := copies.status("p2")).landed.get(a1, 0) == 0:  # the bytes landed on a1, asked over ssh
-        assert status.running and time.monotonic() < deadline, status
-        time.sleep(0.2)
-    assert 0 < status.fraction < 1
-    stopped = copies.stop("p2")
+    hosts.limit_rate(a0, SLOW_LINK)
+    try:
+        copies.start("p2", plan, entries(hosts, 0, 1), set())
+        deadline = time.monotonic() + 300
+        while (status := copies.status("p2")).landed.get(a1, 0) == 0:  # the bytes landed on a1, asked over ssh
+            assert status.running and time.monotonic() < deadline, status
+            time.sleep(0.2)
+        assert 0 < status.fraction < 1
+        stopped = copies.stop("p2")
+    finally:
+        hosts.limit_rate(a0, None)
     assert stopped.state == COPY_STOPPED, stopped.message
     assert hosts.ssh(a1, f"test -e {model}").returncode == 1  # nothing half-written where the model goes
     assert hosts.ssh(a1, listing).stdout == before  # nor in staging

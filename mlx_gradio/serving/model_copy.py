@@ -207,11 +207,16 @@ class ModelCopies:
         self.hub_cache = Path(hub_cache)
         self.python = python
         self._lock = threading.Lock()
+        self._starting = threading.Lock()  # one start at a time, so two clicks cannot both pass the check
         self._copies: dict[str, _Copy] = {}
 
     def start(self, profile_id: str, plan: CopyPlan, entries: list[dict], taken_ports: set[int]) -> CopyStatus:
         """Start copying as planned; `entries` are the hostfile's entries of the plan's hosts, sender first (their
         ring addresses), `taken_ports` the ports this app's servers hold."""
+        with self._starting:
+            return self._start(profile_id, plan, entries, taken_ports)
+
+    def _start(self, profile_id: str, plan: CopyPlan, entries: list[dict], taken_ports: set[int]) -> CopyStatus:
         if not plan.ok:
             raise CopyRefused(" ".join(plan.problems))
         with self._lock:

@@ -40,6 +40,7 @@ class Host:
 
     namespace: str
     address: str
+    device: str = ""  # its end of the veth
     sshd: subprocess.Popen | None = None
 
     def pids(self) -> set[int]:
@@ -70,6 +71,16 @@ class Hosts:
         """Run `command` on a host over real ssh, as the app's `mlx.launch` would."""
         return subprocess.run([str(self.bin_dir / "ssh"), "-o", "BatchMode=yes", address, command],
                               capture_output=True, text=True, timeout=timeout, check=False)
+
+    def limit_rate(self, address: str, rate: str | None) -> None:
+        """Make what a host sends leave at `rate` ("100mbit", tc's token bucket), or as fast as it can (None): a
+        slow link, so that a transfer lasts long enough to be watched however fast this machine is."""
+        host = next(h for h in self.hosts if h.address == address)
+        if rate is None:
+            _ip_tool(["tc", "-n", host.namespace, "qdisc", "del", "dev", host.device, "root"], check=False)
+        else:
+            _ip_tool(["tc", "-n", host.namespace, "qdisc", "replace", "dev", host.device, "root", "tbf", "rate",
+                      rate, "burst", "64kb", "latency", "400ms"])
 
     def leftovers(self) -> dict[str, list[str]]:
         """What runs in each namespace besides its sshd: host -> command lines (empty: nothing is left)."""
@@ -122,9 +133,9 @@ def make_hosts(root: Path, count: int = 3, env: dict[int, dict[str, str]] | None
         key = _keys(hosts.root)
         known = []
         for i in range(count):
-            host = Host(f"{PREFIX}{tag}h{i}", f"{subnet}.{i + 2}")
-            hosts.hosts.append(host)
             outside, inside = f"{PREFIX}{tag}v{i}", f"{PREFIX}{tag}p{i}"
+            host = Host(f"{PREFIX}{tag}h{i}", f"{subnet}.{i + 2}", inside)
+            hosts.hosts.append(host)
             _ip("netns", "add", host.namespace)
             _ip("link", "add", outside, "type", "veth", "peer", "name", inside)
             _ip("link", "set", inside, "netns", host.namespace)
@@ -160,11 +171,16 @@ def _check_possible() -> None:
 
 
 def _ip(*args: str, check: bool = True) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    _ip_tool(["ip", *args], check)
+
+
+def _ip_tool(command: list[str], check: bool = True) -> None:
+    """Run iproute2's `ip` or `tc`; a failure raises `NamespacesUnavailable` (or, without `check`, is logged)."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         if check:
-            raise NamespacesUnavailable(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
-        log.debug("ip %s: %s", " ".join(args), done.stderr.strip())
+            raise NamespacesUnavailable(f"`{' '.join(command)}` failed: {done.stderr.strip()}")
+        log.debug("%s: %s", " ".join(command), done.stderr.strip())
 
 
 def _keys(root: Path) -> Path:

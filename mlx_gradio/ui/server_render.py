@@ -83,7 +83,7 @@ def ranks_html(ranks: list[RankFacts], running: bool) -> str:
             f"<th>CPU</th><th>Memory</th><th>Last lines</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def copy_markdown(status: CopyStatus | None, now: float | None = None) -> str:
+def copy_markdown(status: CopyStatus | None) -> str:
     """A model copy's progress per receiving host while it runs, then how it ended."""
     if status is None:
         return ""
@@ -93,7 +93,7 @@ def copy_markdown(status: CopyStatus | None, now: float | None = None) -> str:
         head = "**Copied.**" if status.state == COPIED else f"**Copy {status.state}{took}.**"
         return f"{head} {status.message}"
     rows = [f"**Copying** `{plan.root}` from {plan.source}, {gb(plan.total_bytes)} to each host "
-            f"({status.fraction:.0%}, {uptime((now or time.time()) - status.started_at)}):"]
+            f"({status.fraction:.0%}, {uptime(time.time() - status.started_at)}):"]
     rows += [f"- {host}: {gb(status.landed.get(host, 0))} of {gb(plan.total_bytes)}" for host in plan.targets]
     return "\n".join(rows)
 
